@@ -1,0 +1,32 @@
+//! Data layer of fraudlab: dataset formats and tools, the durable hand-label
+//! journal, sessions on disk, evaluation metrics, and file helpers.
+//!
+//! * [`dataset`] — reading fraud / Alpaca / chat / ShareGPT / text / CSV
+//!   datasets into [`Sample`]s with stable content ids.
+//! * [`tools`] — stats, stratified split, undersampling, k-fold, export,
+//!   sliding window over CSV dialogues.
+//! * [`journal`] — append-only label journal (fsync per action, undo, torn
+//!   tail repair, atomic compaction).
+//! * [`session`] — `sessions/<name>/` layout, `session.json`, run/eval ids.
+//! * [`metrics`] — confusion metrics, ROC-AUC, PR-AUC, curves, thresholds.
+//! * [`fsutil`] — `write_atomic`, durable appends, time formatting.
+//! * [`hash`] — a small SHA-256 for ids.
+
+pub mod dataset;
+pub mod fsutil;
+pub mod hash;
+pub mod journal;
+pub mod metrics;
+pub mod session;
+pub mod tools;
+
+pub use dataset::{
+    answer_json, dataset_id, load, load_as, load_with, parse_answer, parse_turns, Answer, BadLine,
+    Dialogue, Format, LoadOptions, LoadResult, Message, Sample, SampleBody, Turn,
+    DEFAULT_INSTRUCTION, DEFAULT_SYSTEM,
+};
+pub use fsutil::{append_line_durable, write_atomic};
+pub use journal::{Journal, JournalEntry, JournalLocked, JournalReport, LabelState};
+pub use metrics::{EvalRow, Metrics};
+pub use session::{list_sessions, Session, SessionConfig, SessionSummary};
+pub use tools::{ExportOptions, Fold, Rng, Split, Stats};

@@ -1,0 +1,9 @@
+use clap::Parser;
+
+fn main() {
+    let cli = fraudlab::cli::Cli::parse();
+    if let Err(e) = fraudlab::cli::run(cli) {
+        eprintln!("error: {e:#}");
+        std::process::exit(2);
+    }
+}

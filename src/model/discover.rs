@@ -1,0 +1,226 @@
+//! Discovery of local models: the Hugging Face hub cache, the ModelScope cache, and folders
+//! or `.gguf` files under user-given paths (`--models-dir`, `FRAUDLAB_MODELS`).
+
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+use super::config::{size_label, Qwen2Config};
+use super::gguf::GgufFile;
+use super::loader::{display_name, hf_cache_dir, hf_snapshot, modelscope_cache_dir, ModelLocation};
+
+/// What the Models pane and `fraudlab models` show of a model.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelInfo {
+    pub name: String,
+    pub path: PathBuf,
+    /// "hf-cache", "modelscope-cache", "folder"
+    pub source: String,
+    /// "Qwen2", "Qwen2.5", "Qwen1.5", or "Qwen2-family"
+    pub family: String,
+    pub size: String,
+    /// "base" or "instruct"
+    pub variant: String,
+    /// "safetensors (f32)", "gguf (Q5_0)"…
+    pub format: String,
+    pub parameters: u64,
+    pub disk_bytes: u64,
+    pub layers: usize,
+    pub hidden: usize,
+    pub context: usize,
+    /// Set when the entry looks like a model but cannot be read; the reason.
+    pub problem: Option<String>,
+}
+
+fn dir_size(p: &Path) -> u64 {
+    let mut n = 0;
+    if let Ok(rd) = std::fs::read_dir(p) {
+        for e in rd.flatten() {
+            // hub-cache snapshots hold symlinks into blobs/: follow them.
+            if let Ok(m) = std::fs::metadata(e.path()) {
+                if m.is_file() {
+                    n += m.len();
+                } else if m.is_dir() {
+                    n += dir_size(&e.path());
+                }
+            }
+        }
+    }
+    n
+}
+
+/// Family from the name (Qwen1.5 and Qwen2.5 share the Qwen2 architecture).
+pub fn family_of(name: &str) -> String {
+    let l = name.to_lowercase();
+    for (k, f) in [("qwen2.5", "Qwen2.5"), ("qwen2_5", "Qwen2.5"), ("qwen1.5", "Qwen1.5"), ("qwen1_5", "Qwen1.5"), ("qwen2", "Qwen2")] {
+        if l.contains(k) {
+            return f.into();
+        }
+    }
+    "Qwen2-family".into()
+}
+
+/// Instruct (chat-tuned) or base, from the name.
+pub fn variant_of(name: &str) -> String {
+    let l = name.to_lowercase();
+    if l.contains("instruct") || l.contains("chat") || l.contains("-it") {
+        "instruct".into()
+    } else {
+        "base".into()
+    }
+}
+
+pub fn describe(loc: &ModelLocation, source: &str) -> ModelInfo {
+    let name = display_name(loc);
+    let mut info = ModelInfo {
+        family: family_of(&name),
+        variant: variant_of(&name),
+        name,
+        path: loc.path().to_path_buf(),
+        source: source.into(),
+        size: "?".into(),
+        format: String::new(),
+        parameters: 0,
+        disk_bytes: 0,
+        layers: 0,
+        hidden: 0,
+        context: 0,
+        problem: None,
+    };
+    let cfg: anyhow::Result<Qwen2Config> = match loc {
+        ModelLocation::Folder(d) => {
+            info.disk_bytes = dir_size(d);
+            let c = Qwen2Config::from_file(&d.join("config.json"));
+            let dt = c.as_ref().ok().and_then(|c| c.torch_dtype.clone()).unwrap_or_else(|| "?".into());
+            info.format = format!("safetensors ({dt})");
+            c
+        }
+        ModelLocation::Gguf(f) => {
+            info.disk_bytes = std::fs::metadata(f).map(|m| m.len()).unwrap_or(0);
+            match GgufFile::open(f) {
+                Ok(g) => {
+                    info.format = format!("gguf ({})", g.quant_summary());
+                    if let Some(n) = g.meta_str("general.name") {
+                        if info.family == "Qwen2-family" {
+                            info.family = family_of(&n);
+                        }
+                        if info.variant == "base" {
+                            info.variant = variant_of(&n);
+                        }
+                    }
+                    g.config()
+                }
+                Err(e) => {
+                    info.format = "gguf".into();
+                    Err(e)
+                }
+            }
+        }
+    };
+    match cfg {
+        Ok(c) => {
+            info.parameters = c.parameter_count();
+            info.size = size_label(info.parameters);
+            info.layers = c.num_hidden_layers;
+            info.hidden = c.hidden_size;
+            info.context = c.max_position_embeddings;
+        }
+        Err(e) => info.problem = Some(format!("{e:#}")),
+    }
+    info
+}
+
+fn scan_dir(dir: &Path, depth: usize, source: &str, out: &mut Vec<ModelInfo>) {
+    if depth == 0 {
+        return;
+    }
+    if dir.is_file() {
+        if dir.extension().is_some_and(|e| e == "gguf") {
+            out.push(describe(&ModelLocation::Gguf(dir.to_path_buf()), source));
+        }
+        return;
+    }
+    if dir.join("config.json").exists() {
+        out.push(describe(&ModelLocation::Folder(dir.to_path_buf()), source));
+        return;
+    }
+    if dir.join("snapshots").is_dir() {
+        if let Some(s) = hf_snapshot(dir) {
+            out.push(describe(&ModelLocation::Folder(s), source));
+        }
+        return;
+    }
+    let Ok(rd) = std::fs::read_dir(dir) else { return };
+    let mut entries: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
+    entries.sort();
+    for p in entries {
+        let hidden = p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'));
+        if hidden {
+            continue;
+        }
+        if p.is_dir() || p.extension().is_some_and(|e| e == "gguf") {
+            scan_dir(&p, depth - 1, source, out);
+        }
+    }
+}
+
+/// The folders searched besides the caches: `extra` then `FRAUDLAB_MODELS` (':'-separated).
+pub fn search_paths(extra: &[PathBuf]) -> Vec<PathBuf> {
+    let mut v = extra.to_vec();
+    if let Some(s) = std::env::var_os("FRAUDLAB_MODELS") {
+        v.extend(std::env::split_paths(&s));
+    }
+    v
+}
+
+/// Every model found, models of other architectures left out (a folder whose config names
+/// another architecture is not a Qwen2-family model; a broken Qwen2 one is listed with its problem).
+pub fn discover(extra: &[PathBuf]) -> Vec<ModelInfo> {
+    let mut out = Vec::new();
+    let hf = hf_cache_dir();
+    if let Ok(rd) = std::fs::read_dir(&hf) {
+        let mut repos: Vec<PathBuf> = rd
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("models--")))
+            .collect();
+        repos.sort();
+        for r in repos {
+            if let Some(s) = hf_snapshot(&r) {
+                out.push(describe(&ModelLocation::Folder(s), "hf-cache"));
+            }
+        }
+    }
+    let ms = modelscope_cache_dir();
+    for base in [ms.clone(), ms.join("models")] {
+        if let Ok(orgs) = std::fs::read_dir(&base) {
+            let mut orgs: Vec<PathBuf> = orgs.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect();
+            orgs.sort();
+            for org in orgs {
+                if org.file_name().is_some_and(|n| n == "models") {
+                    continue;
+                }
+                scan_dir(&org, 2, "modelscope-cache", &mut out);
+            }
+        }
+    }
+    for p in search_paths(extra) {
+        scan_dir(&p, 4, "folder", &mut out);
+    }
+    out.retain(|m| {
+        m.problem.as_deref().is_none_or(|p| !p.contains("unsupported architecture") && !p.contains("unsupported model_type"))
+    });
+    let mut seen = std::collections::HashSet::new();
+    out.retain(|m| seen.insert(std::fs::canonicalize(&m.path).unwrap_or(m.path.clone())));
+    out
+}
+
+/// RAM a model needs, in bytes, for inference, LoRA training and full fine-tuning at a
+/// typical batch (4 x 512 tokens), f32 weights. Estimates for the Models pane.
+pub fn ram_estimates(info: &ModelInfo) -> (u64, u64, u64) {
+    let w = info.parameters * 4;
+    let act = 4 * 512 * info.hidden.max(1) as u64 * info.layers.max(1) as u64 * 4 * 24;
+    let inference = w + w / 10 + (256 << 20);
+    let lora = w + act + (512 << 20);
+    let full = w * 4 + act + (512 << 20); // weights, grads, Adam m and v
+    (inference, lora, full)
+}

@@ -1,0 +1,17 @@
+//! Qwen2-family models in Candle: config, weights (safetensors, GGUF), tokenizer, chat template.
+
+pub mod config;
+pub mod discover;
+pub mod gguf;
+pub mod loader;
+pub mod qwen2;
+pub mod safetensors_io;
+pub mod tokenizer;
+
+pub use config::Qwen2Config;
+pub use loader::{load, LoadOptions, LoadedModel, ModelLocation};
+pub use qwen2::{KvCache, Mode, Qwen2};
+pub use tokenizer::{ChatMessage, TextTokenizer};
+pub mod tiny;
+
+pub use crate::data::fsutil::write_atomic as write_file_atomic;

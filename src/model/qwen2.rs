@@ -1,0 +1,592 @@
+//! The Qwen2 decoder (Qwen2 / Qwen2.5 / Qwen1.5, `Qwen2ForCausalLM`) in Candle.
+//!
+//! One forward serves inference and training: `Mode::Infer` uses Candle's fused CPU kernels
+//! (rms-norm, rope, softmax: fast, no backward) and a KV cache; `Mode::Train` uses
+//! differentiable compositions of the same maths so autograd reaches LoRA (or all) weights.
+//! Every linear layer can carry a LoRA adapter (`y = W x + b + scale · B A x`).
+//!
+//! Shapes in comments: b batch, s new tokens, t cached + new tokens, h hidden, d head dim.
+
+use anyhow::{bail, Context, Result};
+use candle_core::quantized::QMatMul;
+use candle_core::{DType, Device, Module, Tensor, D};
+
+use super::config::Qwen2Config;
+
+/// Which kernels the forward uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Fused kernels, no autograd.
+    Infer,
+    /// Differentiable ops only; LoRA dropout active.
+    Train,
+}
+
+/// A LoRA adapter on one linear layer: `scale · B (A x)`, A: (r, in), B: (out, r).
+#[derive(Debug, Clone)]
+pub struct Lora {
+    pub a: Tensor,
+    pub b: Tensor,
+    pub scale: f64,
+    pub dropout: f32,
+}
+
+/// The base weight of a linear layer, dense (f32/bf16) or quantized (GGUF blocks).
+#[derive(Debug, Clone)]
+pub enum LinearWeight {
+    /// (out, in)
+    Dense(Tensor),
+    Quant(QMatMul),
+}
+
+#[derive(Debug, Clone)]
+pub struct Linear {
+    pub weight: LinearWeight,
+    pub bias: Option<Tensor>,
+    pub lora: Option<Lora>,
+    pub in_features: usize,
+    pub out_features: usize,
+}
+
+impl Linear {
+    pub fn new(weight: LinearWeight, bias: Option<Tensor>, out_features: usize, in_features: usize) -> Self {
+        Self { weight, bias, lora: None, in_features, out_features }
+    }
+
+    /// x: (..., in) -> (..., out)
+    pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let rows: usize = dims[..dims.len() - 1].iter().product();
+        let x2 = x.reshape((rows, self.in_features))?;
+        let mut y = match &self.weight {
+            LinearWeight::Dense(w) => x2.matmul(&w.t()?)?,
+            LinearWeight::Quant(q) => q.forward(&x2)?,
+        };
+        if let Some(b) = &self.bias {
+            y = y.broadcast_add(b)?;
+        }
+        if let Some(l) = &self.lora {
+            let xin = if mode == Mode::Train && l.dropout > 0.0 {
+                candle_nn::ops::dropout(&x2, l.dropout)?
+            } else {
+                x2
+            };
+            let delta = xin.matmul(&l.a.t()?)?.matmul(&l.b.t()?)?;
+            y = (y + (delta * l.scale)?)?;
+        }
+        let mut out_dims = dims;
+        *out_dims.last_mut().unwrap() = self.out_features;
+        Ok(y.reshape(out_dims)?)
+    }
+
+    /// The weight as a dense (out, in) tensor (dequantized when quantized).
+    pub fn dense_weight(&self) -> Result<Tensor> {
+        Ok(match &self.weight {
+            LinearWeight::Dense(w) => w.clone(),
+            LinearWeight::Quant(QMatMul::QTensor(q)) => q.dequantize(&q.device())?,
+            LinearWeight::Quant(QMatMul::Tensor(t)) => t.clone(),
+            LinearWeight::Quant(QMatMul::TensorF16(t)) => t.to_dtype(DType::F32)?,
+        })
+    }
+}
+
+fn rms_norm(x: &Tensor, w: &Tensor, eps: f64, mode: Mode) -> Result<Tensor> {
+    match mode {
+        Mode::Infer => Ok(candle_nn::ops::rms_norm(&x.contiguous()?, w, eps as f32)?),
+        Mode::Train => {
+            let dt = x.dtype();
+            let x = x.to_dtype(DType::F32)?;
+            let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
+            let y = x.broadcast_div(&(ms + eps)?.sqrt()?)?;
+            Ok(y.to_dtype(dt)?.broadcast_mul(w)?)
+        }
+    }
+}
+
+fn softmax_last(x: &Tensor, mode: Mode) -> Result<Tensor> {
+    match mode {
+        Mode::Infer => Ok(candle_nn::ops::softmax_last_dim(x)?),
+        Mode::Train => {
+            let max = x.max_keepdim(D::Minus1)?.detach();
+            let e = x.broadcast_sub(&max)?.exp()?;
+            Ok(e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?)
+        }
+    }
+}
+
+/// Rotary tables, (max_positions, d/2) each.
+#[derive(Debug, Clone)]
+pub struct Rope {
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl Rope {
+    pub fn new(cfg: &Qwen2Config, dtype: DType, device: &Device) -> Result<Self> {
+        let d = cfg.head_dim();
+        let n = cfg.max_position_embeddings;
+        let inv: Vec<f32> = (0..d / 2)
+            .map(|i| 1.0 / (cfg.rope_theta as f32).powf(2.0 * i as f32 / d as f32))
+            .collect();
+        let inv = Tensor::from_vec(inv, (1, d / 2), device)?;
+        let pos = Tensor::arange(0u32, n as u32, device)?.to_dtype(DType::F32)?.reshape((n, 1))?;
+        let freqs = pos.broadcast_mul(&inv)?;
+        Ok(Self { cos: freqs.cos()?.to_dtype(dtype)?, sin: freqs.sin()?.to_dtype(dtype)? })
+    }
+
+    /// cos/sin for the positions of a batch: (s, d/2) when shared, else (b, s, d/2).
+    fn tables(&self, pos: &Positions) -> Result<(Tensor, Tensor)> {
+        match pos {
+            Positions::Shared { start, len } => {
+                Ok((self.cos.narrow(0, *start, *len)?, self.sin.narrow(0, *start, *len)?))
+            }
+            Positions::PerRow(idx) => {
+                let (b, s) = idx.dims2()?;
+                let flat = idx.flatten_all()?;
+                let c = self.cos.index_select(&flat, 0)?;
+                let sn = self.sin.index_select(&flat, 0)?;
+                let half = c.dim(1)?;
+                Ok((c.reshape((b, s, half))?, sn.reshape((b, s, half))?))
+            }
+        }
+    }
+}
+
+/// x: (b, heads, s, d); cos/sin (s, d/2) or (b, s, d/2)
+fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor, mode: Mode) -> Result<Tensor> {
+    match mode {
+        Mode::Infer => Ok(candle_nn::rotary_emb::rope(&x.contiguous()?, cos, sin)?),
+        Mode::Train => {
+            let d = x.dim(D::Minus1)?;
+            let (cos, sin) = if cos.rank() == 2 {
+                (cos.unsqueeze(0)?.unsqueeze(0)?, sin.unsqueeze(0)?.unsqueeze(0)?)
+            } else {
+                (cos.unsqueeze(1)?, sin.unsqueeze(1)?)
+            };
+            let x1 = x.narrow(D::Minus1, 0, d / 2)?;
+            let x2 = x.narrow(D::Minus1, d / 2, d / 2)?;
+            let r1 = (x1.broadcast_mul(&cos)? - x2.broadcast_mul(&sin)?)?;
+            let r2 = (x2.broadcast_mul(&cos)? + x1.broadcast_mul(&sin)?)?;
+            Ok(Tensor::cat(&[r1, r2], D::Minus1)?)
+        }
+    }
+}
+
+enum Positions {
+    Shared { start: usize, len: usize },
+    /// (b, s) u32
+    PerRow(Tensor),
+}
+
+#[derive(Debug, Clone)]
+pub struct Attention {
+    pub q_proj: Linear,
+    pub k_proj: Linear,
+    pub v_proj: Linear,
+    pub o_proj: Linear,
+    n_heads: usize,
+    n_kv: usize,
+    head_dim: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Mlp {
+    pub gate_proj: Linear,
+    pub up_proj: Linear,
+    pub down_proj: Linear,
+}
+
+#[derive(Debug, Clone)]
+pub struct Layer {
+    pub attn: Attention,
+    pub mlp: Mlp,
+    pub input_layernorm: Tensor,
+    pub post_attention_layernorm: Tensor,
+}
+
+/// Keys and values of past tokens, per layer, plus which cached positions are real tokens.
+#[derive(Debug, Clone)]
+pub struct KvCache {
+    kv: Vec<Option<(Tensor, Tensor)>>,
+    /// per row, per cached position: true for a real token, false for padding
+    valid: Vec<Vec<bool>>,
+}
+
+impl KvCache {
+    pub fn len(&self) -> usize {
+        self.valid.first().map(|v| v.len()).unwrap_or(0)
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    pub fn batch(&self) -> usize {
+        self.valid.len()
+    }
+    /// A cache for `batch` rows that all start from this one (batch 1) prefix.
+    pub fn expand(&self, batch: usize) -> Result<Self> {
+        if self.batch() != 1 {
+            bail!("only a single-row cache can be expanded");
+        }
+        let kv = self
+            .kv
+            .iter()
+            .map(|e| match e {
+                Some((k, v)) => {
+                    let k = k.broadcast_as(rep_dims(k, batch))?.contiguous()?;
+                    let v = v.broadcast_as(rep_dims(v, batch))?.contiguous()?;
+                    Ok(Some((k, v)))
+                }
+                None => Ok(None),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self { kv, valid: vec![self.valid[0].clone(); batch] })
+    }
+}
+
+fn rep_dims(t: &Tensor, batch: usize) -> Vec<usize> {
+    let mut d = t.dims().to_vec();
+    d[0] = batch;
+    d
+}
+
+impl Attention {
+    /// x: (b, s, h) -> (b, s, h)
+    fn forward(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: Option<&Tensor>,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
+        mode: Mode,
+    ) -> Result<Tensor> {
+        let (b, s, _) = x.dims3()?;
+        let (nh, nkv, d) = (self.n_heads, self.n_kv, self.head_dim);
+        let q = self.q_proj.forward(x, mode)?.reshape((b, s, nh, d))?.transpose(1, 2)?;
+        let k = self.k_proj.forward(x, mode)?.reshape((b, s, nkv, d))?.transpose(1, 2)?;
+        let v = self.v_proj.forward(x, mode)?.reshape((b, s, nkv, d))?.transpose(1, 2)?;
+        let q = apply_rope(&q.contiguous()?, cos, sin, mode)?;
+        let k = apply_rope(&k.contiguous()?, cos, sin, mode)?;
+        let v = v.contiguous()?;
+        let (k, v) = match cache {
+            Some(slot) => {
+                let (k, v) = match slot.take() {
+                    Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
+                    None => (k, v),
+                };
+                *slot = Some((k.clone(), v.clone()));
+                (k, v)
+            }
+            None => (k, v),
+        };
+        let t = k.dim(2)?;
+        let rep = nh / nkv;
+        // Grouped-query attention without copying K/V: fold the query heads that share a
+        // KV head into the row dimension. q: (b, nkv, rep*s, d), k/v: (b, nkv, t, d).
+        let q = q.reshape((b, nkv, rep * s, d))?;
+        let scale = 1.0 / (d as f64).sqrt();
+        let mut att = (q.matmul(&k.t()?)? * scale)?;
+        if att.dtype() != DType::F32 {
+            att = att.to_dtype(DType::F32)?;
+        }
+        if let Some(m) = mask {
+            // m: (b, 1, 1, s, t)
+            att = att.reshape((b, nkv, rep, s, t))?.broadcast_add(m)?.reshape((b, nkv, rep * s, t))?;
+        }
+        let att = softmax_last(&att, mode)?.to_dtype(v.dtype())?;
+        let y = att.matmul(&v)?; // (b, nkv, rep*s, d)
+        let y = y.reshape((b, nh, s, d))?.transpose(1, 2)?.contiguous()?.reshape((b, s, nh * d))?;
+        self.o_proj.forward(&y, mode)
+    }
+}
+
+impl Mlp {
+    fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        let g = self.gate_proj.forward(x, mode)?.silu()?;
+        let u = self.up_proj.forward(x, mode)?;
+        self.down_proj.forward(&(g * u)?, mode)
+    }
+}
+
+/// Where a model's weights come from; shapes are checked against the config by the source.
+pub trait WeightSource {
+    /// A dense tensor in the model's dtype.
+    fn dense(&self, name: &str, shape: &[usize]) -> Result<Tensor>;
+    /// A linear layer's weight: dense, or kept quantized when the source allows it.
+    fn linear(&self, name: &str, shape: &[usize]) -> Result<LinearWeight>;
+    fn has(&self, name: &str) -> bool;
+    /// Where the weights live, for messages.
+    fn describe(&self) -> String;
+}
+
+#[derive(Debug, Clone)]
+pub struct Qwen2 {
+    pub cfg: Qwen2Config,
+    pub embed_tokens: Tensor,
+    pub layers: Vec<Layer>,
+    pub norm: Tensor,
+    pub lm_head: Linear,
+    /// lm_head shares its weight with embed_tokens
+    pub tied: bool,
+    rope: Rope,
+    pub dtype: DType,
+    pub device: Device,
+}
+
+/// The names of the seven projections every decoder layer has, as PEFT names them.
+pub const PROJECTIONS: [&str; 7] =
+    ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+
+impl Qwen2 {
+    pub fn load(cfg: &Qwen2Config, src: &dyn WeightSource, dtype: DType, device: &Device) -> Result<Self> {
+        cfg.validate()?;
+        let h = cfg.hidden_size;
+        let kvd = cfg.kv_heads() * cfg.head_dim();
+        let im = cfg.intermediate_size;
+        let linear = |name: &str, out: usize, inp: usize, bias: bool| -> Result<Linear> {
+            let w = src.linear(&format!("{name}.weight"), &[out, inp])?;
+            let b = if bias { Some(src.dense(&format!("{name}.bias"), &[out])?) } else { None };
+            Ok(Linear::new(w, b, out, inp))
+        };
+        let embed_tokens = src.dense("model.embed_tokens.weight", &[cfg.vocab_size, h])?;
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let p = format!("model.layers.{i}");
+            let attn = Attention {
+                q_proj: linear(&format!("{p}.self_attn.q_proj"), h, h, true)?,
+                k_proj: linear(&format!("{p}.self_attn.k_proj"), kvd, h, true)?,
+                v_proj: linear(&format!("{p}.self_attn.v_proj"), kvd, h, true)?,
+                o_proj: linear(&format!("{p}.self_attn.o_proj"), h, h, false)?,
+                n_heads: cfg.num_attention_heads,
+                n_kv: cfg.kv_heads(),
+                head_dim: cfg.head_dim(),
+            };
+            let mlp = Mlp {
+                gate_proj: linear(&format!("{p}.mlp.gate_proj"), im, h, false)?,
+                up_proj: linear(&format!("{p}.mlp.up_proj"), im, h, false)?,
+                down_proj: linear(&format!("{p}.mlp.down_proj"), h, im, false)?,
+            };
+            layers.push(Layer {
+                attn,
+                mlp,
+                input_layernorm: src.dense(&format!("{p}.input_layernorm.weight"), &[h])?,
+                post_attention_layernorm: src
+                    .dense(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
+            });
+        }
+        let norm = src.dense("model.norm.weight", &[h])?;
+        let tied = cfg.tie_word_embeddings || !src.has("lm_head.weight");
+        let lm_head = if tied {
+            Linear::new(LinearWeight::Dense(embed_tokens.clone()), None, cfg.vocab_size, h)
+        } else {
+            linear("lm_head", cfg.vocab_size, h, false)?
+        };
+        let rope = Rope::new(cfg, dtype, device)?;
+        Ok(Self {
+            cfg: cfg.clone(),
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            tied,
+            rope,
+            dtype,
+            device: device.clone(),
+        })
+    }
+
+    pub fn new_cache(&self, batch: usize) -> KvCache {
+        KvCache { kv: vec![None; self.layers.len()], valid: vec![Vec::new(); batch] }
+    }
+
+    /// Runs `ids` (b, s) through the decoder and returns the final-normed hidden states
+    /// (b, s, h). `valid` marks real tokens (false = padding; None = all real). With a
+    /// cache, the new tokens attend to the cached ones and are appended to it.
+    pub fn forward_hidden(
+        &self,
+        ids: &Tensor,
+        valid: Option<&[Vec<bool>]>,
+        mut cache: Option<&mut KvCache>,
+        mode: Mode,
+    ) -> Result<Tensor> {
+        let (b, s) = ids.dims2()?;
+        let past_valid: Vec<Vec<bool>> = match &cache {
+            Some(c) if !c.is_empty() => {
+                if c.batch() != b {
+                    bail!("cache holds {} rows, the input {b}", c.batch());
+                }
+                c.valid.clone()
+            }
+            _ => vec![Vec::new(); b],
+        };
+        let past = past_valid[0].len();
+        if past + s > self.cfg.max_position_embeddings {
+            bail!(
+                "{} tokens exceed the model's context of {} tokens",
+                past + s,
+                self.cfg.max_position_embeddings
+            );
+        }
+        let new_valid: Vec<Vec<bool>> = match valid {
+            Some(v) => {
+                if v.len() != b || v.iter().any(|r| r.len() != s) {
+                    bail!("attention mask shape does not match the input ({b}x{s})");
+                }
+                v.to_vec()
+            }
+            None => vec![vec![true; s]; b],
+        };
+        // Positions: each row counts its own real tokens, so left padding shifts nothing.
+        let mut pos = vec![0u32; b * s];
+        let mut shared = true;
+        let first_start = past_valid[0].iter().filter(|&&x| x).count();
+        for r in 0..b {
+            let mut c = past_valid[r].iter().filter(|&&x| x).count() as u32;
+            for j in 0..s {
+                if new_valid[r][j] {
+                    pos[r * s + j] = c;
+                    c += 1;
+                }
+                if pos[r * s + j] as usize != first_start + j {
+                    shared = false;
+                }
+            }
+        }
+        let positions = if shared {
+            Positions::Shared { start: first_start, len: s }
+        } else {
+            Positions::PerRow(Tensor::from_vec(pos, (b, s), &self.device)?)
+        };
+        let (cos, sin) = self.rope.tables(&positions)?;
+        let all: Vec<Vec<bool>> =
+            past_valid.iter().zip(&new_valid).map(|(p, n)| [p.as_slice(), n].concat()).collect();
+        let any_pad = all.iter().any(|r| r.iter().any(|&x| !x));
+        let t = past + s;
+        let mask = if s == 1 && !any_pad {
+            None
+        } else {
+            let mut m = vec![0f32; b * s * t];
+            for r in 0..b {
+                for i in 0..s {
+                    for j in 0..t {
+                        if j > past + i || !all[r][j] {
+                            m[(r * s + i) * t + j] = -1e30;
+                        }
+                    }
+                }
+            }
+            Some(Tensor::from_vec(m, (b, 1, 1, s, t), &self.device)?)
+        };
+
+        let mut x = self.embed_tokens.index_select(&ids.flatten_all()?, 0)?.reshape((b, s, ()))?;
+        for (li, layer) in self.layers.iter().enumerate() {
+            let slot = cache.as_deref_mut().map(|c| &mut c.kv[li]);
+            let hn = rms_norm(&x, &layer.input_layernorm, self.cfg.rms_norm_eps, mode)?;
+            let a = layer.attn.forward(&hn, &cos, &sin, mask.as_ref(), slot, mode)?;
+            x = (x + a)?;
+            let hn = rms_norm(&x, &layer.post_attention_layernorm, self.cfg.rms_norm_eps, mode)?;
+            x = (&x + layer.mlp.forward(&hn, mode)?)?;
+        }
+        if let Some(c) = cache {
+            c.valid = all;
+        }
+        rms_norm(&x, &self.norm, self.cfg.rms_norm_eps, mode)
+    }
+
+    /// Vocabulary logits in f32 for hidden states (..., h).
+    pub fn logits(&self, hidden: &Tensor, mode: Mode) -> Result<Tensor> {
+        Ok(self.lm_head.forward(hidden, mode)?.to_dtype(DType::F32)?)
+    }
+
+    /// Logits (b, vocab) of the last position of each row.
+    pub fn forward_last(
+        &self,
+        ids: &Tensor,
+        valid: Option<&[Vec<bool>]>,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        let hidden = self.forward_hidden(ids, valid, cache, Mode::Infer)?;
+        let s = hidden.dim(1)?;
+        let last = hidden.narrow(1, s - 1, 1)?.squeeze(1)?;
+        self.logits(&last, Mode::Infer)
+    }
+
+    /// Every linear layer with its PEFT-style module name (`model.layers.0.self_attn.q_proj`).
+    pub fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
+        let mut out = Vec::new();
+        for (i, l) in self.layers.iter_mut().enumerate() {
+            let p = format!("model.layers.{i}");
+            let a = &mut l.attn;
+            out.push((format!("{p}.self_attn.q_proj"), &mut a.q_proj));
+            out.push((format!("{p}.self_attn.k_proj"), &mut a.k_proj));
+            out.push((format!("{p}.self_attn.v_proj"), &mut a.v_proj));
+            out.push((format!("{p}.self_attn.o_proj"), &mut a.o_proj));
+            let m = &mut l.mlp;
+            out.push((format!("{p}.mlp.gate_proj"), &mut m.gate_proj));
+            out.push((format!("{p}.mlp.up_proj"), &mut m.up_proj));
+            out.push((format!("{p}.mlp.down_proj"), &mut m.down_proj));
+        }
+        out
+    }
+
+    /// Every weight under its Hugging Face name, dense (for convert and merge).
+    pub fn named_weights(&self) -> Result<Vec<(String, Tensor)>> {
+        let mut out = vec![("model.embed_tokens.weight".to_string(), self.embed_tokens.clone())];
+        let mut me = self.clone();
+        let h_norms: Vec<(Tensor, Tensor)> = self
+            .layers
+            .iter()
+            .map(|l| (l.input_layernorm.clone(), l.post_attention_layernorm.clone()))
+            .collect();
+        for (name, lin) in me.linears_mut() {
+            out.push((format!("{name}.weight"), lin.dense_weight()?));
+            if let Some(b) = &lin.bias {
+                out.push((format!("{name}.bias"), b.clone()));
+            }
+        }
+        for (i, (a, b)) in h_norms.into_iter().enumerate() {
+            out.push((format!("model.layers.{i}.input_layernorm.weight"), a));
+            out.push((format!("model.layers.{i}.post_attention_layernorm.weight"), b));
+        }
+        out.push(("model.norm.weight".into(), self.norm.clone()));
+        if !self.tied {
+            out.push(("lm_head.weight".into(), self.lm_head.dense_weight()?));
+        }
+        Ok(out)
+    }
+}
+
+/// Shape check shared by the weight sources.
+pub fn check_shape(name: &str, got: &[usize], want: &[usize], file: &str) -> Result<()> {
+    if got != want {
+        bail!("{file}: tensor `{name}` has shape {got:?}, but config.json implies {want:?}");
+    }
+    Ok(())
+}
+
+/// A weight source over Hugging Face safetensors (single or sharded).
+pub struct SafetensorsSource {
+    pub files: super::safetensors_io::WeightFiles,
+    pub dtype: DType,
+    pub device: Device,
+}
+
+impl WeightSource for SafetensorsSource {
+    fn dense(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let (path, e) = self
+            .files
+            .entry(name)
+            .with_context(|| format!("the weights have no tensor `{name}`"))?;
+        check_shape(name, &e.shape, shape, &path.display().to_string())?;
+        self.files.load(name, self.dtype, &self.device)
+    }
+    fn linear(&self, name: &str, shape: &[usize]) -> Result<LinearWeight> {
+        Ok(LinearWeight::Dense(self.dense(name, shape)?))
+    }
+    fn has(&self, name: &str) -> bool {
+        self.files.contains(name)
+    }
+    fn describe(&self) -> String {
+        "safetensors".into()
+    }
+}

@@ -1,0 +1,227 @@
+//! Reading (single or sharded) safetensors files with checks that turn a truncated or corrupt
+//! file into a message naming the file and the problem, before any tensor is touched.
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+/// One tensor's entry in a safetensors header.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub dtype: DType,
+    pub shape: Vec<usize>,
+    pub begin: usize,
+    pub end: usize,
+}
+
+/// A memory-mapped safetensors file whose header was checked against its size.
+pub struct SafetensorsFile {
+    pub path: PathBuf,
+    mmap: memmap2::Mmap,
+    data_start: usize,
+    pub entries: BTreeMap<String, Entry>,
+}
+
+fn dtype_of(s: &str) -> Option<DType> {
+    Some(match s {
+        "F32" => DType::F32,
+        "F16" => DType::F16,
+        "BF16" => DType::BF16,
+        "F64" => DType::F64,
+        "I64" => DType::I64,
+        "U32" => DType::U32,
+        "U8" => DType::U8,
+        _ => return None,
+    })
+}
+
+impl SafetensorsFile {
+    pub fn open(path: &Path) -> Result<Self> {
+        let file = std::fs::File::open(path)
+            .with_context(|| format!("{}: cannot open weights", path.display()))?;
+        let len = file.metadata().map(|m| m.len()).unwrap_or(0) as usize;
+        if len < 8 {
+            bail!("{}: truncated safetensors file ({len} bytes, no header)", path.display());
+        }
+        // SAFETY: the file is opened read-only; fraudlab never writes a weights file it maps.
+        let mmap = unsafe { memmap2::Mmap::map(&file) }
+            .with_context(|| format!("{}: cannot map weights", path.display()))?;
+        let n = u64::from_le_bytes(mmap[..8].try_into().unwrap()) as usize;
+        if n > len - 8 {
+            bail!(
+                "{}: corrupt or truncated safetensors file: header length {n} reaches beyond the file ({len} bytes)",
+                path.display()
+            );
+        }
+        let header: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(&mmap[8..8 + n]).with_context(|| {
+                format!("{}: corrupt safetensors file: header is not JSON", path.display())
+            })?;
+        let data_start = 8 + n;
+        let data_len = len - data_start;
+        let mut entries = BTreeMap::new();
+        for (name, v) in header {
+            if name == "__metadata__" {
+                continue;
+            }
+            let bad = |why: &str| {
+                anyhow::anyhow!("{}: corrupt safetensors entry `{name}`: {why}", path.display())
+            };
+            let dt = v.get("dtype").and_then(|d| d.as_str()).ok_or_else(|| bad("no dtype"))?;
+            let dtype = dtype_of(dt).ok_or_else(|| bad(&format!("unsupported dtype {dt}")))?;
+            let shape: Vec<usize> = v
+                .get("shape")
+                .and_then(|s| s.as_array())
+                .ok_or_else(|| bad("no shape"))?
+                .iter()
+                .map(|d| d.as_u64().map(|d| d as usize))
+                .collect::<Option<_>>()
+                .ok_or_else(|| bad("shape is not a list of sizes"))?;
+            let offs = v
+                .get("data_offsets")
+                .and_then(|s| s.as_array())
+                .filter(|a| a.len() == 2)
+                .ok_or_else(|| bad("no data_offsets"))?;
+            let (begin, end) = match (offs[0].as_u64(), offs[1].as_u64()) {
+                (Some(b), Some(e)) if b <= e => (b as usize, e as usize),
+                _ => return Err(bad("data_offsets are not an increasing pair")),
+            };
+            if end > data_len {
+                bail!(
+                    "{}: corrupt or truncated safetensors file: tensor `{name}` ends at byte {} but the file has {len} bytes",
+                    path.display(),
+                    data_start + end
+                );
+            }
+            let want = shape.iter().product::<usize>() * dtype.size_in_bytes();
+            if want != end - begin {
+                return Err(bad(&format!(
+                    "shape {shape:?} of {dt} needs {want} bytes, the offsets hold {}",
+                    end - begin
+                )));
+            }
+            entries.insert(name, Entry { dtype, shape, begin, end });
+        }
+        Ok(Self { path: path.to_path_buf(), mmap, data_start, entries })
+    }
+
+    /// Loads a tensor, converted to `dtype`.
+    pub fn load(&self, name: &str, dtype: DType, device: &Device) -> Result<Tensor> {
+        let e = self
+            .entries
+            .get(name)
+            .with_context(|| format!("{}: no tensor `{name}`", self.path.display()))?;
+        let bytes = &self.mmap[self.data_start + e.begin..self.data_start + e.end];
+        let t = Tensor::from_raw_buffer(bytes, e.dtype, &e.shape, device)
+            .with_context(|| format!("{}: cannot read tensor `{name}`", self.path.display()))?;
+        Ok(if t.dtype() == dtype { t } else { t.to_dtype(dtype)? })
+    }
+}
+
+/// The weights of a Hugging Face folder: `model.safetensors`, or the shards named by
+/// `model.safetensors.index.json`.
+pub struct WeightFiles {
+    files: Vec<SafetensorsFile>,
+    /// tensor name -> index into `files`
+    index: HashMap<String, usize>,
+}
+
+impl WeightFiles {
+    pub fn open_folder(dir: &Path) -> Result<Self> {
+        let single = dir.join("model.safetensors");
+        let index_path = dir.join("model.safetensors.index.json");
+        if index_path.exists() {
+            let text = std::fs::read_to_string(&index_path)
+                .with_context(|| format!("{}: cannot read", index_path.display()))?;
+            let v: serde_json::Value = serde_json::from_str(&text)
+                .with_context(|| format!("{}: not valid JSON", index_path.display()))?;
+            let map = v
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .with_context(|| format!("{}: no `weight_map` object", index_path.display()))?;
+            let mut shard_names: Vec<String> =
+                map.values().filter_map(|s| s.as_str().map(String::from)).collect();
+            shard_names.sort();
+            shard_names.dedup();
+            let mut files = Vec::new();
+            let mut pos = HashMap::new();
+            for s in &shard_names {
+                let p = dir.join(s);
+                if !p.exists() {
+                    bail!(
+                        "{}: names shard `{s}`, which is missing ({})",
+                        index_path.display(),
+                        p.display()
+                    );
+                }
+                pos.insert(s.clone(), files.len());
+                files.push(SafetensorsFile::open(&p)?);
+            }
+            let mut index = HashMap::new();
+            for (name, shard) in map {
+                let shard = shard.as_str().unwrap_or_default();
+                let i = pos[shard];
+                if !files[i].entries.contains_key(name) {
+                    bail!(
+                        "{}: says `{name}` is in `{shard}`, but that shard has no such tensor",
+                        index_path.display()
+                    );
+                }
+                index.insert(name.clone(), i);
+            }
+            Ok(Self { files, index })
+        } else if single.exists() {
+            let f = SafetensorsFile::open(&single)?;
+            let index = f.entries.keys().map(|k| (k.clone(), 0)).collect();
+            Ok(Self { files: vec![f], index })
+        } else {
+            bail!(
+                "{}: no weights (expected model.safetensors or model.safetensors.index.json)",
+                dir.display()
+            )
+        }
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.index.contains_key(name)
+    }
+    pub fn names(&self) -> impl Iterator<Item = &String> {
+        self.index.keys()
+    }
+    pub fn entry(&self, name: &str) -> Option<(&Path, &Entry)> {
+        self.index.get(name).map(|&i| (self.files[i].path.as_path(), &self.files[i].entries[name]))
+    }
+    pub fn load(&self, name: &str, dtype: DType, device: &Device) -> Result<Tensor> {
+        match self.index.get(name) {
+            Some(&i) => self.files[i].load(name, dtype, device),
+            None => bail!("the weights have no tensor `{name}`"),
+        }
+    }
+}
+
+/// Writes tensors to a safetensors file atomically (temp file in the same folder, fsync, rename).
+pub fn save_atomic(tensors: &[(String, Tensor)], path: &Path) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        path.file_name().and_then(|s| s.to_str()).unwrap_or("weights"),
+        std::process::id()
+    ));
+    let map: HashMap<String, Tensor> = tensors.iter().cloned().collect();
+    let res = (|| -> Result<()> {
+        candle_core::safetensors::save(&map, &tmp)
+            .with_context(|| format!("{}: cannot write", tmp.display()))?;
+        std::fs::File::open(&tmp)?.sync_all()?;
+        std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot write", path.display()))?;
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    })();
+    if res.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    res
+}

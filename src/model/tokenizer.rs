@@ -1,0 +1,219 @@
+//! Tokenizer (Hugging Face `tokenizers`), eos ids and the chat template of a model.
+
+use anyhow::{bail, Context, Result};
+use minijinja::{context, Environment, ErrorKind};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+use super::config::ids_of;
+use super::gguf::GgufFile;
+
+/// One chat message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    pub role: String,
+    pub content: String,
+}
+
+impl ChatMessage {
+    pub fn new(role: &str, content: &str) -> Self {
+        Self { role: role.into(), content: content.into() }
+    }
+}
+
+/// ChatML, used when a model ships no template of its own.
+pub const CHATML_TEMPLATE: &str = "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+
+pub struct TextTokenizer {
+    pub inner: tokenizers::Tokenizer,
+    /// Generation stops at any of these.
+    pub eos_ids: Vec<u32>,
+    /// The model's own template, if it has one.
+    pub chat_template: Option<String>,
+    pub eos_token: Option<String>,
+    pub bos_token: Option<String>,
+    pub pad_id: Option<u32>,
+}
+
+fn token_content(v: Option<&serde_json::Value>) -> Option<String> {
+    match v? {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Object(o) => o.get("content")?.as_str().map(String::from),
+        _ => None,
+    }
+}
+
+fn read_json(path: &Path) -> Result<Option<serde_json::Value>> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    Ok(Some(serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", path.display()))?))
+}
+
+impl TextTokenizer {
+    /// From a Hugging Face folder: `tokenizer.json` (required), `tokenizer_config.json`,
+    /// `generation_config.json`, `config.json` (eos ids), `chat_template.jinja`.
+    pub fn from_folder(dir: &Path) -> Result<Self> {
+        let tj = dir.join("tokenizer.json");
+        if !tj.exists() {
+            bail!("{}: missing tokenizer (the model folder has no tokenizer.json)", tj.display());
+        }
+        let inner = tokenizers::Tokenizer::from_file(&tj)
+            .map_err(|e| anyhow::anyhow!("{}: not a valid tokenizer: {e}", tj.display()))?;
+        let tc = read_json(&dir.join("tokenizer_config.json"))?;
+        let gc = read_json(&dir.join("generation_config.json"))?;
+        let cc = read_json(&dir.join("config.json"))?;
+        let mut chat_template = tc.as_ref().and_then(|t| match t.get("chat_template") {
+            Some(serde_json::Value::String(s)) => Some(s.clone()),
+            // a list of named templates: take "default"
+            Some(serde_json::Value::Array(a)) => a
+                .iter()
+                .find(|x| x.get("name").and_then(|n| n.as_str()) == Some("default"))
+                .and_then(|x| x.get("template")?.as_str().map(String::from)),
+            _ => None,
+        });
+        let jinja = dir.join("chat_template.jinja");
+        if chat_template.is_none() && jinja.exists() {
+            chat_template = Some(
+                std::fs::read_to_string(&jinja).with_context(|| format!("{}: cannot read", jinja.display()))?,
+            );
+        }
+        let eos_token = tc.as_ref().and_then(|t| token_content(t.get("eos_token")));
+        let bos_token = tc.as_ref().and_then(|t| token_content(t.get("bos_token")));
+        let pad_token = tc.as_ref().and_then(|t| token_content(t.get("pad_token")));
+        let mut eos_ids = ids_of(gc.as_ref().and_then(|g| g.get("eos_token_id")));
+        eos_ids.extend(ids_of(cc.as_ref().and_then(|c| c.get("eos_token_id"))));
+        let mut me = Self { inner, eos_ids, chat_template, eos_token, bos_token, pad_id: None };
+        me.pad_id = pad_token.and_then(|p| me.inner.token_to_id(&p));
+        me.finish_eos();
+        Ok(me)
+    }
+
+    pub fn from_gguf(g: &GgufFile) -> Result<Self> {
+        let json = g.tokenizer_json()?;
+        let inner = tokenizers::Tokenizer::from_bytes(serde_json::to_vec(&json)?).map_err(|e| {
+            anyhow::anyhow!("{}: cannot build the tokenizer from GGUF metadata: {e}", g.path.display())
+        })?;
+        let eos_token = g.special_token("eos");
+        let pad_id = g.special_token("padding").and_then(|p| inner.token_to_id(&p));
+        let mut me = Self {
+            inner,
+            eos_ids: vec![],
+            chat_template: g.chat_template(),
+            eos_token,
+            bos_token: None,
+            pad_id,
+        };
+        me.finish_eos();
+        Ok(me)
+    }
+
+    /// Adds the eos token and Qwen's end-of-turn / end-of-text tokens, deduplicated.
+    fn finish_eos(&mut self) {
+        let mut ids = std::mem::take(&mut self.eos_ids);
+        for t in [self.eos_token.clone(), Some("<|im_end|>".into()), Some("<|endoftext|>".into())]
+            .into_iter()
+            .flatten()
+        {
+            if let Some(id) = self.inner.token_to_id(&t) {
+                ids.push(id);
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        ids.retain(|x| seen.insert(*x));
+        self.eos_ids = ids;
+        if self.pad_id.is_none() {
+            self.pad_id = self.inner.token_to_id("<|endoftext|>").or(self.eos_ids.first().copied());
+        }
+    }
+
+    /// Token ids of `text` as given: special tokens such as `<|im_start|>` are recognised, no
+    /// bos/eos is added.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self.inner.encode(text, false).map_err(|e| anyhow::anyhow!("tokenizer: {e}"))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
+        self.inner.decode(ids, skip_special).map_err(|e| anyhow::anyhow!("tokenizer: {e}"))
+    }
+
+    /// The text of one token as `decode` writes it.
+    pub fn token_text(&self, id: u32) -> String {
+        self.inner.decode(&[id], false).unwrap_or_default()
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    pub fn token_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    /// Renders messages with the model's chat template (ChatML when it has none).
+    pub fn apply_chat_template(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
+        let tpl = self.chat_template.as_deref().unwrap_or(CHATML_TEMPLATE);
+        render_chat(tpl, messages, add_generation_prompt, self.bos_token.as_deref(), self.eos_token.as_deref())
+    }
+}
+
+/// Renders a Hugging Face chat template (Jinja) with minijinja, as transformers does:
+/// blocks trimmed, Python string methods available, `raise_exception` defined.
+pub fn render_chat(
+    template: &str,
+    messages: &[ChatMessage],
+    add_generation_prompt: bool,
+    bos_token: Option<&str>,
+    eos_token: Option<&str>,
+) -> Result<String> {
+    let mut env = Environment::new();
+    env.set_trim_blocks(true);
+    env.set_lstrip_blocks(true);
+    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+    env.add_function("raise_exception", |msg: String| -> Result<String, minijinja::Error> {
+        Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
+    });
+    env.add_template("chat", template).context("chat template does not parse")?;
+    let tpl = env.get_template("chat")?;
+    tpl.render(context! {
+        messages => messages,
+        add_generation_prompt => add_generation_prompt,
+        bos_token => bos_token.unwrap_or(""),
+        eos_token => eos_token.unwrap_or(""),
+    })
+    .context("chat template failed to render")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chatml_fallback() {
+        let m = vec![ChatMessage::new("system", "S"), ChatMessage::new("user", "你好")];
+        let s = render_chat(CHATML_TEMPLATE, &m, true, None, None).unwrap();
+        assert_eq!(s, "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\n你好<|im_end|>\n<|im_start|>assistant\n");
+        let s = render_chat(CHATML_TEMPLATE, &m, false, None, None).unwrap();
+        assert!(!s.ends_with("assistant\n"));
+    }
+
+    #[test]
+    fn qwen_style_template_with_python_methods() {
+        // The shape of Qwen2.5's template: default system prompt, tools branch, loop.first.
+        let tpl = "{%- if messages[0]['role'] == 'system' %}{{- '<|im_start|>system\\n' + messages[0]['content'].strip() + '<|im_end|>\\n' }}{%- else %}{{- '<|im_start|>system\\nYou are Qwen.<|im_end|>\\n' }}{%- endif %}{%- for message in messages %}{%- if message.role == 'user' or (message.role == 'system' and not loop.first) %}{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}{%- endif %}{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}";
+        let m = vec![ChatMessage::new("system", " S "), ChatMessage::new("user", "U")];
+        let s = render_chat(tpl, &m, true, None, None).unwrap();
+        assert_eq!(s, "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nU<|im_end|>\n<|im_start|>assistant\n");
+        let s = render_chat(tpl, &m[1..], false, None, None).unwrap();
+        assert!(s.starts_with("<|im_start|>system\nYou are Qwen."));
+    }
+
+    #[test]
+    fn raise_exception_is_an_error() {
+        let tpl = "{{ raise_exception('no system allowed') }}";
+        let e = render_chat(tpl, &[], false, None, None).unwrap_err();
+        assert!(format!("{e:#}").contains("no system allowed"));
+    }
+}
