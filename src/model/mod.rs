@@ -12,6 +12,8 @@ pub use config::Qwen2Config;
 pub use loader::{load, LoadOptions, LoadedModel, ModelLocation};
 pub use qwen2::{KvCache, Mode, Qwen2};
 pub use tokenizer::{ChatMessage, TextTokenizer};
-pub mod tiny;
+
 
 pub use crate::data::fsutil::write_atomic as write_file_atomic;
+pub mod convert;
+pub mod tiny;
