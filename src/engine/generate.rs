@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use crate::model::{ChatMessage, LoadedModel, TextTokenizer};
+use crate::model::{ChatMessage, KvCache, LoadedModel, TextTokenizer};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct SamplingParams {
@@ -161,22 +161,36 @@ pub fn generate(
     cancel: &AtomicBool,
     on_text: &mut dyn FnMut(&str),
 ) -> Result<Generation> {
+    let mut cache = lm.model.new_cache(1);
+    generate_with_cache(lm, &mut cache, prompt_ids, params, cancel, on_text)
+}
+
+/// Generates after a (batch-1) cache that already holds a prefix of the prompt; `new_ids` are
+/// the rest of the prompt. Timings and `prompt_tokens` count only `new_ids` as prefill.
+pub fn generate_with_cache(
+    lm: &LoadedModel,
+    cache: &mut KvCache,
+    new_ids: &[u32],
+    params: &SamplingParams,
+    cancel: &AtomicBool,
+    on_text: &mut dyn FnMut(&str),
+) -> Result<Generation> {
     let model = &lm.model;
     let tok = &lm.tokenizer;
-    if prompt_ids.is_empty() {
+    if new_ids.is_empty() {
         bail!("the prompt is empty");
     }
     let ctx = model.cfg.max_position_embeddings;
-    if prompt_ids.len() >= ctx {
-        bail!("the prompt has {} tokens, longer than the model's context of {ctx} tokens", prompt_ids.len());
+    let total = cache.len() + new_ids.len();
+    if total >= ctx {
+        bail!("the prompt has {total} tokens, longer than the model's context of {ctx} tokens");
     }
-    let max_new = params.max_tokens.min(ctx - prompt_ids.len());
+    let max_new = params.max_tokens.min(ctx - total);
     let mut sampler = Sampler::new(params);
-    let mut cache = model.new_cache(1);
     let mut stream = TextStream::new();
     let t0 = Instant::now();
-    let input = Tensor::new(prompt_ids, &model.device)?.unsqueeze(0)?;
-    let logits = model.forward_last(&input, None, Some(&mut cache))?;
+    let input = Tensor::new(new_ids, &model.device)?.unsqueeze(0)?;
+    let logits = model.forward_last(&input, None, Some(&mut *cache))?;
     let mut logits: Vec<f32> = logits.squeeze(0)?.to_vec1()?;
     let prefill_s = t0.elapsed().as_secs_f64();
     let mut out = Vec::new();
@@ -207,23 +221,22 @@ pub fn generate(
             break;
         }
         let input = Tensor::new(&[next], &model.device)?.unsqueeze(0)?;
-        logits = model.forward_last(&input, None, Some(&mut cache))?.squeeze(0)?.to_vec1()?;
+        logits = model.forward_last(&input, None, Some(&mut *cache))?.squeeze(0)?.to_vec1()?;
     }
     let decode_s = t1.elapsed().as_secs_f64();
     // Text that was held back (a dangling partial character) is flushed at the end.
     let full = tok.decode(&out, true)?;
     if full.len() > text.len() && full.starts_with(&text) {
-        let rest = &full[text.len()..];
-        on_text(rest);
+        on_text(&full[text.len()..]);
         text = full;
     }
     let n = out.len();
     Ok(Generation {
         text,
-        prompt_tokens: prompt_ids.len(),
+        prompt_tokens: new_ids.len(),
         generated_tokens: n,
         ttft_s: ttft,
-        prefill_tok_s: prompt_ids.len() as f64 / prefill_s.max(1e-9),
+        prefill_tok_s: new_ids.len() as f64 / prefill_s.max(1e-9),
         // the first token comes from the prefill's logits; decode steps are n - 1
         decode_tok_s: if n > 1 { (n - 1) as f64 / decode_s.max(1e-9) } else { 0.0 },
         token_ids: out,

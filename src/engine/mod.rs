@@ -1,4 +1,10 @@
-//! The engine: the only place a model runs. Headless functions (generate, logits) that the CLI
-//! calls directly, and a worker thread the TUI drives over command and event channels.
+//! The engine: the only place a model runs. Headless functions (generate, score, train,
+//! evaluate) that the CLI calls directly, and a worker thread the TUI drives over command and
+//! event channels.
 
+pub mod eval;
 pub mod generate;
+pub mod train;
+pub mod worker;
+
+pub use worker::{Command, Engine, EngineState, Event, LoadedInfo};

@@ -17,3 +17,4 @@ pub use tokenizer::{ChatMessage, TextTokenizer};
 pub use crate::data::fsutil::write_atomic as write_file_atomic;
 pub mod convert;
 pub mod tiny;
+pub mod adapter;

@@ -18,8 +18,33 @@ use super::config::Qwen2Config;
 pub enum Mode {
     /// Fused kernels, no autograd.
     Infer,
-    /// Differentiable ops only; LoRA dropout active.
-    Train,
+    /// Differentiable ops only; LoRA dropout active, its masks drawn from `dropout_seed`
+    /// (so a step can be replayed exactly, e.g. after resuming).
+    Train { dropout_seed: u64 },
+}
+
+impl Mode {
+    pub fn is_train(self) -> bool {
+        matches!(self, Mode::Train { .. })
+    }
+}
+
+/// A dropout mask (rows, cols) scaled by 1/(1-p), from a seed (SplitMix64).
+fn dropout_mask(seed: u64, rows: usize, cols: usize, p: f32, dtype: DType, device: &Device) -> Result<Tensor> {
+    let keep = 1.0 - p;
+    let scale = 1.0 / keep;
+    let mut s = seed;
+    let v: Vec<f32> = (0..rows * cols)
+        .map(|_| {
+            s = s.wrapping_add(0x9E3779B97F4A7C15);
+            let mut z = s;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
+            let u = ((z ^ (z >> 31)) >> 40) as f32 / (1u64 << 24) as f32;
+            if u < keep { scale } else { 0.0 }
+        })
+        .collect();
+    Ok(Tensor::from_vec(v, (rows, cols), device)?.to_dtype(dtype)?)
 }
 
 /// A LoRA adapter on one linear layer: `scale · B (A x)`, A: (r, in), B: (out, r).
@@ -29,6 +54,8 @@ pub struct Lora {
     pub b: Tensor,
     pub scale: f64,
     pub dropout: f32,
+    /// Distinguishes this layer's dropout masks from the others'.
+    pub id: u64,
 }
 
 /// The base weight of a linear layer, dense (f32/bf16) or quantized (GGUF blocks).
@@ -66,10 +93,13 @@ impl Linear {
             y = y.broadcast_add(b)?;
         }
         if let Some(l) = &self.lora {
-            let xin = if mode == Mode::Train && l.dropout > 0.0 {
-                candle_nn::ops::dropout(&x2, l.dropout)?
-            } else {
-                x2
+            let xin = match mode {
+                Mode::Train { dropout_seed } if l.dropout > 0.0 => {
+                    let seed = dropout_seed ^ l.id.wrapping_mul(0x9E3779B97F4A7C15);
+                    let m = dropout_mask(seed, rows, self.in_features, l.dropout, x2.dtype(), x2.device())?;
+                    (x2 * m)?
+                }
+                _ => x2,
             };
             let delta = xin.matmul(&l.a.t()?)?.matmul(&l.b.t()?)?;
             y = (y + (delta * l.scale)?)?;
@@ -77,6 +107,14 @@ impl Linear {
         let mut out_dims = dims;
         *out_dims.last_mut().unwrap() = self.out_features;
         Ok(y.reshape(out_dims)?)
+    }
+
+    /// The dtype of a dense weight (None when quantized).
+    pub fn dense_dtype(&self) -> Option<DType> {
+        match &self.weight {
+            LinearWeight::Dense(w) => Some(w.dtype()),
+            LinearWeight::Quant(_) => None,
+        }
     }
 
     /// The weight as a dense (out, in) tensor (dequantized when quantized).
@@ -93,7 +131,7 @@ impl Linear {
 fn rms_norm(x: &Tensor, w: &Tensor, eps: f64, mode: Mode) -> Result<Tensor> {
     match mode {
         Mode::Infer => Ok(candle_nn::ops::rms_norm(&x.contiguous()?, w, eps as f32)?),
-        Mode::Train => {
+        Mode::Train { .. } => {
             let dt = x.dtype();
             let x = x.to_dtype(DType::F32)?;
             let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
@@ -106,7 +144,7 @@ fn rms_norm(x: &Tensor, w: &Tensor, eps: f64, mode: Mode) -> Result<Tensor> {
 fn softmax_last(x: &Tensor, mode: Mode) -> Result<Tensor> {
     match mode {
         Mode::Infer => Ok(candle_nn::ops::softmax_last_dim(x)?),
-        Mode::Train => {
+        Mode::Train { .. } => {
             let max = x.max_keepdim(D::Minus1)?.detach();
             let e = x.broadcast_sub(&max)?.exp()?;
             Ok(e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?)
@@ -156,7 +194,7 @@ impl Rope {
 fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor, mode: Mode) -> Result<Tensor> {
     match mode {
         Mode::Infer => Ok(candle_nn::rotary_emb::rope(&x.contiguous()?, cos, sin)?),
-        Mode::Train => {
+        Mode::Train { .. } => {
             let d = x.dim(D::Minus1)?;
             let (cos, sin) = if cos.rank() == 2 {
                 (cos.unsqueeze(0)?.unsqueeze(0)?, sin.unsqueeze(0)?.unsqueeze(0)?)

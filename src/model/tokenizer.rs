@@ -2,24 +2,13 @@
 
 use anyhow::{bail, Context, Result};
 use minijinja::{context, Environment, ErrorKind};
-use serde::{Deserialize, Serialize};
 use std::path::Path;
 
 use super::config::ids_of;
 use super::gguf::GgufFile;
 
-/// One chat message.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ChatMessage {
-    pub role: String,
-    pub content: String,
-}
-
-impl ChatMessage {
-    pub fn new(role: &str, content: &str) -> Self {
-        Self { role: role.into(), content: content.into() }
-    }
-}
+/// One chat message (the data layer's type: datasets produce them, templates render them).
+pub use crate::data::dataset::Message as ChatMessage;
 
 /// ChatML, used when a model ships no template of its own.
 pub const CHATML_TEMPLATE: &str = "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";

@@ -1,0 +1,324 @@
+//! Evaluation on labelled dialogues: `score` mode (one forward per sample, P(true) vs
+//! P(false) after the pre-filled `{"is_fraud":`, shared prompt prefix computed once and the
+//! rest batched) and `generate` mode (greedy answer, `is_fraud` parsed from its JSON).
+
+use anyhow::{bail, Context, Result};
+use candle_core::Tensor;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use super::generate::{generate_with_cache, SamplingParams};
+use crate::data::metrics::{self, EvalRow, Metrics};
+use crate::data::{self, answer_json, parse_answer, Sample, DEFAULT_SYSTEM};
+use crate::model::{self, LoadOptions, LoadedModel, TextTokenizer};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EvalMode {
+    Score,
+    Generate,
+}
+
+impl std::str::FromStr for EvalMode {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "score" => Ok(Self::Score),
+            "generate" => Ok(Self::Generate),
+            _ => bail!("mode `{s}`: use score or generate"),
+        }
+    }
+}
+
+/// One model (with an optional adapter) to evaluate.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EvalTarget {
+    pub model: String,
+    pub adapter: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EvalConfig {
+    pub targets: Vec<EvalTarget>,
+    pub data: PathBuf,
+    pub limit: Option<usize>,
+    pub mode: EvalMode,
+    pub batch: usize,
+    /// P(fraud) at or above this predicts fraud (score mode).
+    pub threshold: f64,
+    /// Generate mode: answer length cap.
+    pub max_tokens: usize,
+    pub quantized: bool,
+    /// Where config.json, metrics.json and predictions.jsonl go (a session's evals/<id>/).
+    pub out_dir: Option<PathBuf>,
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        Self {
+            targets: vec![],
+            data: PathBuf::new(),
+            limit: None,
+            mode: EvalMode::Score,
+            batch: 8,
+            threshold: 0.5,
+            max_tokens: 64,
+            quantized: false,
+            out_dir: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Prediction {
+    pub id: String,
+    pub label: bool,
+    pub probability: Option<f64>,
+    pub answer: Option<String>,
+    pub predicted: Option<bool>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EvalResult {
+    pub model: String,
+    pub adapter: Option<PathBuf>,
+    pub mode: EvalMode,
+    #[serde(flatten)]
+    pub metrics: Metrics,
+    pub samples_per_s: f64,
+    pub seconds: f64,
+    #[serde(skip)]
+    pub predictions: Vec<Prediction>,
+}
+
+/// The scoring prompt of a sample: the chat prompt with the assistant turn pre-filled up to
+/// where the answers `{"is_fraud": true}` and `{"is_fraud": false}` part, tokenized exactly
+/// as the training target is; and the two tokens that begin the continuations.
+pub fn score_prompt(tok: &TextTokenizer, s: &Sample) -> Result<(Vec<u32>, u32, u32)> {
+    let msgs = s.to_chat_messages(DEFAULT_SYSTEM, false, false);
+    let prompt = tok.apply_chat_template(&msgs, true)?;
+    let t = tok.encode(&format!("{prompt}{}", answer_json(true, None, None, false)))?;
+    let f = tok.encode(&format!("{prompt}{}", answer_json(false, None, None, false)))?;
+    let p = t.iter().zip(&f).take_while(|(a, b)| a == b).count();
+    if p >= t.len() || p >= f.len() {
+        bail!("the true and false answers tokenize alike");
+    }
+    Ok((t[..p].to_vec(), t[p], f[p]))
+}
+
+fn common_prefix(seqs: &[Vec<u32>]) -> usize {
+    let Some(first) = seqs.first() else { return 0 };
+    let mut n = first.len();
+    for s in &seqs[1..] {
+        n = n.min(s.iter().zip(first).take_while(|(a, b)| a == b).count());
+    }
+    // every row keeps at least one token of its own
+    n.min(seqs.iter().map(|s| s.len()).min().unwrap_or(1).saturating_sub(1))
+}
+
+/// P(fraud) of each sample. The prefix every prompt shares runs once; the rest is batched
+/// (sorted by length, left-padded) on copies of that prefix's KV cache.
+pub fn score_samples(
+    lm: &LoadedModel,
+    samples: &[Sample],
+    batch: usize,
+    cancel: &AtomicBool,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Vec<f64>> {
+    let model = &lm.model;
+    let prompts: Vec<(Vec<u32>, u32, u32)> =
+        samples.iter().map(|s| score_prompt(&lm.tokenizer, s)).collect::<Result<_>>()?;
+    let ids: Vec<Vec<u32>> = prompts.iter().map(|p| p.0.clone()).collect();
+    let ctx = model.cfg.max_position_embeddings;
+    if let Some((i, l)) = ids.iter().enumerate().map(|(i, s)| (i, s.len())).find(|(_, l)| *l >= ctx) {
+        bail!("sample {} has {l} prompt tokens, more than the model's context of {ctx}", samples[i].id);
+    }
+    let lcp = common_prefix(&ids);
+    let mut prefix_cache = model.new_cache(1);
+    if lcp > 0 {
+        let input = Tensor::new(&ids[0][..lcp], &model.device)?.unsqueeze(0)?;
+        model.forward_hidden(&input, None, Some(&mut prefix_cache), crate::model::Mode::Infer)?;
+    }
+    let mut order: Vec<usize> = (0..samples.len()).collect();
+    order.sort_by_key(|&i| ids[i].len());
+    let pad = lm.tokenizer.pad_id.unwrap_or(0);
+    let mut probs = vec![f64::NAN; samples.len()];
+    let mut done = 0;
+    for chunk in order.chunks(batch.max(1)) {
+        if cancel.load(Ordering::Relaxed) {
+            bail!("cancelled");
+        }
+        let b = chunk.len();
+        let max = chunk.iter().map(|&i| ids[i].len() - lcp).max().unwrap_or(1);
+        let mut flat = Vec::with_capacity(b * max);
+        let mut valid = Vec::with_capacity(b);
+        for &i in chunk {
+            let rest = &ids[i][lcp..];
+            let padn = max - rest.len();
+            flat.extend(std::iter::repeat_n(pad, padn));
+            flat.extend_from_slice(rest);
+            valid.push([vec![false; padn], vec![true; rest.len()]].concat());
+        }
+        let input = Tensor::from_vec(flat, (b, max), &model.device)?;
+        let mut cache = if lcp > 0 { prefix_cache.expand(b)? } else { model.new_cache(b) };
+        let any_pad = valid.iter().any(|v| v.iter().any(|x| !x));
+        let logits = model.forward_last(&input, if any_pad { Some(&valid) } else { None }, Some(&mut cache))?;
+        let logits: Vec<Vec<f32>> = logits.to_vec2()?;
+        for (row, &i) in chunk.iter().enumerate() {
+            let (_, t, f) = prompts[i];
+            let d = (logits[row][t as usize] - logits[row][f as usize]) as f64;
+            probs[i] = 1.0 / (1.0 + (-d).exp());
+        }
+        done += b;
+        progress(done, samples.len());
+    }
+    Ok(probs)
+}
+
+/// Greedy answers, the shared prompt prefix computed once.
+pub fn generate_answers(
+    lm: &LoadedModel,
+    samples: &[Sample],
+    max_tokens: usize,
+    cancel: &AtomicBool,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Vec<String>> {
+    let model = &lm.model;
+    let ids: Vec<Vec<u32>> = samples
+        .iter()
+        .map(|s| {
+            let msgs = s.to_chat_messages(DEFAULT_SYSTEM, false, false);
+            lm.tokenizer.encode(&lm.tokenizer.apply_chat_template(&msgs, true)?)
+        })
+        .collect::<Result<_>>()?;
+    let lcp = common_prefix(&ids);
+    let mut prefix_cache = model.new_cache(1);
+    if lcp > 0 {
+        let input = Tensor::new(&ids[0][..lcp], &model.device)?.unsqueeze(0)?;
+        model.forward_hidden(&input, None, Some(&mut prefix_cache), crate::model::Mode::Infer)?;
+    }
+    let params = SamplingParams { max_tokens, ..Default::default() };
+    let mut out = Vec::with_capacity(samples.len());
+    for (i, s) in ids.iter().enumerate() {
+        if cancel.load(Ordering::Relaxed) {
+            bail!("cancelled");
+        }
+        let mut cache = prefix_cache.clone();
+        let g = generate_with_cache(lm, &mut cache, &s[lcp..], &params, cancel, &mut |_| {})?;
+        out.push(g.text);
+        progress(i + 1, samples.len());
+    }
+    Ok(out)
+}
+
+/// Loads the labelled samples of a dataset (unlabelled ones are left out).
+pub fn load_labelled(path: &std::path::Path, limit: Option<usize>) -> Result<(Vec<Sample>, String)> {
+    let r = data::load(path)?;
+    let mut samples: Vec<Sample> = r.samples.into_iter().filter(|s| s.label.is_some()).collect();
+    if let Some(n) = limit {
+        samples.truncate(n);
+    }
+    if samples.is_empty() {
+        bail!("{}: no labelled samples to evaluate", path.display());
+    }
+    Ok((samples, r.summary))
+}
+
+/// Evaluates one loaded model on samples.
+pub fn evaluate_loaded(
+    lm: &LoadedModel,
+    samples: &[Sample],
+    cfg: &EvalConfig,
+    cancel: &AtomicBool,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<(Metrics, Vec<Prediction>, f64)> {
+    let t0 = Instant::now();
+    let preds: Vec<Prediction> = match cfg.mode {
+        EvalMode::Score => {
+            let p = score_samples(lm, samples, cfg.batch, cancel, progress)?;
+            samples
+                .iter()
+                .zip(p)
+                .map(|(s, p)| Prediction {
+                    id: s.id.clone(),
+                    label: s.label.unwrap_or(false),
+                    probability: Some(p),
+                    answer: None,
+                    predicted: Some(p >= cfg.threshold),
+                })
+                .collect()
+        }
+        EvalMode::Generate => {
+            let answers = generate_answers(lm, samples, cfg.max_tokens, cancel, progress)?;
+            samples
+                .iter()
+                .zip(answers)
+                .map(|(s, a)| Prediction {
+                    id: s.id.clone(),
+                    label: s.label.unwrap_or(false),
+                    probability: None,
+                    predicted: parse_answer(&a).map(|x| x.is_fraud),
+                    answer: Some(a),
+                })
+                .collect()
+        }
+    };
+    let secs = t0.elapsed().as_secs_f64();
+    let rows: Vec<EvalRow> =
+        preds.iter().map(|p| EvalRow { label: p.label, predicted: p.predicted, probability: p.probability }).collect();
+    Ok((metrics::compute(&rows), preds, secs))
+}
+
+/// Evaluates every target on the same samples; writes config.json, metrics.json and
+/// predictions.jsonl to `out_dir` when given.
+pub fn evaluate(
+    cfg: &EvalConfig,
+    cancel: &AtomicBool,
+    progress: &mut dyn FnMut(&str, usize, usize),
+) -> Result<Vec<EvalResult>> {
+    if cfg.targets.is_empty() {
+        bail!("no model to evaluate");
+    }
+    let (samples, _) = load_labelled(&cfg.data, cfg.limit)?;
+    let mut results = Vec::new();
+    for t in &cfg.targets {
+        let mut lm = model::load(&t.model, LoadOptions { quantized: cfg.quantized, ..Default::default() })?;
+        if let Some(a) = &t.adapter {
+            crate::model::adapter::load_adapter(&mut lm.model, a)?;
+        }
+        let name = lm.name.clone();
+        let (m, preds, secs) = evaluate_loaded(&lm, &samples, cfg, cancel, &mut |d, n| progress(&name, d, n))?;
+        results.push(EvalResult {
+            model: t.model.clone(),
+            adapter: t.adapter.clone(),
+            mode: cfg.mode,
+            metrics: m,
+            samples_per_s: samples.len() as f64 / secs.max(1e-9),
+            seconds: secs,
+            predictions: preds,
+        });
+    }
+    if let Some(dir) = &cfg.out_dir {
+        write_results(dir, cfg, &results)?;
+    }
+    Ok(results)
+}
+
+pub fn write_results(dir: &std::path::Path, cfg: &EvalConfig, results: &[EvalResult]) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
+    data::write_atomic(&dir.join("config.json"), serde_json::to_string_pretty(cfg)?.as_bytes())?;
+    data::write_atomic(&dir.join("metrics.json"), serde_json::to_string_pretty(results)?.as_bytes())?;
+    let mut lines = String::new();
+    for r in results {
+        for p in &r.predictions {
+            let mut v = serde_json::to_value(p)?;
+            v["model"] = serde_json::json!(r.model);
+            v["adapter"] = serde_json::json!(r.adapter);
+            lines.push_str(&serde_json::to_string(&v)?);
+            lines.push('\n');
+        }
+    }
+    data::write_atomic(&dir.join("predictions.jsonl"), lines.as_bytes())
+}

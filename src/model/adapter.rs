@@ -1,0 +1,250 @@
+//! LoRA adapters in the PEFT layout: `adapter_config.json` + `adapter_model.safetensors` with
+//! keys such as `base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight`.
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor, Var};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+use super::qwen2::{Lora, Qwen2, PROJECTIONS};
+use super::safetensors_io::{save_atomic, SafetensorsFile};
+
+/// LoRA settings, named as PEFT names them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoraSpec {
+    pub r: usize,
+    pub lora_alpha: f64,
+    pub lora_dropout: f32,
+    pub target_modules: Vec<String>,
+    #[serde(default)]
+    pub use_rslora: bool,
+}
+
+impl Default for LoraSpec {
+    /// The recipe of the fraud-dialogue notebooks: r 8, alpha 16, dropout 0.05, 7 projections.
+    fn default() -> Self {
+        Self { r: 8, lora_alpha: 16.0, lora_dropout: 0.05, target_modules: PROJECTIONS.iter().map(|s| s.to_string()).collect(), use_rslora: false }
+    }
+}
+
+impl LoraSpec {
+    pub fn scale(&self) -> f64 {
+        if self.use_rslora {
+            self.lora_alpha / (self.r as f64).sqrt()
+        } else {
+            self.lora_alpha / self.r as f64
+        }
+    }
+    pub fn validate(&self) -> Result<()> {
+        if self.r == 0 {
+            bail!("LoRA rank r must be positive");
+        }
+        for t in &self.target_modules {
+            if !PROJECTIONS.contains(&t.as_str()) {
+                bail!("target module `{t}` is not a Qwen2 projection (use {})", PROJECTIONS.join(","));
+            }
+        }
+        if self.target_modules.is_empty() {
+            bail!("no LoRA target modules");
+        }
+        Ok(())
+    }
+    fn targets(&self, module_name: &str) -> bool {
+        let last = module_name.rsplit('.').next().unwrap_or("");
+        self.target_modules.iter().any(|t| t == last)
+    }
+}
+
+/// The PEFT key of a LoRA matrix.
+pub fn peft_key(module: &str, which: char) -> String {
+    format!("base_model.model.{module}.lora_{which}.weight")
+}
+
+/// A trainable LoRA matrix pair.
+pub struct LoraVars {
+    pub module: String,
+    pub a: Var,
+    pub b: Var,
+}
+
+/// Deterministic uniform values in [-bound, bound] (SplitMix64).
+fn uniform(seed: u64, n: usize, bound: f64) -> Vec<f32> {
+    let mut s = seed ^ 0xD1B54A32D192ED03;
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_add(0x9E3779B97F4A7C15);
+            let mut z = s;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
+            let u = ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64;
+            ((2.0 * u - 1.0) * bound) as f32
+        })
+        .collect()
+}
+
+/// Attaches fresh trainable LoRA matrices to the targeted layers, as PEFT initialises them:
+/// A Kaiming-uniform (a = sqrt 5, i.e. U(-1/sqrt(in), 1/sqrt(in))), B zeros.
+pub fn attach_lora(model: &mut Qwen2, spec: &LoraSpec, seed: u64) -> Result<Vec<LoraVars>> {
+    spec.validate()?;
+    let dev = model.device.clone();
+    let dtype = DType::F32;
+    let mut out = Vec::new();
+    for (k, (name, lin)) in model.linears_mut().into_iter().enumerate() {
+        if !spec.targets(&name) {
+            continue;
+        }
+        let bound = 1.0 / (lin.in_features as f64).sqrt();
+        let a = Tensor::from_vec(
+            uniform(seed.wrapping_mul(1_000_003).wrapping_add(k as u64), spec.r * lin.in_features, bound),
+            (spec.r, lin.in_features),
+            &dev,
+        )?
+        .to_dtype(dtype)?;
+        let a = Var::from_tensor(&a)?;
+        let b = Var::zeros((lin.out_features, spec.r), dtype, &dev)?;
+        lin.lora = Some(Lora { a: a.as_tensor().clone(), b: b.as_tensor().clone(), scale: spec.scale(), dropout: spec.lora_dropout, id: k as u64 });
+        out.push(LoraVars { module: name, a, b });
+    }
+    if out.is_empty() {
+        bail!("no layer matched the LoRA target modules");
+    }
+    Ok(out)
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct PeftConfig {
+    #[serde(default)]
+    peft_type: Option<String>,
+    r: usize,
+    lora_alpha: f64,
+    #[serde(default)]
+    lora_dropout: f32,
+    #[serde(default)]
+    target_modules: serde_json::Value,
+    #[serde(default)]
+    use_rslora: bool,
+    #[serde(default)]
+    use_dora: bool,
+    #[serde(default)]
+    fan_in_fan_out: bool,
+    #[serde(default)]
+    bias: Option<String>,
+}
+
+/// Writes an adapter in the PEFT layout.
+pub fn save_adapter(dir: &Path, spec: &LoraSpec, vars: &[LoraVars], base_model: &str) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
+    let mut tensors = Vec::new();
+    for v in vars {
+        tensors.push((peft_key(&v.module, 'A'), v.a.as_tensor().to_dtype(DType::F32)?.contiguous()?));
+        tensors.push((peft_key(&v.module, 'B'), v.b.as_tensor().to_dtype(DType::F32)?.contiguous()?));
+    }
+    save_atomic(&tensors, &dir.join("adapter_model.safetensors"))?;
+    let cfg = serde_json::json!({
+        "alpha_pattern": {},
+        "auto_mapping": null,
+        "base_model_name_or_path": base_model,
+        "bias": "none",
+        "fan_in_fan_out": false,
+        "inference_mode": true,
+        "init_lora_weights": true,
+        "layers_pattern": null,
+        "layers_to_transform": null,
+        "lora_alpha": spec.lora_alpha,
+        "lora_dropout": spec.lora_dropout,
+        "modules_to_save": null,
+        "peft_type": "LORA",
+        "r": spec.r,
+        "rank_pattern": {},
+        "revision": null,
+        "target_modules": spec.target_modules,
+        "task_type": "CAUSAL_LM",
+        "use_dora": false,
+        "use_rslora": spec.use_rslora,
+    });
+    crate::data::write_atomic(&dir.join("adapter_config.json"), serde_json::to_string_pretty(&cfg)?.as_bytes())
+}
+
+/// Reads a PEFT LoRA adapter (ours or one written by Python `peft`) and attaches it to the
+/// model for inference. Returns its spec.
+pub fn load_adapter(model: &mut Qwen2, dir: &Path) -> Result<LoraSpec> {
+    let cp = dir.join("adapter_config.json");
+    let text = std::fs::read_to_string(&cp).with_context(|| format!("{}: cannot read adapter config", cp.display()))?;
+    let pc: PeftConfig = serde_json::from_str(&text).with_context(|| format!("{}: not a PEFT adapter config", cp.display()))?;
+    if pc.peft_type.as_deref().is_some_and(|t| t != "LORA") {
+        bail!("{}: adapter type {:?} is not supported (LoRA only)", cp.display(), pc.peft_type);
+    }
+    if pc.use_dora {
+        bail!("{}: DoRA adapters are not supported", cp.display());
+    }
+    if pc.fan_in_fan_out {
+        bail!("{}: fan_in_fan_out adapters are not supported", cp.display());
+    }
+    let wp = dir.join("adapter_model.safetensors");
+    if !wp.exists() {
+        if dir.join("adapter_model.bin").exists() {
+            bail!("{}: pickled adapters are not supported; save with safe_serialization=True", dir.display());
+        }
+        bail!("{}: missing adapter weights", wp.display());
+    }
+    let f = SafetensorsFile::open(&wp)?;
+    let spec = LoraSpec {
+        r: pc.r,
+        lora_alpha: pc.lora_alpha,
+        lora_dropout: pc.lora_dropout,
+        target_modules: match &pc.target_modules {
+            serde_json::Value::Array(a) => a.iter().filter_map(|x| x.as_str().map(String::from)).collect(),
+            serde_json::Value::String(s) => vec![s.clone()],
+            _ => vec![],
+        },
+        use_rslora: pc.use_rslora,
+    };
+    let dtype = model.dtype;
+    let dev: Device = model.device.clone();
+    let mut found = 0;
+    for (k, (name, lin)) in model.linears_mut().into_iter().enumerate() {
+        // PEFT may save with or without the adapter name in the key.
+        let (ka, kb) = (peft_key(&name, 'A'), peft_key(&name, 'B'));
+        let (ka, kb) = if f.entries.contains_key(&ka) {
+            (ka, kb)
+        } else {
+            let alt = |w: char| format!("base_model.model.{name}.lora_{w}.default.weight");
+            (alt('A'), alt('B'))
+        };
+        if !f.entries.contains_key(&ka) {
+            continue;
+        }
+        let a = f.load(&ka, DType::F32, &dev)?;
+        let b = f.load(&kb, DType::F32, &dev).with_context(|| format!("{}: `{ka}` has no matching B", wp.display()))?;
+        let (r, inp) = a.dims2()?;
+        let (out, r2) = b.dims2()?;
+        if r != pc.r || r2 != pc.r || inp != lin.in_features || out != lin.out_features {
+            bail!(
+                "{}: `{name}` LoRA shapes A {:?} B {:?} do not fit the layer ({} -> {}, r {})",
+                wp.display(), a.dims(), b.dims(), lin.in_features, lin.out_features, pc.r
+            );
+        }
+        let dt = if lin.dense_dtype() == Some(DType::BF16) { DType::BF16 } else { DType::F32 };
+        let _ = dtype;
+        lin.lora = Some(Lora { a: a.to_dtype(dt)?, b: b.to_dtype(dt)?, scale: spec.scale(), dropout: 0.0, id: k as u64 });
+        found += 1;
+    }
+    if found == 0 {
+        bail!("{}: no LoRA weights match this model's layers", wp.display());
+    }
+    Ok(spec)
+}
+
+/// Folds every attached LoRA into its base weight (`W + scale · B A`) and removes it.
+pub fn merge_lora(model: &mut Qwen2) -> Result<()> {
+    for (_, lin) in model.linears_mut() {
+        if let Some(l) = lin.lora.take() {
+            let w = lin.dense_weight()?.to_dtype(DType::F32)?;
+            let delta = (l.b.to_dtype(DType::F32)?.matmul(&l.a.to_dtype(DType::F32)?)? * l.scale)?;
+            let merged = (w + delta)?;
+            let dt = lin.dense_dtype().unwrap_or(DType::F32);
+            lin.weight = super::qwen2::LinearWeight::Dense(merged.to_dtype(dt)?);
+        }
+    }
+    Ok(())
+}
