@@ -42,6 +42,38 @@ pub enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Fine-tune a model (LoRA or full) on a dataset, with checkpoints and live metrics.
+    Train(Box<TrainArgs>),
+    /// Precision / recall / F1 of models (and adapters) on a labelled dataset.
+    Eval(EvalArgs),
+    /// Write base model + LoRA adapter as one standalone Hugging Face folder.
+    Merge {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long)]
+        adapter: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Dataset tools: stats, split, balance, window, export, show.
+    Data {
+        #[command(subcommand)]
+        cmd: DataCmd,
+    },
+    /// Hand-label headlessly: reads `ID fraud|normal|undo [SPEAKER]` lines on stdin and prints
+    /// `ok ID` once each label is durable on disk.
+    Label {
+        #[arg(long)]
+        dataset: PathBuf,
+        /// Print the current labels as JSON lines instead.
+        #[arg(long)]
+        list: bool,
+    },
+    /// List the sessions and what they hold.
+    Sessions {
+        #[arg(long)]
+        json: bool,
+    },
     /// Write a tiny random demo model (offline, seconds) to try every pane.
     DemoModel {
         #[arg(long, default_value = "models/fraudlab-demo-tiny")]
@@ -77,9 +109,180 @@ impl ModelArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct TrainArgs {
+    #[arg(long)]
+    pub model: String,
+    #[arg(long)]
+    pub data: PathBuf,
+    #[arg(long, conflicts_with = "val_split")]
+    pub val: Option<PathBuf>,
+    #[arg(long = "val-split", default_value_t = 0.0)]
+    pub val_split: f64,
+    /// Run folder (default: sessions/<session>/runs/<run-id>/; with --resume: the newest run).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    #[arg(long = "lora-r", default_value_t = 8)]
+    pub lora_r: usize,
+    #[arg(long = "lora-alpha", default_value_t = 16.0)]
+    pub lora_alpha: f64,
+    #[arg(long = "lora-dropout", default_value_t = 0.05)]
+    pub lora_dropout: f32,
+    /// Comma-separated projections (PEFT names).
+    #[arg(long, default_value = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj")]
+    pub target: String,
+    /// Full fine-tuning (all weights) instead of LoRA.
+    #[arg(long)]
+    pub full: bool,
+    #[arg(long, default_value_t = 1e-4)]
+    pub lr: f64,
+    #[arg(long, default_value_t = 3, conflicts_with = "max_steps")]
+    pub epochs: usize,
+    #[arg(long = "max-steps")]
+    pub max_steps: Option<usize>,
+    #[arg(long, default_value_t = 4)]
+    pub batch: usize,
+    #[arg(long = "grad-accum", default_value_t = 4)]
+    pub grad_accum: usize,
+    #[arg(long = "max-len", default_value_t = 512)]
+    pub max_len: usize,
+    #[arg(long, default_value = "cosine")]
+    pub schedule: String,
+    #[arg(long = "warmup-ratio", default_value_t = 0.1)]
+    pub warmup_ratio: f64,
+    #[arg(long = "warmup-steps")]
+    pub warmup_steps: Option<usize>,
+    #[arg(long = "weight-decay", default_value_t = 0.0)]
+    pub weight_decay: f64,
+    #[arg(long = "max-grad-norm", default_value_t = 1.0)]
+    pub max_grad_norm: f64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long = "save-every", default_value_t = 0)]
+    pub save_every: usize,
+    #[arg(long = "eval-every", default_value_t = 0)]
+    pub eval_every: usize,
+    /// Stop after N evaluations without improvement of the validation loss.
+    #[arg(long = "early-stopping")]
+    pub early_stopping: Option<usize>,
+    /// Use only the first N samples of --data.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Also train the model to give fraud_speaker and reason in its JSON answer.
+    #[arg(long = "answer-fields")]
+    pub answer_fields: bool,
+    #[arg(long)]
+    pub resume: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// Model(s); repeat for a side-by-side table.
+    #[arg(long, required = true)]
+    pub model: Vec<String>,
+    /// Adapter(s), paired with --model in order ("-" for none). One model with several
+    /// adapters is evaluated with each.
+    #[arg(long)]
+    pub adapter: Vec<String>,
+    #[arg(long)]
+    pub data: PathBuf,
+    #[arg(long)]
+    pub limit: Option<usize>,
+    #[arg(long, default_value = "score")]
+    pub mode: String,
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 0.5)]
+    pub threshold: f64,
+    #[arg(long = "max-tokens", default_value_t = 64)]
+    pub max_tokens: usize,
+    #[arg(long)]
+    pub quantized: bool,
+    /// k-fold cross-validation: train on k-1 folds (recipe defaults), evaluate on the held-out one.
+    #[arg(long)]
+    pub folds: Option<usize>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DataCmd {
+    /// Counts per label, length histogram, speakers.
+    Stats {
+        file: PathBuf,
+        /// Also count tokens with this model's tokenizer.
+        #[arg(long)]
+        model: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stratified train/val/test split.
+    Split {
+        file: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 0.8)]
+        train: f64,
+        #[arg(long, default_value_t = 0.1)]
+        val: f64,
+        #[arg(long, default_value_t = 0.1)]
+        test: f64,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Rebalance by undersampling the majority label.
+    Balance {
+        file: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// majority : minority ratio to keep
+        #[arg(long, default_value_t = 1.0)]
+        ratio: f64,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Cut turn-level CSV dialogues into samples by a sliding window of turns.
+    Window {
+        file: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long = "max-turns", default_value_t = 8)]
+        max_turns: usize,
+        #[arg(long = "max-chars", default_value_t = 500)]
+        max_chars: usize,
+        #[arg(long, default_value_t = 4)]
+        stride: usize,
+    },
+    /// Write the samples in another format.
+    Export {
+        file: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// fraud, alpaca, chat, sharegpt, text
+        #[arg(long, default_value = "fraud")]
+        format: String,
+        /// Apply the session's hand labels over the dataset's own.
+        #[arg(long = "with-labels")]
+        with_labels: bool,
+    },
+    /// Print the samples (with their ids).
+    Show {
+        file: PathBuf,
+        #[arg(long)]
+        limit: Option<usize>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args, Debug)]
 pub struct ProbeArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    /// A LoRA adapter (ours or PEFT's) applied to the model.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
     #[arg(long)]
     pub system: Option<String>,
     /// The prompt text (or use --prompt-file).
@@ -109,6 +312,8 @@ pub struct ProbeArgs {
 pub struct LogitsArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
     /// The prompt text (or use --prompt-file).
     #[arg(long, required_unless_present = "prompt_file")]
     pub prompt: Option<String>,
@@ -125,10 +330,16 @@ pub struct LogitsArgs {
 
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        None => bail!("the workbench (TUI) is not built yet; see `fraudlab --help` for the headless commands"),
+        None => crate::tui::run(&cli.session, &cli.models_dir),
         Some(Command::Models { json }) => cmd_models(&cli.models_dir, json),
-        Some(Command::Probe(a)) => cmd_probe(a),
+        Some(Command::Probe(a)) => cmd_probe(a, &cli.session),
         Some(Command::Logits(a)) => cmd_logits(a),
+        Some(Command::Train(a)) => cmd_train(*a, &cli.session),
+        Some(Command::Eval(a)) => cmd_eval(a, &cli.session),
+        Some(Command::Merge { model, adapter, out }) => cmd_merge(&model, &adapter, &out),
+        Some(Command::Data { cmd }) => crate::cli_data::run(cmd, &cli.session),
+        Some(Command::Label { dataset, list }) => crate::cli_data::label(&dataset, list, &cli.session),
+        Some(Command::Sessions { json }) => crate::cli_data::sessions(json),
         Some(Command::Convert { gguf, out }) => cmd_convert(&gguf, &out),
         Some(Command::DemoModel { out, gguf }) => cmd_demo(&out, gguf),
     }
@@ -185,8 +396,26 @@ fn cmd_models(extra: &[PathBuf], json: bool) -> Result<()> {
     Ok(())
 }
 
-fn cmd_probe(a: ProbeArgs) -> Result<()> {
-    let lm = model::load(&a.model.model, a.model.options()?)?;
+/// Loads a model and applies an adapter if given.
+pub fn load_with_adapter(m: &ModelArgs, adapter: Option<&std::path::Path>) -> Result<model::LoadedModel> {
+    let mut lm = model::load(&m.model, m.options()?)?;
+    if let Some(a) = adapter {
+        model::adapter::load_adapter(&mut lm.model, a)?;
+    }
+    Ok(lm)
+}
+
+/// The folder sessions live in: `FRAUDLAB_SESSIONS`, else `./sessions`.
+pub fn sessions_root() -> PathBuf {
+    std::env::var_os("FRAUDLAB_SESSIONS").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("sessions"))
+}
+
+pub fn open_session(name: &str) -> Result<crate::data::Session> {
+    crate::data::Session::open(&sessions_root(), name)
+}
+
+fn cmd_probe(a: ProbeArgs, session: &str) -> Result<()> {
+    let lm = load_with_adapter(&a.model, a.adapter.as_deref())?;
     let prompt = build_prompt(&lm.tokenizer, a.system.as_deref(), &prompt_text(&a.prompt, &a.prompt_file)?, a.raw)?;
     let ids = lm.tokenizer.encode(&prompt)?;
     let params = SamplingParams {
@@ -205,6 +434,23 @@ fn cmd_probe(a: ProbeArgs) -> Result<()> {
             let _ = stdout.flush();
         }
     })?;
+    let record = json!({
+        "time": crate::data::fsutil::now_unix(),
+        "model": a.model.model,
+        "adapter": a.adapter,
+        "system": a.system,
+        "prompt": prompt_text(&a.prompt, &a.prompt_file)?,
+        "raw": a.raw,
+        "params": params,
+        "output": g.text,
+        "prompt_tokens": g.prompt_tokens,
+        "generated_tokens": g.generated_tokens,
+        "ttft_s": g.ttft_s,
+        "decode_tok_s": g.decode_tok_s,
+    });
+    if let Err(e) = open_session(session).and_then(|s| s.append_probe(&record)) {
+        eprintln!("warning: the probe was not saved to the session: {e:#}");
+    }
     if json {
         println!(
             "{}",
@@ -238,7 +484,7 @@ pub fn top_k(logits: &[f32], k: usize) -> Vec<(u32, f32)> {
 }
 
 fn cmd_logits(a: LogitsArgs) -> Result<()> {
-    let lm = model::load(&a.model.model, a.model.options()?)?;
+    let lm = load_with_adapter(&a.model, a.adapter.as_deref())?;
     let prompt = build_prompt(&lm.tokenizer, None, &prompt_text(&a.prompt, &a.prompt_file)?, a.raw)?;
     let ids = lm.tokenizer.encode(&prompt)?;
     if ids.is_empty() {
@@ -286,5 +532,198 @@ fn cmd_demo(out: &std::path::Path, gguf: bool) -> Result<()> {
         model::tiny::write_gguf(out, &f, candle_core::quantized::GgmlDType::Q8_0)?;
         println!("wrote {}", f.display());
     }
+    Ok(())
+}
+
+fn cmd_train(a: TrainArgs, session: &str) -> Result<()> {
+    use crate::engine::train::{train, TrainConfig, TrainControl, TrainEvent};
+    let targets: Vec<String> = a.target.split(',').map(|t| t.trim().to_string()).filter(|t| !t.is_empty()).collect();
+    let sess = open_session(session)?;
+    let out = match (&a.out, a.resume) {
+        (Some(o), _) => o.clone(),
+        (None, true) => {
+            let runs = sess.list_runs()?;
+            let last = runs.last().with_context(|| format!("session `{session}` has no run to resume"))?;
+            sess.run_dir(last)
+        }
+        (None, false) => sess.run_dir(&sess.new_run_id()?),
+    };
+    let tc = TrainConfig {
+        model: a.model.clone(),
+        data: a.data.clone(),
+        val: a.val.clone(),
+        val_split: a.val_split,
+        out_dir: out,
+        full: a.full,
+        lora: model::adapter::LoraSpec { r: a.lora_r, lora_alpha: a.lora_alpha, lora_dropout: a.lora_dropout, target_modules: targets, use_rslora: false },
+        lr: a.lr,
+        epochs: a.epochs,
+        max_steps: a.max_steps,
+        batch: a.batch,
+        grad_accum: a.grad_accum,
+        max_len: a.max_len,
+        schedule: a.schedule.parse()?,
+        warmup_ratio: a.warmup_ratio,
+        warmup_steps: a.warmup_steps,
+        weight_decay: a.weight_decay,
+        max_grad_norm: a.max_grad_norm,
+        seed: a.seed,
+        save_every: a.save_every,
+        eval_every: a.eval_every,
+        early_stopping: a.early_stopping,
+        resume: a.resume,
+        answer_fields: a.answer_fields,
+        limit: a.limit,
+        ..TrainConfig::default()
+    };
+    let control = TrainControl::default();
+    let json = a.json;
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let summary = train(&tc, &control, &mut |e| match e {
+        TrainEvent::Step(m) => {
+            if json {
+                println!("{}", serde_json::to_string(&m).unwrap_or_default());
+            } else {
+                let w = 30;
+                let done = (m.step * w / m.total_steps.max(1)).min(w);
+                let line = format!(
+                    "[{}{}] step {}/{} loss {:.4}{} lr {:.2e} {:.1}s/step {:.0} tok/s ETA {}",
+                    "#".repeat(done),
+                    ".".repeat(w - done),
+                    m.step,
+                    m.total_steps,
+                    m.loss,
+                    m.eval_loss.map(|e| format!(" eval {e:.4}")).unwrap_or_default(),
+                    m.lr,
+                    m.step_s,
+                    m.tokens_per_s,
+                    fmt_secs(m.eta_s)
+                );
+                if tty {
+                    eprint!("\r{line}\x1b[K");
+                } else {
+                    eprintln!("{line}");
+                }
+            }
+        }
+        TrainEvent::Started { run_dir, total_steps, start_step, train_samples, val_samples, estimate_mib } => {
+            if !json {
+                eprintln!(
+                    "training in {} : {train_samples} train / {val_samples} val samples, steps {start_step}..{total_steps}, ~{:.1} GiB",
+                    run_dir.display(),
+                    estimate_mib / 1024.0
+                );
+            }
+        }
+        TrainEvent::Log(l) => {
+            if !json {
+                eprintln!("{l}");
+            }
+        }
+        TrainEvent::Checkpoint { .. } | TrainEvent::Eval { .. } | TrainEvent::Paused { .. } | TrainEvent::Resumed { .. } => {}
+        TrainEvent::Finished(_) => {
+            if tty && !json {
+                eprintln!();
+            }
+        }
+    })?;
+    if json {
+        println!("{}", json!({"finished": summary}));
+    } else {
+        eprintln!("{} after {} steps; output in {}", summary.end, summary.steps, summary.output_dir.display());
+    }
+    Ok(())
+}
+
+pub fn fmt_secs(s: f64) -> String {
+    if !s.is_finite() {
+        return "?".into();
+    }
+    let s = s as u64;
+    if s >= 3600 {
+        format!("{}h{:02}m", s / 3600, s % 3600 / 60)
+    } else if s >= 60 {
+        format!("{}m{:02}s", s / 60, s % 60)
+    } else {
+        format!("{s}s")
+    }
+}
+
+fn eval_targets(models: &[String], adapters: &[String]) -> Vec<crate::engine::eval::EvalTarget> {
+    use crate::engine::eval::EvalTarget;
+    let adapter = |a: &str| if a == "-" || a.is_empty() { None } else { Some(PathBuf::from(a)) };
+    if models.len() == 1 && adapters.len() > 1 {
+        return adapters.iter().map(|a| EvalTarget { model: models[0].clone(), adapter: adapter(a) }).collect();
+    }
+    models
+        .iter()
+        .enumerate()
+        .map(|(i, m)| EvalTarget { model: m.clone(), adapter: adapters.get(i).and_then(|a| adapter(a)) })
+        .collect()
+}
+
+fn cmd_eval(a: EvalArgs, session: &str) -> Result<()> {
+    use crate::engine::eval::{evaluate, EvalConfig};
+    let sess = open_session(session)?;
+    let cfg = EvalConfig {
+        targets: eval_targets(&a.model, &a.adapter),
+        data: a.data.clone(),
+        limit: a.limit,
+        mode: a.mode.parse()?,
+        batch: a.batch,
+        threshold: a.threshold,
+        max_tokens: a.max_tokens,
+        quantized: a.quantized,
+        out_dir: Some(sess.eval_dir(&sess.new_eval_id()?)),
+    };
+    if let Some(k) = a.folds {
+        return crate::cli_data::kfold_eval(&cfg, k, &sess, a.json);
+    }
+    let cancel = AtomicBool::new(false);
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let results = evaluate(&cfg, &cancel, &mut |m, d, n| {
+        if tty && !a.json {
+            eprint!("\r{m}: {d}/{n}\x1b[K");
+        }
+    })?;
+    if tty && !a.json {
+        eprintln!();
+    }
+    if a.json {
+        for r in &results {
+            println!("{}", serde_json::to_string(r)?);
+        }
+    } else {
+        println!(
+            "{:<44} {:>6} {:>9} {:>7} {:>6} {:>8} {:>7} {:>7} {:>5} {:>5} {:>5} {:>5} {:>6} {:>9}",
+            "model / adapter", "n", "precision", "recall", "f1", "accuracy", "roc_auc", "pr_auc", "tp", "fp", "tn", "fn", "unpars", "samples/s"
+        );
+        for r in &results {
+            let m = &r.metrics;
+            let name = match &r.adapter {
+                Some(ad) => format!("{} + {}", r.model, ad.display()),
+                None => r.model.clone(),
+            };
+            let opt = |x: Option<f64>| x.map(|v| format!("{v:.3}")).unwrap_or_else(|| "-".into());
+            println!(
+                "{:<44} {:>6} {:>9.3} {:>7.3} {:>6.3} {:>8.3} {:>7} {:>7} {:>5} {:>5} {:>5} {:>5} {:>6} {:>9.2}",
+                name, m.n, m.precision, m.recall, m.f1, m.accuracy, opt(m.roc_auc), opt(m.pr_auc), m.tp, m.fp, m.tn, m.fn_, m.unparseable, r.samples_per_s
+            );
+        }
+        if let Some(d) = &cfg.out_dir {
+            println!("predictions in {}", d.display());
+        }
+    }
+    Ok(())
+}
+
+fn cmd_merge(m: &ModelArgs, adapter: &std::path::Path, out: &std::path::Path) -> Result<()> {
+    if m.quantized {
+        bail!("merge writes dense weights; load the model without --quantized");
+    }
+    let mut lm = load_with_adapter(m, Some(adapter))?;
+    model::adapter::merge_lora(&mut lm.model)?;
+    model::convert::write_hf_folder(&lm.model, &lm.location, out)?;
+    println!("merged {} + {} into {}", m.model, adapter.display(), out.display());
     Ok(())
 }

@@ -318,6 +318,18 @@ fn batch_nll(model: &Qwen2, batch: &Batch, mode: Mode) -> Result<Tensor> {
     Ok(logp.gather(&tg, 1)?.sum_all()?.neg()?)
 }
 
+fn scalar(t: &Tensor) -> Result<f64> {
+    Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?)
+}
+
+/// Mean loss over the targets of examples, as one tensor (for gradient checks and tools).
+pub fn mean_loss(model: &Qwen2, examples: &[Example], pad: u32, mode: Mode) -> Result<Tensor> {
+    let refs: Vec<&Example> = examples.iter().collect();
+    let b = make_batch(&refs, pad, &model.device)?;
+    let n = b.targets.len().max(1);
+    Ok((batch_nll(model, &b, mode)? / n as f64)?)
+}
+
 /// Mean loss of examples without gradients (validation).
 pub fn eval_loss(model: &Qwen2, examples: &[Example], batch: usize, pad: u32) -> Result<f64> {
     let mut sum = 0.0;
@@ -328,7 +340,7 @@ pub fn eval_loss(model: &Qwen2, examples: &[Example], batch: usize, pad: u32) ->
         if b.targets.is_empty() {
             continue;
         }
-        sum += batch_nll(model, &b, Mode::Infer)?.to_scalar::<f32>()? as f64;
+        sum += scalar(&batch_nll(model, &b, Mode::Infer)?)?;
         n += b.targets.len();
     }
     Ok(if n == 0 { f64::NAN } else { sum / n as f64 })
@@ -536,14 +548,15 @@ fn read_checkpoint(dir: &Path, tr: &Trainable, opt: &mut AdamW, tc: &TrainConfig
         }
     } else {
         for l in &tr.lora {
-            l.a.set(&wf.load(&crate::model::adapter::peft_key(&l.module, 'A'), DType::F32, &dev)?)?;
-            l.b.set(&wf.load(&crate::model::adapter::peft_key(&l.module, 'B'), DType::F32, &dev)?)?;
+            l.a.set(&wf.load(&crate::model::adapter::peft_key(&l.module, 'A'), l.a.dtype(), &dev)?)?;
+            l.b.set(&wf.load(&crate::model::adapter::peft_key(&l.module, 'B'), l.b.dtype(), &dev)?)?;
         }
     }
     let of = SafetensorsFile::open(&dir.join("optimizer.safetensors"))?;
     for (i, n) in tr.names.iter().enumerate() {
-        opt.m[i] = of.load(&format!("m.{n}"), DType::F32, &dev)?;
-        opt.v[i] = of.load(&format!("v.{n}"), DType::F32, &dev)?;
+        let dt = tr.vars[i].dtype();
+        opt.m[i] = of.load(&format!("m.{n}"), dt, &dev)?;
+        opt.v[i] = of.load(&format!("v.{n}"), dt, &dev)?;
     }
     opt.t = st.adam_t;
     Ok(st)
@@ -732,7 +745,7 @@ pub fn train_loaded(lm: LoadedModel, tc: &TrainConfig, control: &TrainControl, o
                 None => g,
                 Some(a) => a.iter().zip(&g).map(|(x, y)| x + y).collect::<candle_core::Result<_>>()?,
             });
-            window_loss += loss.to_scalar::<f32>()? as f64;
+            window_loss += scalar(&loss)?;
             window_tokens += batch.tokens;
             window_samples += batch.valid.len();
             micro_in_window += 1;
@@ -742,7 +755,7 @@ pub fn train_loaded(lm: LoadedModel, tc: &TrainConfig, control: &TrainControl, o
             }
             // optimizer step
             let mut g = accum.take().unwrap_or_default();
-            let sq: f64 = g.iter().map(|t| t.sqr()?.sum_all()?.to_scalar::<f32>().map(|x| x as f64)).sum::<candle_core::Result<f64>>()?;
+            let sq: f64 = g.iter().map(|t| scalar(&t.sqr()?.sum_all()?)).sum::<Result<f64>>()?;
             let norm = sq.sqrt();
             if !window_loss.is_finite() || !norm.is_finite() {
                 bail!(

@@ -87,7 +87,7 @@ fn uniform(seed: u64, n: usize, bound: f64) -> Vec<f32> {
 pub fn attach_lora(model: &mut Qwen2, spec: &LoraSpec, seed: u64) -> Result<Vec<LoraVars>> {
     spec.validate()?;
     let dev = model.device.clone();
-    let dtype = DType::F32;
+    let dtype = super::qwen2::compute_dtype(model.dtype);
     let mut out = Vec::new();
     for (k, (name, lin)) in model.linears_mut().into_iter().enumerate() {
         if !spec.targets(&name) {

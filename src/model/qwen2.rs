@@ -86,6 +86,10 @@ impl Linear {
         let rows: usize = dims[..dims.len() - 1].iter().product();
         let x2 = x.reshape((rows, self.in_features))?;
         let mut y = match &self.weight {
+            // Training over a frozen weight: only the input's gradient is needed.
+            LinearWeight::Dense(w) if mode.is_train() && !w.is_variable() && matches!(x2.dtype(), DType::F32 | DType::F64) => {
+                x2.apply_op1_arc(std::sync::Arc::new(Box::new(FrozenMatmul { w: w.clone() })))?
+            }
             LinearWeight::Dense(w) => x2.matmul(&w.t()?)?,
             LinearWeight::Quant(q) => q.forward(&x2)?,
         };
@@ -128,12 +132,60 @@ impl Linear {
     }
 }
 
+/// `x · Wᵀ` for a weight that is not trained. Candle's own matmul backward also computes the
+/// weight's gradient (a second full matmul and a weight-sized buffer per layer); this op
+/// returns only the input's gradient, `dy · W`.
+struct FrozenMatmul {
+    w: Tensor,
+}
+
+impl candle_core::CustomOp1 for FrozenMatmul {
+    fn name(&self) -> &'static str {
+        "frozen-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &candle_core::CpuStorage,
+        layout: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let (start, end) = layout
+            .contiguous_offsets()
+            .ok_or_else(|| candle_core::Error::Msg("frozen-matmul: input must be contiguous".into()))?;
+        let x = match storage {
+            candle_core::CpuStorage::F32(v) => Tensor::from_slice(&v[start..end], layout.shape(), &Device::Cpu)?,
+            candle_core::CpuStorage::F64(v) => Tensor::from_slice(&v[start..end], layout.shape(), &Device::Cpu)?,
+            _ => return Err(candle_core::Error::Msg("frozen-matmul: f32 or f64 only".into())),
+        };
+        let y = x.matmul(&self.w.t()?)?;
+        let shape = y.shape().clone();
+        let (st, l) = y.storage_and_layout();
+        match (&*st, l.contiguous_offsets()) {
+            (candle_core::Storage::Cpu(c), Some((0, _))) => Ok((c.clone(), shape)),
+            _ => Err(candle_core::Error::Msg("frozen-matmul: unexpected result layout".into())),
+        }
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(grad.matmul(&self.w)?))
+    }
+}
+
+/// The dtype norms, softmax and logits are computed in: f32, or f64 for an f64 model.
+pub fn compute_dtype(dt: DType) -> DType {
+    if dt == DType::F64 {
+        DType::F64
+    } else {
+        DType::F32
+    }
+}
+
 fn rms_norm(x: &Tensor, w: &Tensor, eps: f64, mode: Mode) -> Result<Tensor> {
     match mode {
         Mode::Infer => Ok(candle_nn::ops::rms_norm(&x.contiguous()?, w, eps as f32)?),
         Mode::Train { .. } => {
             let dt = x.dtype();
-            let x = x.to_dtype(DType::F32)?;
+            let x = x.to_dtype(compute_dtype(dt))?;
             let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
             let y = x.broadcast_div(&(ms + eps)?.sqrt()?)?;
             Ok(y.to_dtype(dt)?.broadcast_mul(w)?)
@@ -324,8 +376,8 @@ impl Attention {
         let q = q.reshape((b, nkv, rep * s, d))?;
         let scale = 1.0 / (d as f64).sqrt();
         let mut att = (q.matmul(&k.t()?)? * scale)?;
-        if att.dtype() != DType::F32 {
-            att = att.to_dtype(DType::F32)?;
+        if att.dtype() != compute_dtype(att.dtype()) {
+            att = att.to_dtype(compute_dtype(att.dtype()))?;
         }
         if let Some(m) = mask {
             // m: (b, 1, 1, s, t)
@@ -513,7 +565,7 @@ impl Qwen2 {
                     }
                 }
             }
-            Some(Tensor::from_vec(m, (b, 1, 1, s, t), &self.device)?)
+            Some(Tensor::from_vec(m, (b, 1, 1, s, t), &self.device)?.to_dtype(compute_dtype(self.dtype))?)
         };
 
         let mut x = self.embed_tokens.index_select(&ids.flatten_all()?, 0)?.reshape((b, s, ()))?;
@@ -531,9 +583,10 @@ impl Qwen2 {
         rms_norm(&x, &self.norm, self.cfg.rms_norm_eps, mode)
     }
 
-    /// Vocabulary logits in f32 for hidden states (..., h).
+    /// Vocabulary logits for hidden states (..., h): f32 (f64 for an f64 model).
     pub fn logits(&self, hidden: &Tensor, mode: Mode) -> Result<Tensor> {
-        Ok(self.lm_head.forward(hidden, mode)?.to_dtype(DType::F32)?)
+        let l = self.lm_head.forward(hidden, mode)?;
+        Ok(l.to_dtype(compute_dtype(l.dtype()))?)
     }
 
     /// Logits (b, vocab) of the last position of each row.

@@ -1,0 +1,108 @@
+//! Engine benchmarks on a real model; prints JSON figures. `bench/compare.sh` runs them next
+//! to the Python reference and prints ratios.
+//!
+//!   cargo run --release --example bench_engine -- speed MODEL PROMPT_FILE NEW_TOKENS [--quantized]
+//!   cargo run --release --example bench_engine -- train MODEL DATA.jsonl BATCH STEPS
+//!   cargo run --release --example bench_engine -- score MODEL DATA.jsonl N [score|generate] [BATCH]
+
+use anyhow::{bail, Result};
+use candle_core::Tensor;
+use fraudlab::engine::eval::{evaluate_loaded, EvalConfig, EvalMode};
+use fraudlab::engine::generate::{generate, SamplingParams};
+use fraudlab::engine::train::{rss_mib, train_loaded, TrainConfig, TrainControl, TrainEvent};
+use fraudlab::model::{self, LoadOptions};
+use serde_json::json;
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn main() -> Result<()> {
+    fraudlab::tune_allocator();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("speed") => speed(&args[1], &args[2], args[3].parse()?, args.iter().any(|a| a == "--quantized")),
+        Some("train") => train(&args[1], &args[2], args[3].parse()?, args[4].parse()?),
+        Some("score") => score(&args[1], &args[2], args[3].parse()?, args.get(4).map(String::as_str).unwrap_or("score"), args.get(5).map(|b| b.parse()).transpose()?.unwrap_or(8)),
+        _ => bail!("usage: bench_engine speed|train|score …"),
+    }
+}
+
+fn speed(model_spec: &str, prompt_file: &str, k: usize, quantized: bool) -> Result<()> {
+    let lm = model::load(model_spec, LoadOptions { quantized, ..Default::default() })?;
+    let text = std::fs::read_to_string(prompt_file)?;
+    let ids = lm.tokenizer.encode(&text)?;
+    let input = Tensor::new(ids.as_slice(), &lm.model.device)?.unsqueeze(0)?;
+    let mut pre = Vec::new();
+    for _ in 0..3 {
+        let mut cache = lm.model.new_cache(1);
+        let t = Instant::now();
+        lm.model.forward_last(&input, None, Some(&mut cache))?;
+        pre.push(t.elapsed().as_secs_f64());
+    }
+    let cancel = AtomicBool::new(false);
+    let params = SamplingParams { max_tokens: k, ..Default::default() };
+    // decode: k greedy tokens after the prompt, eos ignored by forcing max tokens via many runs
+    let mut dec = Vec::new();
+    for _ in 0..2 {
+        let g = generate(&lm, &ids, &params, &cancel, &mut |_| {})?;
+        if g.generated_tokens > 1 {
+            dec.push(g.decode_tok_s);
+        }
+    }
+    println!(
+        "{}",
+        json!({"prompt_tokens": ids.len(), "load_s": lm.load_s, "prefill_tok_s": ids.len() as f64 / median(pre),
+               "decode_tok_s": if dec.is_empty() { 0.0 } else { median(dec) }, "quantized": quantized})
+    );
+    Ok(())
+}
+
+fn train(model_spec: &str, data: &str, batch: usize, steps: usize) -> Result<()> {
+    let lm = model::load(model_spec, LoadOptions::default())?;
+    let dir = std::env::temp_dir().join(format!("fraudlab-bench-train-{}", std::process::id()));
+    let tc = TrainConfig {
+        model: model_spec.into(),
+        data: data.into(),
+        out_dir: dir.clone(),
+        batch,
+        grad_accum: 1,
+        max_steps: Some(steps + 2),
+        limit: Some(batch * (steps + 2)),
+        schedule: fraudlab::engine::train::Schedule::Constant,
+        warmup_ratio: 0.0,
+        ..Default::default()
+    };
+    let mut times = Vec::new();
+    let mut toks = Vec::new();
+    let control = TrainControl::default();
+    train_loaded(lm, &tc, &control, &mut |e| {
+        if let TrainEvent::Step(m) = e {
+            if m.step > 2 {
+                times.push(m.step_s);
+                toks.push(m.tokens_per_s * m.step_s);
+            }
+        }
+    })?;
+    let _ = std::fs::remove_dir_all(&dir);
+    println!("{}", json!({"step_s": median(times), "rss_mib": rss_mib().1, "tokens_per_step": median(toks)}));
+    Ok(())
+}
+
+fn score(model_spec: &str, data: &str, n: usize, mode: &str, batch: usize) -> Result<()> {
+    let lm = model::load(model_spec, LoadOptions::default())?;
+    let (samples, _) = fraudlab::engine::eval::load_labelled(data.as_ref(), Some(n))?;
+    let cfg = EvalConfig { mode: if mode == "generate" { EvalMode::Generate } else { EvalMode::Score }, batch, ..Default::default() };
+    let cancel = AtomicBool::new(false);
+    let (m, preds, secs) = evaluate_loaded(&lm, &samples, &cfg, &cancel, &mut |_, _| {})?;
+    let probs: Vec<f64> = preds.iter().filter_map(|p| p.probability).collect();
+    println!(
+        "{}",
+        json!({"n": m.n, "precision": m.precision, "recall": m.recall, "f1": m.f1, "unparseable": m.unparseable,
+               "samples_per_s": samples.len() as f64 / secs, "probs": probs})
+    );
+    Ok(())
+}
