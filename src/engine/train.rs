@@ -714,7 +714,6 @@ pub fn train_loaded(lm: LoadedModel, tc: &TrainConfig, control: &TrainControl, o
     let mut window_tokens = 0usize;
     let mut window_samples = 0usize;
     let mut accum: Option<Vec<Tensor>> = None;
-    let mut micro_in_window = 0usize;
     let mut window_targets = 0usize;
     let mut window_batches: Vec<Batch> = Vec::new();
     'outer: while st.step < total {
@@ -748,7 +747,6 @@ pub fn train_loaded(lm: LoadedModel, tc: &TrainConfig, control: &TrainControl, o
             window_loss += scalar(&loss)?;
             window_tokens += batch.tokens;
             window_samples += batch.valid.len();
-            micro_in_window += 1;
             st.micro += 1;
             if !window_batches.is_empty() {
                 continue;
@@ -797,7 +795,6 @@ pub fn train_loaded(lm: LoadedModel, tc: &TrainConfig, control: &TrainControl, o
             window_loss = 0.0;
             window_tokens = 0;
             window_samples = 0;
-            micro_in_window = 0;
             let epoch_end = st.micro >= micro_total;
             let want_eval = !val_ex.is_empty()
                 && ((tc.eval_every > 0 && st.step % tc.eval_every == 0) || (tc.eval_every == 0 && epoch_end) || st.step == total);
@@ -849,13 +846,11 @@ pub fn train_loaded(lm: LoadedModel, tc: &TrainConfig, control: &TrainControl, o
                 on_event(TrainEvent::Resumed { step: st.step });
                 step_t = Instant::now();
             }
-        }
-        if st.micro >= micro_total {
-            st.epoch += 1;
-            st.micro = 0;
+            if epoch_end {
+                continue 'outer; // a new epoch: a new order
+            }
         }
     }
-    let _ = micro_in_window;
     // final output: the adapter (PEFT layout) or the full model folder
     let output_dir = if tc.full {
         let out = run_dir.join("model");

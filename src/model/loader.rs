@@ -187,7 +187,8 @@ pub fn load(spec: &str, opts: LoadOptions) -> Result<LoadedModel> {
 pub fn load_location(loc: &ModelLocation, opts: LoadOptions) -> Result<LoadedModel> {
     let t0 = Instant::now();
     let device = Device::Cpu;
-    if !matches!(opts.dtype, DType::F32 | DType::BF16) {
+    // f64 is for gradient checks in tests; users choose f32 or bf16.
+    if !matches!(opts.dtype, DType::F32 | DType::BF16 | DType::F64) {
         bail!("dtype {:?} is not supported (use f32 or bf16)", opts.dtype);
     }
     let (model, tokenizer, quantized) = match loc {

@@ -179,7 +179,8 @@ pub fn random_weights(cfg: &Qwen2Config, seed: u64) -> Result<Vec<(String, Tenso
     }
     add("model.norm.weight".into(), vec![h], 0.0, true)?;
     if !cfg.tie_word_embeddings {
-        add("lm_head.weight".into(), vec![cfg.vocab_size, h], 1.0 / (h as f32).sqrt(), false)?;
+        // wide enough that a fine-tune can make sharp predictions through the frozen head
+        add("lm_head.weight".into(), vec![cfg.vocab_size, h], 0.6, false)?;
     }
     Ok(out)
 }

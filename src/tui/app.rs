@@ -1,0 +1,909 @@
+//! The workbench state and its update functions: keys in, `Action`s (engine commands) out,
+//! engine events in. No terminal here, so every behaviour is testable with plain calls.
+//! Each pane's own keys live in its file (`impl App` blocks there).
+
+use crossterm::event::{Event as TermEvent, KeyCode, KeyEvent, KeyEventKind};
+use serde_json::{json, Map, Value};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use super::data::DataPane;
+use super::eval::EvalPane;
+use super::keys::{self, plain, strings};
+use super::models::ModelsPane;
+use super::probe::ProbePane;
+use super::train::TrainPane;
+use super::widgets::TextEditor;
+use crate::data::{Session, SessionConfig};
+use crate::engine::{Command, EngineState, Event, LoadedInfo};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tab {
+    Models,
+    Probe,
+    Train,
+    Data,
+    Eval,
+}
+
+impl Tab {
+    pub const ALL: [Tab; 5] = [Tab::Models, Tab::Probe, Tab::Train, Tab::Data, Tab::Eval];
+
+    pub fn index(self) -> usize {
+        Tab::ALL.iter().position(|&t| t == self).unwrap_or(0)
+    }
+
+    pub fn title(self) -> &'static str {
+        strings::TAB_TITLES[self.index()]
+    }
+
+    pub fn name(self) -> String {
+        self.title().to_lowercase()
+    }
+
+    pub fn from_name(s: &str) -> Option<Tab> {
+        Tab::ALL.into_iter().find(|t| t.name() == s.to_lowercase())
+    }
+}
+
+/// What the update asks the outside (the engine) to do.
+#[derive(Debug)]
+pub enum Action {
+    Engine(Command),
+    Cancel,
+    PauseTraining,
+    ResumeTraining,
+    StopTraining,
+    Quit,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    Info,
+    Ok,
+    Warn,
+    Error,
+}
+
+#[derive(Debug, Clone)]
+pub struct Message {
+    pub text: String,
+    pub level: Level,
+    pub at: Instant,
+}
+
+#[derive(Debug, Clone)]
+pub enum SlotState {
+    Loading,
+    Ready(LoadedInfo),
+}
+
+/// A model loaded (or loading) in the engine.
+#[derive(Debug, Clone)]
+pub struct Slot {
+    pub key: String,
+    pub spec: String,
+    pub adapter: Option<PathBuf>,
+    pub name: String,
+    pub state: SlotState,
+}
+
+impl Slot {
+    pub fn is_ready(&self) -> bool {
+        matches!(self.state, SlotState::Ready(_))
+    }
+
+    /// Name plus the adapter's run id, for column titles.
+    pub fn label(&self) -> String {
+        match &self.adapter {
+            Some(a) => format!("{} + {}", self.name, adapter_label(a)),
+            None => self.name.clone(),
+        }
+    }
+}
+
+/// `runs/<id>/adapter` → `<id>`; other paths: the folder name.
+pub fn adapter_label(p: &std::path::Path) -> String {
+    let last = p
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if last == "adapter" || last == "best" {
+        if let Some(id) = p.parent().and_then(|q| q.file_name()) {
+            return id.to_string_lossy().into_owned();
+        }
+    }
+    last
+}
+
+/// Display name of a model spec (path or hub id).
+pub fn spec_name(spec: &str) -> String {
+    let p = std::path::Path::new(spec);
+    if p.exists() {
+        crate::model::loader::display_name(&if p.is_file() {
+            crate::model::ModelLocation::Gguf(p.to_path_buf())
+        } else {
+            crate::model::ModelLocation::Folder(p.to_path_buf())
+        })
+    } else if spec.starts_with(['/', '.', '~']) {
+        // a path that is gone: its last part
+        p.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| spec.to_string())
+    } else {
+        spec.to_string()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputPurpose {
+    AddModelPath,
+    HubId,
+    ProbeSetting(usize),
+    TrainField(usize),
+    OpenDataset,
+    Search,
+    Reason,
+    EvalLimit,
+    EvalData,
+}
+
+#[derive(Debug, Clone)]
+pub struct InputModal {
+    pub title: String,
+    pub editor: TextEditor,
+    pub purpose: InputPurpose,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PickPurpose {
+    Speaker,
+    TrainModel,
+    Adapter { spec: String },
+    EvalTargets,
+}
+
+#[derive(Debug, Clone)]
+pub struct PickerModal {
+    pub title: String,
+    pub items: Vec<String>,
+    pub values: Vec<String>,
+    pub selected: usize,
+    /// Multi-select when set.
+    pub checked: Option<Vec<bool>>,
+    pub purpose: PickPurpose,
+}
+
+#[derive(Debug, Clone)]
+pub enum Modal {
+    Input(InputModal),
+    Picker(PickerModal),
+}
+
+/// An engine command in flight.
+#[derive(Debug, Clone)]
+enum Sent {
+    Generate(u64),
+    Score(u64),
+    Train,
+    Evaluate,
+    Load(String),
+    Other,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct AppOptions {
+    /// The sessions root (the demo model goes to `<root>/.models/`).
+    pub sessions_root: PathBuf,
+    /// `--models-dir` folders.
+    pub model_dirs: Vec<PathBuf>,
+}
+
+pub struct App {
+    pub session: Session,
+    pub cfg: SessionConfig,
+    /// False when session.json could not be read: it is then never overwritten.
+    cfg_ok: bool,
+    pub opts: AppOptions,
+    pub tab: Tab,
+    pub engine_state: EngineState,
+    pub busy_since: Option<Instant>,
+    pub slots: Vec<Slot>,
+    pub models: ModelsPane,
+    pub probe: ProbePane,
+    pub train: TrainPane,
+    pub data: DataPane,
+    pub eval: EvalPane,
+    pub modal: Option<Modal>,
+    pub help: bool,
+    pub help_scroll: usize,
+    pub message: Option<Message>,
+    pub rss_mib: f64,
+    pub mem_total_bytes: u64,
+    pub spinner: usize,
+    pub quit: bool,
+    next_request: u64,
+    sent: std::collections::VecDeque<Sent>,
+    last_rss: Option<Instant>,
+    started: Instant,
+}
+
+/// Resident memory of this process (VmRSS) in MiB.
+pub fn rss_mib() -> f64 {
+    crate::engine::train::rss_mib().0
+}
+
+/// MemTotal from /proc/meminfo in bytes (0 when unknown).
+pub fn mem_total_bytes() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|x| x.parse::<u64>().ok())
+        })
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}
+
+impl App {
+    /// The state of a session, nothing started: no model discovery, no dataset, no engine
+    /// command. Tests build on this; [`App::open`] is what the workbench uses.
+    pub fn new(session: Session, opts: AppOptions) -> App {
+        let (cfg, cfg_ok, err) = match session.load_config() {
+            Ok(c) => (c, true, None),
+            Err(e) => (
+                SessionConfig::default(),
+                false,
+                Some(format!("{e:#} — it will not be overwritten")),
+            ),
+        };
+        let mut app = App {
+            session,
+            cfg,
+            cfg_ok,
+            opts,
+            tab: Tab::Models,
+            engine_state: EngineState::Idle,
+            busy_since: None,
+            slots: Vec::new(),
+            models: ModelsPane::default(),
+            probe: ProbePane::default(),
+            train: TrainPane::default(),
+            data: DataPane::default(),
+            eval: EvalPane::default(),
+            modal: None,
+            help: false,
+            help_scroll: 0,
+            message: None,
+            rss_mib: rss_mib(),
+            mem_total_bytes: mem_total_bytes(),
+            spinner: 0,
+            quit: false,
+            next_request: 1,
+            sent: Default::default(),
+            last_rss: None,
+            started: Instant::now(),
+        };
+        let tui = app.tui_settings();
+        if let Some(t) = tui
+            .get("tab")
+            .and_then(Value::as_str)
+            .and_then(Tab::from_name)
+        {
+            app.tab = t;
+        }
+        app.probe.restore(tui.get("probe"));
+        app.train.restore(tui.get("train"));
+        app.eval.restore(tui.get("eval"));
+        app.probe_load_history();
+        app.train_load_runs();
+        if let Some(e) = err {
+            app.error(e);
+        }
+        app
+    }
+
+    /// The workbench as it opens: models discovered, the session's dataset opened (or the
+    /// bundled sample), its models loaded again, the last evaluation shown.
+    pub fn open(session: Session, opts: AppOptions) -> (App, Vec<Action>) {
+        let mut app = App::new(session, opts);
+        let mut out = Vec::new();
+        app.rescan_models();
+        // models first: opening the dataset saves the session, which records the loaded models
+        let mut to_load: Vec<(String, Option<PathBuf>)> =
+            app.cfg.models.iter().map(|m| (m.clone(), None)).collect();
+        if let Some(Value::Array(a)) = app.tui_settings().get("adapter_models") {
+            for v in a {
+                if let (Some(s), Some(ad)) = (v["spec"].as_str(), v["adapter"].as_str()) {
+                    to_load.push((s.to_string(), Some(PathBuf::from(ad))));
+                }
+            }
+        }
+        for (spec, adapter) in to_load {
+            app.load_model(spec, adapter, &mut out);
+        }
+        let dataset = app
+            .cfg
+            .active_dataset
+            .clone()
+            .map(PathBuf::from)
+            .or_else(default_dataset);
+        if let Some(p) = dataset {
+            if p.exists() {
+                app.open_dataset(&p);
+            } else {
+                app.warn(format!("{}: the session's dataset is gone", p.display()));
+            }
+        }
+        app.eval_load_latest();
+        app.track(&out);
+        (app, out)
+    }
+
+    pub fn request_id(&mut self) -> u64 {
+        self.next_request += 1;
+        self.next_request
+    }
+
+    // ------------------------------------------------------------ messages
+
+    pub fn say(&mut self, level: Level, text: impl Into<String>) {
+        self.message = Some(Message {
+            text: text.into(),
+            level,
+            at: Instant::now(),
+        });
+    }
+    pub fn info(&mut self, t: impl Into<String>) {
+        self.say(Level::Info, t)
+    }
+    pub fn ok(&mut self, t: impl Into<String>) {
+        self.say(Level::Ok, t)
+    }
+    pub fn warn(&mut self, t: impl Into<String>) {
+        self.say(Level::Warn, t)
+    }
+    pub fn error(&mut self, t: impl Into<String>) {
+        self.say(Level::Error, t)
+    }
+
+    // ------------------------------------------------------------ session
+
+    /// `settings.tui` of session.json.
+    pub fn tui_settings(&self) -> Map<String, Value> {
+        self.cfg
+            .settings
+            .get("tui")
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    pub fn set_tui_setting(&mut self, key: &str, v: Value) {
+        let mut t = self.tui_settings();
+        t.insert(key.to_string(), v);
+        self.cfg.settings.insert("tui".into(), Value::Object(t));
+    }
+
+    /// Writes session.json: loaded models, open dataset, pane, settings.
+    pub fn save_session(&mut self) {
+        self.cfg.models = self
+            .slots
+            .iter()
+            .filter(|s| s.adapter.is_none())
+            .map(|s| s.spec.clone())
+            .collect();
+        self.cfg.models.dedup();
+        let with_adapter: Vec<Value> = self
+            .slots
+            .iter()
+            .filter_map(|s| {
+                s.adapter
+                    .as_ref()
+                    .map(|a| json!({"spec": s.spec, "adapter": a}))
+            })
+            .collect();
+        self.set_tui_setting("adapter_models", Value::Array(with_adapter));
+        self.cfg.active_model = self.slots.first().map(|s| s.spec.clone());
+        if let Some(p) = &self.data.path {
+            let p = p.display().to_string();
+            self.cfg.active_dataset = Some(p.clone());
+            if !self.cfg.datasets.contains(&p) {
+                self.cfg.datasets.push(p);
+            }
+        }
+        let tab = self.tab.name();
+        self.set_tui_setting("tab", json!(tab));
+        let probe = self.probe.to_settings();
+        self.set_tui_setting("probe", probe);
+        let train = self.train.to_settings();
+        self.set_tui_setting("train", train);
+        let eval = self.eval.to_settings();
+        self.set_tui_setting("eval", eval);
+        let dirs = json!(self.models.added_dirs);
+        self.set_tui_setting("model_dirs", dirs);
+        if !self.cfg_ok {
+            return;
+        }
+        if let Err(e) = self.session.save_config(&self.cfg) {
+            self.error(format!("cannot save the session: {e:#}"));
+        }
+    }
+
+    // ------------------------------------------------------------ models
+
+    pub fn ready_slots(&self) -> impl Iterator<Item = &Slot> {
+        self.slots.iter().filter(|s| s.is_ready())
+    }
+
+    /// The first ready model (scoring uses it).
+    pub fn first_ready(&self) -> Option<&Slot> {
+        self.ready_slots().next()
+    }
+
+    pub fn engine_busy(&self) -> bool {
+        self.engine_state != EngineState::Idle
+    }
+
+    // ------------------------------------------------------------ input
+
+    /// A terminal event.
+    pub fn handle_event(&mut self, ev: &TermEvent) -> Vec<Action> {
+        match ev {
+            TermEvent::Key(k) => self.handle_key(*k),
+            TermEvent::Paste(s) => {
+                self.handle_paste(s);
+                Vec::new()
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    pub fn handle_paste(&mut self, s: &str) {
+        if let Some(Modal::Input(m)) = &mut self.modal {
+            m.editor.insert_str(s);
+        } else if self.tab == Tab::Probe {
+            self.probe_paste(s);
+        }
+    }
+
+    /// A key: what it asks of the engine.
+    pub fn handle_key(&mut self, key: KeyEvent) -> Vec<Action> {
+        let out = self.handle_key_inner(key);
+        self.track(&out);
+        out
+    }
+
+    /// Notes the engine commands sent, in order: the engine runs them one after the other
+    /// and reports `State(Idle)` after each, which tells which one ended.
+    fn track(&mut self, out: &[Action]) {
+        for a in out {
+            if let Action::Engine(c) = a {
+                self.sent.push_back(match c {
+                    Command::Generate { request, .. } => Sent::Generate(*request),
+                    Command::Score { request, .. } => Sent::Score(*request),
+                    Command::Train(_) => Sent::Train,
+                    Command::Evaluate(_) => Sent::Evaluate,
+                    Command::Load { key, .. } => Sent::Load(key.clone()),
+                    _ => Sent::Other,
+                });
+            }
+        }
+    }
+
+    /// The oldest command in flight has ended: whatever it left unfinished is over.
+    fn command_ended(&mut self) {
+        let Some(done) = self.sent.pop_front() else {
+            return;
+        };
+        match done {
+            Sent::Generate(r) => self.probe_request_ended(r),
+            Sent::Score(r) => {
+                if self.data.scoring == Some(r) {
+                    self.data.scoring = None;
+                }
+            }
+            Sent::Train => {
+                if self.train.live.active {
+                    self.train_on_error("the run ended without a summary");
+                }
+            }
+            Sent::Evaluate => self.eval.running = false,
+            Sent::Load(key) => self.slots.retain(|s| s.key != key || s.is_ready()),
+            Sent::Other => {}
+        }
+    }
+
+    /// Commands sent to the engine and not finished yet.
+    pub fn commands_in_flight(&self) -> usize {
+        self.sent.len()
+    }
+
+    fn handle_key_inner(&mut self, key: KeyEvent) -> Vec<Action> {
+        let mut out = Vec::new();
+        if key.kind == KeyEventKind::Release {
+            return out;
+        }
+        if keys::ctrl(&key, 'c') {
+            self.request_quit(&mut out);
+            return out;
+        }
+        if self.help {
+            match key.code {
+                KeyCode::Down | KeyCode::Char('j') => self.help_scroll += 1,
+                KeyCode::Up | KeyCode::Char('k') => {
+                    self.help_scroll = self.help_scroll.saturating_sub(1)
+                }
+                KeyCode::PageDown => self.help_scroll += 10,
+                KeyCode::PageUp => self.help_scroll = self.help_scroll.saturating_sub(10),
+                _ => self.help = false,
+            }
+            return out;
+        }
+        if let Some(modal) = self.modal.take() {
+            self.modal_key(modal, &key, &mut out);
+            return out;
+        }
+        if self.tab == Tab::Probe && self.probe.editing {
+            self.probe_edit_key(&key, &mut out);
+            return out;
+        }
+        match (key.code, plain(&key)) {
+            (_, Some('q')) => {
+                self.request_quit(&mut out);
+                return out;
+            }
+            (_, Some('?')) => {
+                self.help = true;
+                self.help_scroll = 0;
+                return out;
+            }
+            (_, Some(c @ '1'..='5')) => {
+                self.tab = Tab::ALL[(c as u8 - b'1') as usize];
+                return out;
+            }
+            (KeyCode::Tab, _) => {
+                self.tab = Tab::ALL[(self.tab.index() + 1) % 5];
+                return out;
+            }
+            (KeyCode::BackTab, _) => {
+                self.tab = Tab::ALL[(self.tab.index() + 4) % 5];
+                return out;
+            }
+            _ => {}
+        }
+        let handled = match self.tab {
+            Tab::Models => self.models_key(&key, &mut out),
+            Tab::Probe => self.probe_key(&key, &mut out),
+            Tab::Train => self.train_key(&key, &mut out),
+            Tab::Data => self.data_key(&key, &mut out),
+            Tab::Eval => self.eval_key(&key, &mut out),
+        };
+        if !handled && (key.code == KeyCode::Esc || plain(&key) == Some('x')) {
+            self.cancel_work(&mut out);
+        }
+        out
+    }
+
+    fn request_quit(&mut self, out: &mut Vec<Action>) {
+        self.quit = true;
+        out.push(Action::Quit);
+    }
+
+    /// Esc / x: cancel what the engine does now.
+    pub fn cancel_work(&mut self, out: &mut Vec<Action>) {
+        match self.engine_state {
+            EngineState::Idle => {
+                if self.slots.iter().any(|s| !s.is_ready()) {
+                    self.info("loading cannot be cancelled; it finishes in a moment");
+                }
+            }
+            EngineState::Training => {
+                out.push(Action::StopTraining);
+                self.train.stop_requested = true;
+                self.warn(
+                    "stopping training after this step (a checkpoint and the adapter are written)",
+                );
+            }
+            EngineState::Loading => {
+                self.info("loading cannot be cancelled; it finishes in a moment")
+            }
+            _ => {
+                out.push(Action::Cancel);
+                self.warn("cancelling…");
+            }
+        }
+    }
+
+    pub fn open_input(&mut self, title: impl Into<String>, initial: &str, purpose: InputPurpose) {
+        self.modal = Some(Modal::Input(InputModal {
+            title: title.into(),
+            editor: TextEditor::single(initial),
+            purpose,
+        }));
+    }
+
+    pub fn open_picker(
+        &mut self,
+        title: impl Into<String>,
+        items: Vec<String>,
+        values: Vec<String>,
+        checked: Option<Vec<bool>>,
+        purpose: PickPurpose,
+    ) {
+        self.modal = Some(Modal::Picker(PickerModal {
+            title: title.into(),
+            items,
+            values,
+            selected: 0,
+            checked,
+            purpose,
+        }));
+    }
+
+    fn modal_key(&mut self, modal: Modal, key: &KeyEvent, out: &mut Vec<Action>) {
+        match modal {
+            Modal::Input(mut m) => match key.code {
+                KeyCode::Esc => {}
+                KeyCode::Enter => {
+                    let text = m.editor.text();
+                    self.submit_input(m.purpose, text.trim().to_string(), out);
+                }
+                _ => {
+                    m.editor.handle_key(key);
+                    self.modal = Some(Modal::Input(m));
+                }
+            },
+            Modal::Picker(mut p) => {
+                let n = p.items.len();
+                match key.code {
+                    KeyCode::Esc => return,
+                    KeyCode::Enter => {
+                        let chosen: Vec<String> = match &p.checked {
+                            Some(c) => p
+                                .values
+                                .iter()
+                                .zip(c)
+                                .filter(|(_, &on)| on)
+                                .map(|(v, _)| v.clone())
+                                .collect(),
+                            None => p.values.get(p.selected).cloned().into_iter().collect(),
+                        };
+                        self.submit_pick(p.purpose, chosen, out);
+                        return;
+                    }
+                    KeyCode::Char(' ') => {
+                        if let Some(c) = &mut p.checked {
+                            if let Some(x) = c.get_mut(p.selected) {
+                                *x = !*x;
+                            }
+                        }
+                    }
+                    KeyCode::Home | KeyCode::Char('g') => p.selected = 0,
+                    KeyCode::End | KeyCode::Char('G') => p.selected = n.saturating_sub(1),
+                    _ if keys::is_down(key) => {
+                        p.selected = (p.selected + 1).min(n.saturating_sub(1))
+                    }
+                    _ if keys::is_up(key) => p.selected = p.selected.saturating_sub(1),
+                    _ => {}
+                }
+                self.modal = Some(Modal::Picker(p));
+            }
+        }
+    }
+
+    fn submit_input(&mut self, purpose: InputPurpose, text: String, out: &mut Vec<Action>) {
+        match purpose {
+            InputPurpose::AddModelPath => self.add_model_path(&text),
+            InputPurpose::HubId => self.hub_id(&text, out),
+            InputPurpose::ProbeSetting(i) => self.probe_set_setting(i, &text),
+            InputPurpose::TrainField(i) => self.train_set_field(i, &text),
+            InputPurpose::OpenDataset => {
+                if text.is_empty() {
+                    return;
+                }
+                let p = PathBuf::from(&text);
+                self.open_dataset(&p);
+            }
+            InputPurpose::Search => self.data_search(&text),
+            InputPurpose::Reason => self.data_set_reason(&text),
+            InputPurpose::EvalLimit => self.eval_set_limit(&text),
+            InputPurpose::EvalData => self.eval_set_data(&text),
+        }
+    }
+
+    fn submit_pick(&mut self, purpose: PickPurpose, chosen: Vec<String>, out: &mut Vec<Action>) {
+        match purpose {
+            PickPurpose::Speaker => {
+                if let Some(s) = chosen.into_iter().next() {
+                    self.data_set_speaker(&s);
+                }
+            }
+            PickPurpose::TrainModel => {
+                if let Some(s) = chosen.into_iter().next() {
+                    self.train.cfg.model = s;
+                    self.save_session();
+                }
+            }
+            PickPurpose::Adapter { spec } => {
+                if let Some(a) = chosen.into_iter().next() {
+                    self.load_model(spec, Some(PathBuf::from(a)), out);
+                }
+            }
+            PickPurpose::EvalTargets => self.eval_set_targets(chosen),
+        }
+    }
+
+    // ------------------------------------------------------------ engine events
+
+    pub fn on_engine_event(&mut self, ev: Event) {
+        match ev {
+            Event::State(s) => {
+                if s == EngineState::Idle {
+                    self.busy_since = None;
+                } else if self.engine_state == EngineState::Idle || self.busy_since.is_none() {
+                    self.busy_since = Some(Instant::now());
+                }
+                self.engine_state = s;
+                if s == EngineState::Idle {
+                    self.command_ended();
+                }
+            }
+            Event::Loaded(info) => {
+                let text = format!(
+                    "loaded {} ({} parameters) in {:.1}s",
+                    info.name,
+                    super::widgets::human_count(info.parameters),
+                    info.load_s
+                );
+                match self.slots.iter_mut().find(|s| s.key == info.key) {
+                    Some(s) => {
+                        s.name = info.name.clone();
+                        s.state = SlotState::Ready(info);
+                    }
+                    None => self.slots.push(Slot {
+                        key: info.key.clone(),
+                        spec: info.key.clone(),
+                        adapter: info.adapter.clone(),
+                        name: info.name.clone(),
+                        state: SlotState::Ready(info),
+                    }),
+                }
+                self.ok(text);
+                self.save_session();
+            }
+            Event::Unloaded { key } => {
+                self.slots.retain(|s| s.key != key);
+                self.save_session();
+            }
+            Event::Token { request, key, text } => self.probe_on_token(request, &key, &text),
+            Event::Generated {
+                request,
+                key,
+                generation,
+            } => self.probe_on_generated(request, &key, generation),
+            Event::Scored {
+                request,
+                key,
+                probabilities,
+            } => self.data_on_scored(request, &key, probabilities),
+            Event::Train(e) => self.train_on_event(e),
+            Event::EvalProgress { model, done, total } => self.eval_on_progress(model, done, total),
+            Event::EvalDone(results) => self.eval_on_done(results),
+            Event::Error { context, message } => self.on_engine_error(context, message),
+        }
+    }
+
+    fn on_engine_error(&mut self, context: String, message: String) {
+        if let Some(spec) = context.strip_prefix("load ") {
+            let before = self.slots.len();
+            self.slots.retain(|s| !(s.spec == spec && !s.is_ready()));
+            if self.slots.len() != before {
+                self.save_session();
+            }
+        } else if let Some(key) = context.strip_prefix("generate with ") {
+            self.probe_on_error(key, &message);
+        } else if context.starts_with("score with ") {
+            self.data.scoring = None;
+        } else if context == "training" {
+            self.train_on_error(&message);
+        } else if context == "evaluation" {
+            self.eval_on_error(&message);
+        } else if context == "engine" {
+            self.data.scoring = None;
+            self.train_on_error(&message);
+            self.eval_on_error(&message);
+        }
+        if message == "cancelled" {
+            self.warn(format!("{context}: cancelled"));
+        } else {
+            self.error(format!("{context}: {message}"));
+        }
+    }
+
+    /// Periodic update (memory figure, spinner, message expiry). True when a redraw is due.
+    pub fn tick(&mut self, now: Instant) -> bool {
+        let mut dirty = false;
+        if self
+            .last_rss
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+        {
+            let r = rss_mib();
+            if (r - self.rss_mib).abs() >= 0.5 {
+                dirty = true;
+            }
+            self.rss_mib = r;
+            self.last_rss = Some(now);
+        }
+        let busy = self.engine_busy() || self.slots.iter().any(|s| !s.is_ready());
+        if busy {
+            let frame = (now.duration_since(self.started).as_millis() / 120) as usize;
+            if frame != self.spinner {
+                self.spinner = frame;
+                dirty = true;
+            }
+        }
+        if let Some(m) = &self.message {
+            let keep = match m.level {
+                Level::Info | Level::Ok => 8,
+                Level::Warn => 15,
+                Level::Error => 60,
+            };
+            if now.duration_since(m.at) > Duration::from_secs(keep) {
+                self.message = None;
+                dirty = true;
+            }
+        }
+        dirty
+    }
+
+    /// One line on what the engine does, for the status bar.
+    pub fn engine_status(&self) -> (String, Level) {
+        const SPIN: [char; 8] = ['⠋', '⠙', '⠹', '⠸', '⠼', '⠴', '⠦', '⠧'];
+        let spin = SPIN[self.spinner % SPIN.len()];
+        let loading = self.slots.iter().filter(|s| !s.is_ready()).count();
+        match self.engine_state {
+            EngineState::Idle if loading > 0 => (format!("{spin} loading"), Level::Warn),
+            EngineState::Idle => ("● idle".into(), Level::Ok),
+            EngineState::Loading => (format!("{spin} loading"), Level::Warn),
+            EngineState::Generating => (format!("{spin} generating"), Level::Warn),
+            EngineState::Scoring => (format!("{spin} scoring"), Level::Warn),
+            EngineState::Training => {
+                let t = &self.train;
+                let step = t
+                    .live
+                    .metrics
+                    .last()
+                    .map(|m| m.step)
+                    .unwrap_or(t.live.start_step);
+                let mut s = if t.live.paused {
+                    format!("⏸ paused at step {step}/{}", t.live.total_steps)
+                } else {
+                    format!("{spin} training step {step}/{}", t.live.total_steps)
+                };
+                if let Some(m) = t.live.metrics.last() {
+                    if !t.live.paused {
+                        s.push_str(&format!(" · ETA {}", super::widgets::human_secs(m.eta_s)));
+                    }
+                }
+                (s, Level::Warn)
+            }
+            EngineState::Evaluating => {
+                let p = &self.eval.progress;
+                (format!("{spin} evaluating {}/{}", p.1, p.2), Level::Warn)
+            }
+        }
+    }
+}
+
+/// The bundled sample dataset, when present (the working folder's, else the source tree's).
+pub fn default_dataset() -> Option<PathBuf> {
+    let rel = PathBuf::from("assets/sample-dialogues.jsonl");
+    if rel.exists() {
+        return Some(rel);
+    }
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/sample-dialogues.jsonl");
+    src.exists().then_some(src)
+}

@@ -1,0 +1,669 @@
+//! Key handling on `App` without a terminal or an engine: which actions keys produce, how
+//! engine events change the state, and what reaches the session on disk.
+
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use fraudlab::data::{Journal, Session};
+use fraudlab::engine::train::TrainEvent;
+use fraudlab::engine::{Command, EngineState, Event};
+use fraudlab::tui::app::{Modal, SlotState, Tab};
+use fraudlab::tui::{fixtures, Action, App, AppOptions};
+use std::path::{Path, PathBuf};
+
+fn key(c: char) -> KeyEvent {
+    KeyEvent::new(KeyCode::Char(c), KeyModifiers::NONE)
+}
+fn code(c: KeyCode) -> KeyEvent {
+    KeyEvent::new(c, KeyModifiers::NONE)
+}
+fn ctrl(c: char) -> KeyEvent {
+    KeyEvent::new(KeyCode::Char(c), KeyModifiers::CONTROL)
+}
+
+fn new_app(root: &Path) -> App {
+    let s = Session::open(root, "t").unwrap();
+    App::new(
+        s,
+        AppOptions {
+            sessions_root: root.to_path_buf(),
+            model_dirs: vec![],
+        },
+    )
+}
+
+fn press(app: &mut App, keys: &[KeyEvent]) -> Vec<Action> {
+    keys.iter().flat_map(|k| app.handle_key(*k)).collect()
+}
+
+fn type_text(app: &mut App, s: &str) {
+    for c in s.chars() {
+        app.handle_key(key(c));
+    }
+}
+
+/// An app with a dataset of `n` samples open and one ready model.
+fn with_data(root: &Path, n: usize) -> (App, PathBuf) {
+    let mut app = new_app(root);
+    let p = root.join("d.jsonl");
+    fixtures::write_dataset(&p, n).unwrap();
+    app.open_dataset(&p);
+    app.slots.push(fraudlab::tui::app::Slot {
+        key: "m".into(),
+        spec: "/models/m".into(),
+        adapter: None,
+        name: "m".into(),
+        state: SlotState::Ready(fixtures::loaded_info("m", "m", 1000)),
+    });
+    (app, p)
+}
+
+#[test]
+fn tabs_help_and_quit() {
+    let d = tempfile::tempdir().unwrap();
+    let mut app = new_app(d.path());
+    assert_eq!(app.tab, Tab::Models);
+    press(&mut app, &[key('4')]);
+    assert_eq!(app.tab, Tab::Data);
+    press(&mut app, &[code(KeyCode::Tab)]);
+    assert_eq!(app.tab, Tab::Eval);
+    press(&mut app, &[code(KeyCode::Tab)]);
+    assert_eq!(app.tab, Tab::Models);
+    press(&mut app, &[code(KeyCode::BackTab)]);
+    assert_eq!(app.tab, Tab::Eval);
+    press(&mut app, &[key('?')]);
+    assert!(app.help);
+    press(&mut app, &[key('j'), key('k')]);
+    assert!(app.help, "j/k scroll the help");
+    press(&mut app, &[key('z')]);
+    assert!(!app.help);
+    let a = press(&mut app, &[key('q')]);
+    assert!(app.quit && matches!(a[..], [Action::Quit]));
+}
+
+#[test]
+fn ctrl_c_quits_from_anywhere() {
+    let d = tempfile::tempdir().unwrap();
+    let mut app = new_app(d.path());
+    app.tab = Tab::Probe;
+    press(&mut app, &[code(KeyCode::Enter)]);
+    assert!(app.probe.editing);
+    press(&mut app, &[ctrl('c')]);
+    assert!(app.quit);
+    let mut app = new_app(d.path());
+    app.open_input("x", "", fraudlab::tui::app::InputPurpose::Search);
+    press(&mut app, &[ctrl('c')]);
+    assert!(app.quit);
+}
+
+#[test]
+fn models_load_unload_and_session_records_them() {
+    let d = tempfile::tempdir().unwrap();
+    let mut app = new_app(d.path());
+    let p = d.path().join("models/Qwen2.5-0.5B-Instruct");
+    app.models.list = vec![fixtures::model_info(
+        "Qwen2.5-0.5B-Instruct",
+        &p,
+        494_000_000,
+        "instruct",
+    )];
+    let spec = p.display().to_string();
+    let a = press(&mut app, &[code(KeyCode::Enter)]);
+    match &a[..] {
+        [Action::Engine(Command::Load {
+            key,
+            spec: s,
+            adapter: None,
+            ..
+        })] => {
+            assert_eq!(s, &spec);
+            assert_eq!(key, &spec);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(app.slots[0].state, SlotState::Loading));
+    // loading twice does nothing
+    assert!(press(&mut app, &[code(KeyCode::Enter)]).is_empty());
+    app.on_engine_event(Event::Loaded(fixtures::loaded_info(
+        &spec,
+        "Qwen2.5-0.5B-Instruct",
+        494_000_000,
+    )));
+    assert!(app.slots[0].is_ready());
+    let cfg = app.session.load_config().unwrap();
+    assert_eq!(cfg.models, vec![spec.clone()]);
+    let a = press(&mut app, &[key('u')]);
+    assert!(matches!(&a[..], [Action::Engine(Command::Unload { key })] if key == &spec));
+    app.on_engine_event(Event::Unloaded { key: spec.clone() });
+    assert!(app.slots.is_empty());
+    assert!(app.session.load_config().unwrap().models.is_empty());
+    // a failed load removes the slot and shows why
+    press(&mut app, &[code(KeyCode::Enter)]);
+    app.on_engine_event(Event::Error {
+        context: format!("load {spec}"),
+        message: "no such file".into(),
+    });
+    assert!(app.slots.is_empty());
+    assert!(app.message.as_ref().unwrap().text.contains("no such file"));
+}
+
+#[test]
+fn demo_model_is_written_listed_and_selected() {
+    let d = tempfile::tempdir().unwrap();
+    let mut app = new_app(d.path());
+    press(&mut app, &[key('d')]);
+    let dir = d.path().join(".models/fraudlab-demo-tiny");
+    assert!(dir.join("config.json").exists(), "{:?}", app.message);
+    let m = app.selected_model().expect("listed");
+    assert_eq!(m.path, dir);
+    assert!(app.message.as_ref().unwrap().text.contains("DEMO"));
+}
+
+#[test]
+fn hub_download_explains_network() {
+    let d = tempfile::tempdir().unwrap();
+    let mut app = new_app(d.path());
+    press(&mut app, &[key('g')]);
+    assert!(matches!(app.modal, Some(Modal::Input(_))));
+    type_text(&mut app, "Nobody/NoSuchModel-0.5B");
+    let a = press(&mut app, &[code(KeyCode::Enter)]);
+    assert!(a.is_empty());
+    let t = &app.message.as_ref().unwrap().text;
+    assert!(
+        t.contains("network") && t.contains("huggingface-cli download Nobody/NoSuchModel-0.5B"),
+        "{t}"
+    );
+}
+
+#[test]
+fn probe_edit_run_stream_and_history() {
+    let d = tempfile::tempdir().unwrap();
+    let (mut app, _) = with_data(d.path(), 4);
+    app.tab = Tab::Probe;
+    // edit the prompt: Enter starts editing; digits are text, not tabs
+    press(&mut app, &[code(KeyCode::Enter), ctrl('a'), ctrl('k')]);
+    type_text(&mut app, "你好2");
+    assert_eq!(app.tab, Tab::Probe);
+    assert_eq!(app.probe.user.text(), "你好2");
+    press(&mut app, &[code(KeyCode::Enter)]);
+    type_text(&mut app, "x");
+    assert_eq!(app.probe.user.text(), "你好2\nx");
+    let a = press(&mut app, &[code(KeyCode::F(5))]);
+    let req = match &a[..] {
+        [Action::Engine(Command::Generate {
+            request,
+            keys,
+            prompt,
+            system,
+            ..
+        })] => {
+            assert_eq!(keys, &vec!["m".to_string()]);
+            assert_eq!(prompt, "你好2\nx");
+            assert_eq!(system.as_deref(), Some(fraudlab::data::DEFAULT_SYSTEM));
+            *request
+        }
+        other => panic!("{other:?}"),
+    };
+    press(&mut app, &[code(KeyCode::Esc)]);
+    assert!(!app.probe.editing);
+    app.on_engine_event(Event::Token {
+        request: req,
+        key: "m".into(),
+        text: "{\"is_fraud\": ".into(),
+    });
+    app.on_engine_event(Event::Token {
+        request: req,
+        key: "m".into(),
+        text: "true}".into(),
+    });
+    assert_eq!(
+        app.probe.run.as_ref().unwrap().outputs[0].text,
+        "{\"is_fraud\": true}"
+    );
+    app.on_engine_event(Event::Generated {
+        request: req,
+        key: "m".into(),
+        generation: fixtures::generation("{\"is_fraud\": true}"),
+    });
+    let (probes, _) = app.session.read_probes().unwrap();
+    assert_eq!(probes.len(), 1);
+    assert_eq!(probes[0]["prompt"], "你好2\nx");
+    assert_eq!(probes[0]["output"], "{\"is_fraud\": true}");
+    assert!(probes[0]["decode_tok_s"].as_f64().is_some());
+    assert_eq!(app.probe.history.len(), 1);
+    // Ctrl-R runs too; and the suite sends one request per prompt
+    assert_eq!(press(&mut app, &[ctrl('r')]).len(), 1);
+    let a = press(&mut app, &[key('b')]);
+    assert_eq!(a.len(), fraudlab::tui::probe::builtin_suite().len());
+}
+
+#[test]
+fn probe_without_model_warns() {
+    let d = tempfile::tempdir().unwrap();
+    let mut app = new_app(d.path());
+    app.tab = Tab::Probe;
+    assert!(press(&mut app, &[code(KeyCode::F(5))]).is_empty());
+    assert!(app.message.as_ref().unwrap().text.contains("load a model"));
+}
+
+#[test]
+fn probe_sampling_settings() {
+    let d = tempfile::tempdir().unwrap();
+    let mut app = new_app(d.path());
+    app.tab = Tab::Probe;
+    press(
+        &mut app,
+        &[key('j'), code(KeyCode::Right), code(KeyCode::Right)],
+    );
+    assert!((app.probe.params.temperature - 0.2).abs() < 1e-9);
+    press(
+        &mut app,
+        &[key('j'), key('j'), key('j'), code(KeyCode::Enter)],
+    );
+    assert!(matches!(app.modal, Some(Modal::Input(_))));
+    press(&mut app, &[ctrl('u')]);
+    type_text(&mut app, "77");
+    press(&mut app, &[code(KeyCode::Enter)]);
+    assert_eq!(app.probe.params.max_tokens, 77);
+    // a bad value is refused with a message
+    press(&mut app, &[code(KeyCode::Enter), ctrl('u')]);
+    type_text(&mut app, "lots");
+    press(&mut app, &[code(KeyCode::Enter)]);
+    assert_eq!(app.probe.params.max_tokens, 77);
+    assert!(app.message.as_ref().unwrap().text.contains("max tokens"));
+}
+
+#[test]
+fn labels_are_durable_before_moving_on() {
+    let d = tempfile::tempdir().unwrap();
+    let (mut app, data) = with_data(d.path(), 6);
+    app.tab = Tab::Data;
+    let id0 = app.data.samples[0].id.clone();
+    let id1 = app.data.samples[1].id.clone();
+    press(&mut app, &[key('n')]);
+    assert_eq!(app.data.selected, 1, "moved on");
+    let jp = app.session.labels_path(&fraudlab::data::dataset_id(&data));
+    let on_disk = Journal::read(&jp).unwrap().current_labels();
+    assert_eq!(on_disk.get(&id0).map(|l| l.label), Some(false));
+    press(&mut app, &[key('f')]);
+    let on_disk = Journal::read(&jp).unwrap().current_labels();
+    assert_eq!(on_disk.get(&id1).map(|l| l.label), Some(true));
+    assert_eq!(app.data.counts.hand, 2);
+    // undo the last label: back on that sample, label gone
+    press(&mut app, &[key('u')]);
+    assert_eq!(app.data.selected_sample().unwrap().id, id1);
+    assert!(!Journal::read(&jp)
+        .unwrap()
+        .current_labels()
+        .contains_key(&id1));
+    // read-only journal: the label is refused and the selection stays
+    app.data.journal = None;
+    app.data.journal_error = Some("locked by another fraudlab".into());
+    let before = app.data.selected;
+    press(&mut app, &[key('f')]);
+    assert_eq!(app.data.selected, before);
+    assert!(app.message.as_ref().unwrap().text.contains("read-only"));
+}
+
+#[test]
+fn speaker_reason_filters_and_search() {
+    let d = tempfile::tempdir().unwrap();
+    let (mut app, _) = with_data(d.path(), 10);
+    app.tab = Tab::Data;
+    press(&mut app, &[key('j')]); // sample 1 (fraud)
+    let id = app.data.selected_sample().unwrap().id.clone();
+    let speakers = app.data.selected_sample().unwrap().speakers();
+    press(&mut app, &[key('s')]);
+    assert!(matches!(app.modal, Some(Modal::Picker(_))));
+    press(&mut app, &[key('j'), code(KeyCode::Enter)]);
+    let st = app.data.hand.get(&id).unwrap();
+    assert!(st.label);
+    assert_eq!(st.fraud_speaker.as_deref(), Some(speakers[1].as_str()));
+    press(&mut app, &[key('r')]);
+    type_text(&mut app, "索要验证码");
+    press(&mut app, &[code(KeyCode::Enter)]);
+    assert_eq!(
+        app.data.hand.get(&id).unwrap().reason.as_deref(),
+        Some("索要验证码")
+    );
+    assert_eq!(
+        app.data.selected_sample().unwrap().id,
+        id,
+        "speaker and reason keep the selection"
+    );
+    // filters: all → unlabelled (none: the file labels everything) → fraud → normal
+    press(&mut app, &[key('v')]);
+    assert_eq!(app.data.visible.len(), 0);
+    press(&mut app, &[key('v')]);
+    assert_eq!(app.data.visible.len(), 5);
+    press(&mut app, &[key('v'), key('v'), key('v')]);
+    assert_eq!(app.data.visible.len(), 10);
+    press(&mut app, &[key('/')]);
+    type_text(&mut app, "验证码");
+    press(&mut app, &[code(KeyCode::Enter)]);
+    assert_eq!(
+        app.data.visible.len(),
+        5,
+        "the fraud dialogues ask for a code"
+    );
+    press(&mut app, &[code(KeyCode::Esc)]);
+    assert_eq!(app.data.visible.len(), 10);
+}
+
+#[test]
+fn scoring_and_most_uncertain() {
+    let d = tempfile::tempdir().unwrap();
+    let (mut app, _) = with_data(d.path(), 8);
+    app.tab = Tab::Data;
+    let a = press(&mut app, &[key('S')]);
+    let (req, n) = match &a[..] {
+        [Action::Engine(Command::Score {
+            request,
+            key,
+            samples,
+        })] => {
+            assert_eq!(key, "m");
+            (*request, samples.len())
+        }
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(n, 8);
+    let probs: Vec<(String, f64)> = app
+        .data
+        .samples
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.id.clone(), if i == 5 { 0.52 } else { 0.05 }))
+        .collect();
+    app.on_engine_event(Event::Scored {
+        request: req,
+        key: "m".into(),
+        probabilities: probs,
+    });
+    press(&mut app, &[key('U')]);
+    assert_eq!(app.data.selected, 5);
+    // disagreements: fraud samples scored 0.05
+    app.data.filter = fraudlab::tui::data::Filter::Disagree;
+    app.data.refresh();
+    assert_eq!(
+        app.data.visible.len(),
+        3,
+        "samples 1, 3, 7 are fraud but scored low"
+    );
+}
+
+#[test]
+fn next_unlabelled_on_text_dataset() {
+    let d = tempfile::tempdir().unwrap();
+    let mut app = new_app(d.path());
+    let p = d.path().join("raw.jsonl");
+    let lines: Vec<String> = (0..4)
+        .map(|i| serde_json::json!({"text": fixtures::dialogue(i).0}).to_string())
+        .collect();
+    std::fs::write(&p, lines.join("\n")).unwrap();
+    app.open_dataset(&p);
+    app.tab = Tab::Data;
+    assert_eq!(app.data.counts.labelled, 0);
+    press(&mut app, &[key('f'), key('n')]);
+    assert_eq!(app.data.counts.hand, 2);
+    press(&mut app, &[key('g'), key('N')]);
+    assert_eq!(app.data.selected, 2);
+}
+
+#[test]
+fn training_start_pause_stop_and_events() {
+    let d = tempfile::tempdir().unwrap();
+    let (mut app, data) = with_data(d.path(), 6);
+    app.tab = Tab::Train;
+    // max steps through the form
+    let f = fraudlab::tui::train::field_index("max steps").unwrap();
+    for _ in 0..f {
+        press(&mut app, &[key('j')]);
+    }
+    press(&mut app, &[code(KeyCode::Enter)]);
+    type_text(&mut app, "2");
+    press(&mut app, &[code(KeyCode::Enter)]);
+    assert_eq!(app.train.cfg.max_steps, Some(2));
+    let a = press(&mut app, &[key('s')]);
+    let cfg = match &a[..] {
+        [Action::Engine(Command::Train(c))] => c.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(cfg.model, "/models/m");
+    assert_eq!(cfg.data, data, "no hand labels: the dataset itself");
+    assert_eq!(cfg.max_steps, Some(2));
+    assert!(cfg.out_dir.starts_with(app.session.runs_dir()) && cfg.out_dir.is_dir());
+    assert!(app.train.live.active);
+    assert!(press(&mut app, &[key('s')]).is_empty(), "one run at a time");
+    assert!(matches!(
+        press(&mut app, &[key('p')])[..],
+        [Action::PauseTraining]
+    ));
+    assert!(matches!(
+        press(&mut app, &[key('p')])[..],
+        [Action::ResumeTraining]
+    ));
+    assert!(matches!(
+        press(&mut app, &[key('x')])[..],
+        [Action::StopTraining]
+    ));
+    app.on_engine_event(Event::State(EngineState::Training));
+    app.on_engine_event(Event::Train(TrainEvent::Started {
+        run_dir: cfg.out_dir.clone(),
+        total_steps: 2,
+        start_step: 0,
+        train_samples: 6,
+        val_samples: 0,
+        estimate_mib: 100.0,
+    }));
+    app.on_engine_event(Event::Train(TrainEvent::Step(fixtures::step_metrics(1, 2))));
+    assert_eq!(app.train.live.loss.len(), 1);
+    assert!(app.engine_status().0.contains("step 1/2"));
+    // Esc stops training too
+    assert!(matches!(
+        press(&mut app, &[code(KeyCode::Esc)])[..],
+        [Action::StopTraining]
+    ));
+    app.on_engine_event(Event::Error {
+        context: "training".into(),
+        message: "boom".into(),
+    });
+    assert!(!app.train.live.active);
+    assert_eq!(app.train.live.error.as_deref(), Some("boom"));
+}
+
+#[test]
+fn training_applies_hand_labels() {
+    let d = tempfile::tempdir().unwrap();
+    let (mut app, _) = with_data(d.path(), 6);
+    app.tab = Tab::Data;
+    press(&mut app, &[key('f')]); // sample 0 is normal in the file; hand label fraud
+    app.tab = Tab::Train;
+    let a = press(&mut app, &[key('s')]);
+    let Action::Engine(Command::Train(cfg)) = &a[0] else {
+        panic!()
+    };
+    assert!(cfg.data.ends_with("data-with-labels.jsonl"));
+    let r = fraudlab::data::load(&cfg.data).unwrap();
+    assert_eq!(r.samples.len(), 6);
+    assert_eq!(
+        r.samples.iter().filter(|s| s.label == Some(true)).count(),
+        4
+    );
+}
+
+#[test]
+fn evaluation_threshold_and_mistake_to_data() {
+    let d = tempfile::tempdir().unwrap();
+    let (mut app, _) = with_data(d.path(), 10);
+    app.tab = Tab::Eval;
+    let a = press(&mut app, &[key('s')]);
+    let cfg = match &a[..] {
+        [Action::Engine(Command::Evaluate(c))] => c.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(cfg.targets.len(), 1);
+    assert!(cfg
+        .out_dir
+        .as_ref()
+        .unwrap()
+        .starts_with(app.session.evals_dir()));
+    assert!(app.eval.running);
+    // results: every sample scored 0.6 → normal samples are false alarms at 0.5
+    let preds: Vec<fraudlab::engine::eval::Prediction> = app
+        .data
+        .samples
+        .iter()
+        .map(|s| fraudlab::engine::eval::Prediction {
+            id: s.id.clone(),
+            label: s.label.unwrap(),
+            probability: Some(0.6),
+            answer: None,
+            predicted: Some(true),
+        })
+        .collect();
+    let rows: Vec<_> = preds
+        .iter()
+        .map(|p| fraudlab::data::EvalRow {
+            label: p.label,
+            predicted: p.predicted,
+            probability: p.probability,
+        })
+        .collect();
+    app.on_engine_event(Event::EvalDone(vec![fraudlab::engine::eval::EvalResult {
+        model: "/models/m".into(),
+        adapter: None,
+        mode: fraudlab::engine::eval::EvalMode::Score,
+        metrics: fraudlab::data::metrics::compute(&rows),
+        samples_per_s: 10.0,
+        seconds: 1.0,
+        predictions: preds,
+    }]));
+    assert!(!app.eval.running);
+    assert_eq!(app.eval.results[0].mistakes.len(), 5);
+    assert!((app.eval.results[0].at.recall - 1.0).abs() < 1e-9);
+    press(&mut app, &[code(KeyCode::Right), code(KeyCode::Right)]);
+    assert!((app.eval.threshold - 0.6).abs() < 1e-9);
+    press(&mut app, &[code(KeyCode::Right)]);
+    // above every score: the fraud samples are now missed
+    assert_eq!(app.eval.results[0].at.tp, 0);
+    assert_eq!(app.eval.results[0].mistakes.len(), 5);
+    press(&mut app, &[key('j'), code(KeyCode::Enter)]);
+    assert_eq!(app.tab, Tab::Data);
+    let v = &app.eval.results[0];
+    let want = &v.result.predictions[v.mistakes[1]].id;
+    assert_eq!(&app.data.selected_sample().unwrap().id, want);
+    assert!(app.data.detail);
+}
+
+#[test]
+fn escape_cancels_engine_work() {
+    let d = tempfile::tempdir().unwrap();
+    let mut app = new_app(d.path());
+    app.on_engine_event(Event::State(EngineState::Generating));
+    assert!(matches!(
+        press(&mut app, &[code(KeyCode::Esc)])[..],
+        [Action::Cancel]
+    ));
+    assert!(matches!(press(&mut app, &[key('x')])[..], [Action::Cancel]));
+    app.on_engine_event(Event::State(EngineState::Idle));
+    assert!(press(&mut app, &[code(KeyCode::Esc)]).is_empty());
+}
+
+#[test]
+fn session_restores_models_dataset_and_pane() {
+    let d = tempfile::tempdir().unwrap();
+    let data;
+    {
+        let (mut app, p) = with_data(d.path(), 5);
+        data = p;
+        app.tab = Tab::Data;
+        press(&mut app, &[key('f')]);
+        app.save_session();
+    }
+    let s = Session::open(d.path(), "t").unwrap();
+    let (app, actions) = App::open(
+        s,
+        AppOptions {
+            sessions_root: d.path().into(),
+            model_dirs: vec![],
+        },
+    );
+    assert_eq!(app.tab, Tab::Data);
+    assert_eq!(app.data.path.as_deref(), Some(data.as_path()));
+    assert_eq!(app.data.counts.hand, 1);
+    assert!(actions
+        .iter()
+        .any(|a| matches!(a, Action::Engine(Command::Load { spec, .. }) if spec == "/models/m")));
+}
+
+#[test]
+fn broken_session_file_is_reported_not_overwritten() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Session::open(d.path(), "t").unwrap();
+    std::fs::write(s.config_path(), "{ not json").unwrap();
+    let mut app = App::new(
+        s,
+        AppOptions {
+            sessions_root: d.path().into(),
+            model_dirs: vec![],
+        },
+    );
+    assert!(app
+        .message
+        .as_ref()
+        .unwrap()
+        .text
+        .contains("not be overwritten"));
+    app.tab = Tab::Data;
+    app.save_session();
+    assert_eq!(
+        std::fs::read_to_string(app.session.config_path()).unwrap(),
+        "{ not json"
+    );
+}
+
+#[test]
+fn paste_goes_into_the_editor() {
+    let d = tempfile::tempdir().unwrap();
+    let mut app = new_app(d.path());
+    app.tab = Tab::Probe;
+    app.handle_event(&crossterm::event::Event::Paste(
+        "张伟：转账\r\n李娜：好".into(),
+    ));
+    assert!(app.probe.editing);
+    assert!(app.probe.user.text().ends_with("张伟：转账\n李娜：好"));
+}
+
+#[test]
+fn commands_end_in_order_and_close_what_they_left_open() {
+    let d = tempfile::tempdir().unwrap();
+    let (mut app, _) = with_data(d.path(), 4);
+    app.tab = Tab::Probe;
+    // a suite of several requests queued; the first answers, then a cancel ends the rest
+    let a = press(&mut app, &[key('b')]);
+    let n = a.len();
+    assert_eq!(app.commands_in_flight(), n);
+    let Action::Engine(Command::Generate { request, .. }) = &a[0] else {
+        panic!()
+    };
+    app.on_engine_event(Event::State(EngineState::Generating));
+    app.on_engine_event(Event::Generated {
+        request: *request,
+        key: "m".into(),
+        generation: fixtures::generation("大语言模型"),
+    });
+    app.on_engine_event(Event::State(EngineState::Idle));
+    assert_eq!(app.commands_in_flight(), n - 1);
+    press(&mut app, &[code(KeyCode::Esc)]); // idle now: nothing to cancel
+    for _ in 1..n {
+        app.on_engine_event(Event::State(EngineState::Idle));
+    }
+    assert_eq!(app.commands_in_flight(), 0);
+    let suite = app.probe.suite.as_ref().unwrap();
+    assert!(suite.cells[0][0].done.is_some());
+    assert!(
+        suite.cells[1..].iter().all(|r| r[0].cancelled),
+        "the rest never answered"
+    );
+    let s = fraudlab::tui::render_to_string(&app, 160, 40);
+    assert!(s.contains("cancelled"), "{s}");
+}
