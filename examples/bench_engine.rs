@@ -74,6 +74,7 @@ fn train(model_spec: &str, data: &str, batch: usize, steps: usize) -> Result<()>
         limit: Some(batch * (steps + 2)),
         schedule: fraudlab::engine::train::Schedule::Constant,
         warmup_ratio: 0.0,
+        shuffle: false,
         ..Default::default()
     };
     let mut times = Vec::new();

@@ -292,8 +292,8 @@ fn bad_inputs_give_clear_errors() {
     write(&t3, &other);
     assert_clean_error(&probe(&t3), &["llama.gguf", "llama"]);
 
-    // a prompt longer than the model's context (512 tokens for the tiny model)
-    let long = "诈骗 ".repeat(2000);
+    // a prompt longer than the model's context (4096 tokens for the tiny model)
+    let long = "诈骗 ".repeat(6000);
     let o = run(&["probe", "--model", good.to_str().unwrap(), "--prompt", &long]);
     assert_clean_error(&o, &["context"]);
     let o = run(&["logits", "--model", good.to_str().unwrap(), "--prompt", &long]);

@@ -333,14 +333,6 @@ pub fn parse_turns(text: &str) -> Vec<(String, String)> {
     turns
 }
 
-fn label_key(label: Option<bool>) -> &'static str {
-    match label {
-        Some(true) => "true",
-        Some(false) => "false",
-        None => "",
-    }
-}
-
 impl Sample {
     /// A fraud-format sample (id computed).
     pub fn fraud(
@@ -420,8 +412,9 @@ impl Sample {
     }
 
     /// The content id: 16 hex chars of SHA-256 of
-    /// * fraud, and Alpaca with a parsed label: `instruction \n input \n label`
-    ///   (`true`/`false`), so a fraud sample and its Alpaca export share an id;
+    /// * fraud, and Alpaca with a parsed label: `instruction \n input` — the
+    ///   label is not part of the id, so a hand label or a relabelled export keeps
+    ///   the sample's id, and a fraud sample and its Alpaca export share one;
     /// * Alpaca without a label: `"alpaca\n" instruction \n input \n output`;
     /// * chat (and ShareGPT): `"chat\n"` then `role \x1f content \x1e` per message;
     /// * text: `"text\n" text`.
@@ -431,13 +424,7 @@ impl Sample {
         let mut h = hash::Sha256::new();
         match &self.body {
             SampleBody::Fraud { instruction, input } => {
-                for part in [
-                    instruction.as_str(),
-                    "\n",
-                    input,
-                    "\n",
-                    label_key(self.label),
-                ] {
+                for part in [instruction.as_str(), "\n", input] {
                     h.update(part.as_bytes());
                 }
             }
@@ -447,7 +434,7 @@ impl Sample {
                 output,
             } => {
                 let parts: Vec<&str> = match self.label {
-                    Some(l) => vec![instruction, "\n", input, "\n", label_key(Some(l))],
+                    Some(_) => vec![instruction, "\n", input],
                     None => vec!["alpaca\n", instruction, "\n", input, "\n", output],
                 };
                 for part in parts {
@@ -1123,13 +1110,17 @@ fn parse_item(v: &Value, format: Format) -> Result<Sample, String> {
         Format::Fraud | Format::Csv => {
             let instruction = req_str(o, "instruction")?;
             let input = req_str(o, "input")?;
-            let label = req_bool(o, "label")?;
+            // `label` may be absent or null: an unlabelled dialogue, e.g. one to hand-label.
+            let label = match o.get("label") {
+                None | Some(Value::Null) => None,
+                Some(_) => Some(req_bool(o, "label")?),
+            };
             let fraud_speaker = opt_str(o, "fraud_speaker")?;
             let reason = opt_str(o, "reason")?;
             Ok(Sample::fraud(
                 instruction,
                 input,
-                Some(label),
+                label,
                 fraud_speaker,
                 reason,
             ))
@@ -1490,11 +1481,12 @@ mod tests {
         let r3 = load(&p2).unwrap();
         assert_eq!(r3.samples[0].id, r.samples[1].id);
         assert_eq!(r3.samples[1].id, r.samples[0].id);
-        // id = sha256(instruction \n input \n label)
-        assert_eq!(
-            r.samples[0].id,
-            hash::content_id("判断\n甲: 1\ntrue".as_bytes())
-        );
+        // id = sha256(instruction \n input): a label does not change it
+        assert_eq!(r.samples[0].id, hash::content_id("判断\n甲: 1".as_bytes()));
+        let relabelled = Sample::fraud("判断", "甲: 1", Some(false), None, None);
+        assert_eq!(relabelled.id, r.samples[0].id);
+        let unlabelled = Sample::fraud("判断", "甲: 1", None, None, None);
+        assert_eq!(unlabelled.id, r.samples[0].id);
     }
 
     #[test]

@@ -529,7 +529,8 @@ fn chat_prompt_parts(s: &Sample) -> (String, String) {
 pub fn export_line(sample: &Sample, format: Format, opts: &ExportOptions) -> Option<String> {
     let v: Value = match format {
         Format::Fraud => {
-            let label = sample.label?;
+            // unlabelled samples keep `"label": null` (e.g. a set to hand-label)
+            let label = sample.label;
             let (instruction, input) = match &sample.body {
                 SampleBody::Fraud { instruction, input }
                 | SampleBody::Alpaca {

@@ -96,6 +96,18 @@ pub struct EvalResult {
 /// The scoring prompt of a sample: the chat prompt with the assistant turn pre-filled up to
 /// where the answers `{"is_fraud": true}` and `{"is_fraud": false}` part, tokenized exactly
 /// as the training target is; and the two tokens that begin the continuations.
+/// Drops the middle of a prompt longer than `max` tokens, keeping its first quarter (system
+/// prompt, instruction) and the rest from its end (the dialogue's last turns), as training
+/// does with samples over `max_len`.
+pub fn trim_middle(ids: &mut Vec<u32>, max: usize) {
+    if ids.len() > max {
+        let head = max / 4;
+        let tail = max - head;
+        let cut_to = ids.len() - tail;
+        ids.drain(head..cut_to);
+    }
+}
+
 pub fn score_prompt(tok: &TextTokenizer, s: &Sample) -> Result<(Vec<u32>, u32, u32)> {
     let msgs = s.to_chat_messages(DEFAULT_SYSTEM, false, false);
     let prompt = tok.apply_chat_template(&msgs, true)?;
@@ -131,9 +143,11 @@ pub fn score_samples(
     let prompts: Vec<(Vec<u32>, u32, u32)> =
         samples.iter().map(|s| score_prompt(&lm.tokenizer, s)).collect::<Result<_>>()?;
     let ids: Vec<Vec<u32>> = prompts.iter().map(|p| p.0.clone()).collect();
+    // prompts longer than the context lose the middle of their dialogue
     let ctx = model.cfg.max_position_embeddings;
-    if let Some((i, l)) = ids.iter().enumerate().map(|(i, s)| (i, s.len())).find(|(_, l)| *l >= ctx) {
-        bail!("sample {} has {l} prompt tokens, more than the model's context of {ctx}", samples[i].id);
+    let mut ids = ids;
+    for p in ids.iter_mut() {
+        trim_middle(p, ctx - 1);
     }
     let lcp = common_prefix(&ids);
     let mut prefix_cache = model.new_cache(1);
@@ -190,7 +204,9 @@ pub fn generate_answers(
         .iter()
         .map(|s| {
             let msgs = s.to_chat_messages(DEFAULT_SYSTEM, false, false);
-            lm.tokenizer.encode(&lm.tokenizer.apply_chat_template(&msgs, true)?)
+            let mut ids = lm.tokenizer.encode(&lm.tokenizer.apply_chat_template(&msgs, true)?)?;
+            trim_middle(&mut ids, model.cfg.max_position_embeddings.saturating_sub(max_tokens + 1).max(16));
+            Ok(ids)
         })
         .collect::<Result<_>>()?;
     let lcp = common_prefix(&ids);

@@ -79,6 +79,13 @@ pub struct TrainConfig {
     pub limit: Option<usize>,
     /// Checkpoints kept besides the best (oldest removed first).
     pub keep_checkpoints: usize,
+    /// Shuffle the samples every epoch (seeded); off keeps file order.
+    #[serde(default = "yes")]
+    pub shuffle: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl Default for TrainConfig {
@@ -113,6 +120,7 @@ impl Default for TrainConfig {
             answer_fields: false,
             limit: None,
             keep_checkpoints: 2,
+            shuffle: true,
         }
     }
 }
@@ -717,7 +725,7 @@ pub fn train_loaded(lm: LoadedModel, tc: &TrainConfig, control: &TrainControl, o
     let mut window_targets = 0usize;
     let mut window_batches: Vec<Batch> = Vec::new();
     'outer: while st.step < total {
-        let order = epoch_order(train_ex.len(), tc.seed, st.epoch);
+        let order = if tc.shuffle { epoch_order(train_ex.len(), tc.seed, st.epoch) } else { (0..train_ex.len()).collect() };
         let micro_total = micro_per_epoch;
         while st.micro < micro_total && st.step < total {
             // gather the micro-batches of one optimizer step first, to normalise by their targets

@@ -154,7 +154,7 @@ impl Qwen2Config {
             num_hidden_layers: 2,
             num_attention_heads: 4,
             num_key_value_heads: Some(2),
-            max_position_embeddings: 512,
+            max_position_embeddings: 4096,
             rms_norm_eps: 1e-6,
             rope_theta: 10000.0,
             tie_word_embeddings: false,

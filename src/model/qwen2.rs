@@ -29,6 +29,9 @@ impl Mode {
     }
 }
 
+/// From this many input rows on, a quantized layer is dequantized for the matmul.
+const QUANT_DEQUANT_ROWS: usize = 16;
+
 /// A dropout mask (rows, cols) scaled by 1/(1-p), from a seed (SplitMix64).
 fn dropout_mask(seed: u64, rows: usize, cols: usize, p: f32, dtype: DType, device: &Device) -> Result<Tensor> {
     let keep = 1.0 - p;
@@ -91,6 +94,11 @@ impl Linear {
                 x2.apply_op1_arc(std::sync::Arc::new(Box::new(FrozenMatmul { w: w.clone() })))?
             }
             LinearWeight::Dense(w) => x2.matmul(&w.t()?)?,
+            // Many rows (a prefill, a scoring batch): dequantizing this layer's weight once and
+            // using the f32 matmul beats the quantized kernels, which shine at one row (decode).
+            LinearWeight::Quant(QMatMul::QTensor(q)) if rows >= QUANT_DEQUANT_ROWS => {
+                x2.matmul(&q.dequantize(x2.device())?.t()?)?
+            }
             LinearWeight::Quant(q) => q.forward(&x2)?,
         };
         if let Some(b) = &self.bias {

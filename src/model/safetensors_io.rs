@@ -15,10 +15,12 @@ pub struct Entry {
     pub end: usize,
 }
 
-/// A memory-mapped safetensors file whose header was checked against its size.
+/// A safetensors file whose header was checked against its size. Tensors are read with
+/// positioned reads (not a memory map), so a loaded model does not also keep the file's pages
+/// resident: peak memory stays near the size of the weights.
 pub struct SafetensorsFile {
     pub path: PathBuf,
-    mmap: memmap2::Mmap,
+    file: std::fs::File,
     data_start: usize,
     pub entries: BTreeMap<String, Entry>,
 }
@@ -44,18 +46,20 @@ impl SafetensorsFile {
         if len < 8 {
             bail!("{}: truncated safetensors file ({len} bytes, no header)", path.display());
         }
-        // SAFETY: the file is opened read-only; fraudlab never writes a weights file it maps.
-        let mmap = unsafe { memmap2::Mmap::map(&file) }
-            .with_context(|| format!("{}: cannot map weights", path.display()))?;
-        let n = u64::from_le_bytes(mmap[..8].try_into().unwrap()) as usize;
+        use std::os::unix::fs::FileExt;
+        let mut len8 = [0u8; 8];
+        file.read_exact_at(&mut len8, 0).with_context(|| format!("{}: cannot read header", path.display()))?;
+        let n = u64::from_le_bytes(len8) as usize;
         if n > len - 8 {
             bail!(
                 "{}: corrupt or truncated safetensors file: header length {n} reaches beyond the file ({len} bytes)",
                 path.display()
             );
         }
+        let mut head = vec![0u8; n];
+        file.read_exact_at(&mut head, 8).with_context(|| format!("{}: cannot read header", path.display()))?;
         let header: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_slice(&mmap[8..8 + n]).with_context(|| {
+            serde_json::from_slice(&head).with_context(|| {
                 format!("{}: corrupt safetensors file: header is not JSON", path.display())
             })?;
         let data_start = 8 + n;
@@ -103,7 +107,7 @@ impl SafetensorsFile {
             }
             entries.insert(name, Entry { dtype, shape, begin, end });
         }
-        Ok(Self { path: path.to_path_buf(), mmap, data_start, entries })
+        Ok(Self { path: path.to_path_buf(), file, data_start, entries })
     }
 
     /// Loads a tensor, converted to `dtype`.
@@ -112,8 +116,12 @@ impl SafetensorsFile {
             .entries
             .get(name)
             .with_context(|| format!("{}: no tensor `{name}`", self.path.display()))?;
-        let bytes = &self.mmap[self.data_start + e.begin..self.data_start + e.end];
-        let t = Tensor::from_raw_buffer(bytes, e.dtype, &e.shape, device)
+        use std::os::unix::fs::FileExt;
+        let mut bytes = vec![0u8; e.end - e.begin];
+        self.file
+            .read_exact_at(&mut bytes, (self.data_start + e.begin) as u64)
+            .with_context(|| format!("{}: cannot read tensor `{name}`", self.path.display()))?;
+        let t = Tensor::from_raw_buffer(&bytes, e.dtype, &e.shape, device)
             .with_context(|| format!("{}: cannot read tensor `{name}`", self.path.display()))?;
         Ok(if t.dtype() == dtype { t } else { t.to_dtype(dtype)? })
     }
