@@ -24,15 +24,32 @@ fn main() -> Result<()> {
     fraudlab::tune_allocator();
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
-        Some("speed") => speed(&args[1], &args[2], args[3].parse()?, args.iter().any(|a| a == "--quantized")),
+        Some("speed") => speed(
+            &args[1],
+            &args[2],
+            args[3].parse()?,
+            args.iter().any(|a| a == "--quantized"),
+        ),
         Some("train") => train(&args[1], &args[2], args[3].parse()?, args[4].parse()?),
-        Some("score") => score(&args[1], &args[2], args[3].parse()?, args.get(4).map(String::as_str).unwrap_or("score"), args.get(5).map(|b| b.parse()).transpose()?.unwrap_or(8)),
+        Some("score") => score(
+            &args[1],
+            &args[2],
+            args[3].parse()?,
+            args.get(4).map(String::as_str).unwrap_or("score"),
+            args.get(5).map(|b| b.parse()).transpose()?.unwrap_or(8),
+        ),
         _ => bail!("usage: bench_engine speed|train|score …"),
     }
 }
 
 fn speed(model_spec: &str, prompt_file: &str, k: usize, quantized: bool) -> Result<()> {
-    let lm = model::load(model_spec, LoadOptions { quantized, ..Default::default() })?;
+    let lm = model::load(
+        model_spec,
+        LoadOptions {
+            quantized,
+            ..Default::default()
+        },
+    )?;
     let text = std::fs::read_to_string(prompt_file)?;
     let ids = lm.tokenizer.encode(&text)?;
     let input = Tensor::new(ids.as_slice(), &lm.model.device)?.unsqueeze(0)?;
@@ -44,7 +61,10 @@ fn speed(model_spec: &str, prompt_file: &str, k: usize, quantized: bool) -> Resu
         pre.push(t.elapsed().as_secs_f64());
     }
     let cancel = AtomicBool::new(false);
-    let params = SamplingParams { max_tokens: k, ..Default::default() };
+    let params = SamplingParams {
+        max_tokens: k,
+        ..Default::default()
+    };
     // decode: k greedy tokens after the prompt, eos ignored by forcing max tokens via many runs
     let mut dec = Vec::new();
     for _ in 0..2 {
@@ -89,14 +109,25 @@ fn train(model_spec: &str, data: &str, batch: usize, steps: usize) -> Result<()>
         }
     })?;
     let _ = std::fs::remove_dir_all(&dir);
-    println!("{}", json!({"step_s": median(times), "rss_mib": rss_mib().1, "tokens_per_step": median(toks)}));
+    println!(
+        "{}",
+        json!({"step_s": median(times), "rss_mib": rss_mib().1, "tokens_per_step": median(toks)})
+    );
     Ok(())
 }
 
 fn score(model_spec: &str, data: &str, n: usize, mode: &str, batch: usize) -> Result<()> {
     let lm = model::load(model_spec, LoadOptions::default())?;
     let (samples, _) = fraudlab::engine::eval::load_labelled(data.as_ref(), Some(n))?;
-    let cfg = EvalConfig { mode: if mode == "generate" { EvalMode::Generate } else { EvalMode::Score }, batch, ..Default::default() };
+    let cfg = EvalConfig {
+        mode: if mode == "generate" {
+            EvalMode::Generate
+        } else {
+            EvalMode::Score
+        },
+        batch,
+        ..Default::default()
+    };
     let cancel = AtomicBool::new(false);
     let (m, preds, secs) = evaluate_loaded(&lm, &samples, &cfg, &cancel, &mut |_, _| {})?;
     let probs: Vec<f64> = preds.iter().filter_map(|p| p.probability).collect();

@@ -12,7 +12,11 @@ use crate::engine::generate::{build_prompt, generate, SamplingParams};
 use crate::model::{self, discover, LoadOptions};
 
 #[derive(Parser, Debug)]
-#[command(name = "fraudlab", version, about = "A terminal workbench for small LLM fraud-dialogue classifiers")]
+#[command(
+    name = "fraudlab",
+    version,
+    about = "A terminal workbench for small LLM fraud-dialogue classifiers"
+)]
 pub struct Cli {
     /// Session to open or record into (sessions/<name>/).
     #[arg(long, global = true, default_value = "default")]
@@ -104,7 +108,10 @@ impl ModelArgs {
             "bf16" => DType::BF16,
             d => bail!("--dtype {d}: use f32 or bf16"),
         };
-        Ok(LoadOptions { dtype, quantized: self.quantized })
+        Ok(LoadOptions {
+            dtype,
+            quantized: self.quantized,
+        })
     }
 }
 
@@ -128,7 +135,10 @@ pub struct TrainArgs {
     #[arg(long = "lora-dropout", default_value_t = 0.05)]
     pub lora_dropout: f32,
     /// Comma-separated projections (PEFT names).
-    #[arg(long, default_value = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj")]
+    #[arg(
+        long,
+        default_value = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+    )]
     pub target: String,
     /// Full fine-tuning (all weights) instead of LoRA.
     #[arg(long)]
@@ -336,9 +346,15 @@ pub fn run(cli: Cli) -> Result<()> {
         Some(Command::Logits(a)) => cmd_logits(a),
         Some(Command::Train(a)) => cmd_train(*a, &cli.session),
         Some(Command::Eval(a)) => cmd_eval(a, &cli.session),
-        Some(Command::Merge { model, adapter, out }) => cmd_merge(&model, &adapter, &out),
+        Some(Command::Merge {
+            model,
+            adapter,
+            out,
+        }) => cmd_merge(&model, &adapter, &out),
         Some(Command::Data { cmd }) => crate::cli_data::run(cmd, &cli.session),
-        Some(Command::Label { dataset, list }) => crate::cli_data::label(&dataset, list, &cli.session),
+        Some(Command::Label { dataset, list }) => {
+            crate::cli_data::label(&dataset, list, &cli.session)
+        }
         Some(Command::Sessions { json }) => crate::cli_data::sessions(json),
         Some(Command::Convert { gguf, out }) => cmd_convert(&gguf, &out),
         Some(Command::DemoModel { out, gguf }) => cmd_demo(&out, gguf),
@@ -348,7 +364,8 @@ pub fn run(cli: Cli) -> Result<()> {
 fn prompt_text(prompt: &Option<String>, file: &Option<PathBuf>) -> Result<String> {
     match (prompt, file) {
         (Some(p), _) => Ok(p.clone()),
-        (None, Some(f)) => std::fs::read_to_string(f).with_context(|| format!("{}: cannot read prompt", f.display())),
+        (None, Some(f)) => std::fs::read_to_string(f)
+            .with_context(|| format!("{}: cannot read prompt", f.display())),
         (None, None) => bail!("give --prompt or --prompt-file"),
     }
 }
@@ -372,13 +389,22 @@ fn cmd_models(extra: &[PathBuf], json: bool) -> Result<()> {
     }
     if models.is_empty() {
         println!("No models found. fraudlab looks in:");
-        println!("  {} (Hugging Face cache)", model::loader::hf_cache_dir().display());
-        println!("  {} (ModelScope cache)", model::loader::modelscope_cache_dir().display());
+        println!(
+            "  {} (Hugging Face cache)",
+            model::loader::hf_cache_dir().display()
+        );
+        println!(
+            "  {} (ModelScope cache)",
+            model::loader::modelscope_cache_dir().display()
+        );
         println!("  --models-dir DIR and FRAUDLAB_MODELS (folders with config.json, .gguf files)");
         println!("Try `fraudlab demo-model` for a tiny offline demo model.");
         return Ok(());
     }
-    println!("{:<40} {:<8} {:<6} {:<9} {:<22} {:>12} {:>9}", "name", "family", "size", "variant", "format", "parameters", "disk");
+    println!(
+        "{:<40} {:<8} {:<6} {:<9} {:<22} {:>12} {:>9}",
+        "name", "family", "size", "variant", "format", "parameters", "disk"
+    );
     for m in models {
         println!(
             "{:<40} {:<8} {:<6} {:<9} {:<22} {:>12} {:>9}{}",
@@ -397,7 +423,10 @@ fn cmd_models(extra: &[PathBuf], json: bool) -> Result<()> {
 }
 
 /// Loads a model and applies an adapter if given.
-pub fn load_with_adapter(m: &ModelArgs, adapter: Option<&std::path::Path>) -> Result<model::LoadedModel> {
+pub fn load_with_adapter(
+    m: &ModelArgs,
+    adapter: Option<&std::path::Path>,
+) -> Result<model::LoadedModel> {
     let mut lm = model::load(&m.model, m.options()?)?;
     if let Some(a) = adapter {
         model::adapter::load_adapter(&mut lm.model, a)?;
@@ -407,7 +436,9 @@ pub fn load_with_adapter(m: &ModelArgs, adapter: Option<&std::path::Path>) -> Re
 
 /// The folder sessions live in: `FRAUDLAB_SESSIONS`, else `./sessions`.
 pub fn sessions_root() -> PathBuf {
-    std::env::var_os("FRAUDLAB_SESSIONS").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("sessions"))
+    std::env::var_os("FRAUDLAB_SESSIONS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("sessions"))
 }
 
 pub fn open_session(name: &str) -> Result<crate::data::Session> {
@@ -416,7 +447,12 @@ pub fn open_session(name: &str) -> Result<crate::data::Session> {
 
 fn cmd_probe(a: ProbeArgs, session: &str) -> Result<()> {
     let lm = load_with_adapter(&a.model, a.adapter.as_deref())?;
-    let prompt = build_prompt(&lm.tokenizer, a.system.as_deref(), &prompt_text(&a.prompt, &a.prompt_file)?, a.raw)?;
+    let prompt = build_prompt(
+        &lm.tokenizer,
+        a.system.as_deref(),
+        &prompt_text(&a.prompt, &a.prompt_file)?,
+        a.raw,
+    )?;
     let ids = lm.tokenizer.encode(&prompt)?;
     let params = SamplingParams {
         temperature: a.temperature,
@@ -477,7 +513,11 @@ fn cmd_probe(a: ProbeArgs, session: &str) -> Result<()> {
 
 /// Top-k (id, logit) of a logits vector, highest first.
 pub fn top_k(logits: &[f32], k: usize) -> Vec<(u32, f32)> {
-    let mut v: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &x)| (i as u32, x)).collect();
+    let mut v: Vec<(u32, f32)> = logits
+        .iter()
+        .enumerate()
+        .map(|(i, &x)| (i as u32, x))
+        .collect();
     v.sort_unstable_by(|a, b| b.1.total_cmp(&a.1));
     v.truncate(k);
     v
@@ -485,7 +525,12 @@ pub fn top_k(logits: &[f32], k: usize) -> Vec<(u32, f32)> {
 
 fn cmd_logits(a: LogitsArgs) -> Result<()> {
     let lm = load_with_adapter(&a.model, a.adapter.as_deref())?;
-    let prompt = build_prompt(&lm.tokenizer, None, &prompt_text(&a.prompt, &a.prompt_file)?, a.raw)?;
+    let prompt = build_prompt(
+        &lm.tokenizer,
+        None,
+        &prompt_text(&a.prompt, &a.prompt_file)?,
+        a.raw,
+    )?;
     let ids = lm.tokenizer.encode(&prompt)?;
     if ids.is_empty() {
         bail!("the prompt is empty");
@@ -498,16 +543,27 @@ fn cmd_logits(a: LogitsArgs) -> Result<()> {
         );
     }
     let input = Tensor::new(ids.as_slice(), &lm.model.device)?.unsqueeze(0)?;
-    let logits: Vec<f32> = lm.model.forward_last(&input, None, None)?.squeeze(0)?.to_vec1()?;
+    let logits: Vec<f32> = lm
+        .model
+        .forward_last(&input, None, None)?
+        .squeeze(0)?
+        .to_vec1()?;
     let top = top_k(&logits, a.top);
     let m = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let lse = m + logits.iter().map(|&x| (x as f64 - m).exp()).sum::<f64>().ln();
+    let lse = m + logits
+        .iter()
+        .map(|&x| (x as f64 - m).exp())
+        .sum::<f64>()
+        .ln();
     let top_json: Vec<_> = top
         .iter()
         .map(|(id, l)| json!({"id": id, "token": lm.tokenizer.token_text(*id), "logit": l}))
         .collect();
     if a.json {
-        println!("{}", json!({"token_ids": ids, "top": top_json, "logsumexp": lse}));
+        println!(
+            "{}",
+            json!({"token_ids": ids, "top": top_json, "logsumexp": lse})
+        );
     } else {
         println!("token ids ({}): {:?}", ids.len(), ids);
         for (id, l) in top {
@@ -526,7 +582,10 @@ fn cmd_convert(gguf: &std::path::Path, out: &std::path::Path) -> Result<()> {
 fn cmd_demo(out: &std::path::Path, gguf: bool) -> Result<()> {
     model::tiny::write_tiny_model(out, &model::tiny::TinySpec::default())
         .with_context(|| format!("{}: cannot write the demo model", out.display()))?;
-    println!("wrote a tiny random demo model (not a real model: answers are noise) to {}", out.display());
+    println!(
+        "wrote a tiny random demo model (not a real model: answers are noise) to {}",
+        out.display()
+    );
     if gguf {
         let f = out.with_extension("gguf");
         model::tiny::write_gguf(out, &f, candle_core::quantized::GgmlDType::Q8_0)?;
@@ -537,13 +596,20 @@ fn cmd_demo(out: &std::path::Path, gguf: bool) -> Result<()> {
 
 fn cmd_train(a: TrainArgs, session: &str) -> Result<()> {
     use crate::engine::train::{train, TrainConfig, TrainControl, TrainEvent};
-    let targets: Vec<String> = a.target.split(',').map(|t| t.trim().to_string()).filter(|t| !t.is_empty()).collect();
+    let targets: Vec<String> = a
+        .target
+        .split(',')
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty())
+        .collect();
     let sess = open_session(session)?;
     let out = match (&a.out, a.resume) {
         (Some(o), _) => o.clone(),
         (None, true) => {
             let runs = sess.list_runs()?;
-            let last = runs.last().with_context(|| format!("session `{session}` has no run to resume"))?;
+            let last = runs
+                .last()
+                .with_context(|| format!("session `{session}` has no run to resume"))?;
             sess.run_dir(last)
         }
         (None, false) => sess.run_dir(&sess.new_run_id()?),
@@ -555,7 +621,13 @@ fn cmd_train(a: TrainArgs, session: &str) -> Result<()> {
         val_split: a.val_split,
         out_dir: out,
         full: a.full,
-        lora: model::adapter::LoraSpec { r: a.lora_r, lora_alpha: a.lora_alpha, lora_dropout: a.lora_dropout, target_modules: targets, use_rslora: false },
+        lora: model::adapter::LoraSpec {
+            r: a.lora_r,
+            lora_alpha: a.lora_alpha,
+            lora_dropout: a.lora_dropout,
+            target_modules: targets,
+            use_rslora: false,
+        },
         lr: a.lr,
         epochs: a.epochs,
         max_steps: a.max_steps,
@@ -593,7 +665,9 @@ fn cmd_train(a: TrainArgs, session: &str) -> Result<()> {
                     m.step,
                     m.total_steps,
                     m.loss,
-                    m.eval_loss.map(|e| format!(" eval {e:.4}")).unwrap_or_default(),
+                    m.eval_loss
+                        .map(|e| format!(" eval {e:.4}"))
+                        .unwrap_or_default(),
                     m.lr,
                     m.step_s,
                     m.tokens_per_s,
@@ -606,7 +680,14 @@ fn cmd_train(a: TrainArgs, session: &str) -> Result<()> {
                 }
             }
         }
-        TrainEvent::Started { run_dir, total_steps, start_step, train_samples, val_samples, estimate_mib } => {
+        TrainEvent::Started {
+            run_dir,
+            total_steps,
+            start_step,
+            train_samples,
+            val_samples,
+            estimate_mib,
+        } => {
             if !json {
                 eprintln!(
                     "training in {} : {train_samples} train / {val_samples} val samples, steps {start_step}..{total_steps}, ~{:.1} GiB",
@@ -620,7 +701,10 @@ fn cmd_train(a: TrainArgs, session: &str) -> Result<()> {
                 eprintln!("{l}");
             }
         }
-        TrainEvent::Checkpoint { .. } | TrainEvent::Eval { .. } | TrainEvent::Paused { .. } | TrainEvent::Resumed { .. } => {}
+        TrainEvent::Checkpoint { .. }
+        | TrainEvent::Eval { .. }
+        | TrainEvent::Paused { .. }
+        | TrainEvent::Resumed { .. } => {}
         TrainEvent::Finished(_) => {
             if tty && !json {
                 eprintln!();
@@ -630,7 +714,12 @@ fn cmd_train(a: TrainArgs, session: &str) -> Result<()> {
     if json {
         println!("{}", json!({"finished": summary}));
     } else {
-        eprintln!("{} after {} steps; output in {}", summary.end, summary.steps, summary.output_dir.display());
+        eprintln!(
+            "{} after {} steps; output in {}",
+            summary.end,
+            summary.steps,
+            summary.output_dir.display()
+        );
     }
     Ok(())
 }
@@ -651,14 +740,29 @@ pub fn fmt_secs(s: f64) -> String {
 
 fn eval_targets(models: &[String], adapters: &[String]) -> Vec<crate::engine::eval::EvalTarget> {
     use crate::engine::eval::EvalTarget;
-    let adapter = |a: &str| if a == "-" || a.is_empty() { None } else { Some(PathBuf::from(a)) };
+    let adapter = |a: &str| {
+        if a == "-" || a.is_empty() {
+            None
+        } else {
+            Some(PathBuf::from(a))
+        }
+    };
     if models.len() == 1 && adapters.len() > 1 {
-        return adapters.iter().map(|a| EvalTarget { model: models[0].clone(), adapter: adapter(a) }).collect();
+        return adapters
+            .iter()
+            .map(|a| EvalTarget {
+                model: models[0].clone(),
+                adapter: adapter(a),
+            })
+            .collect();
     }
     models
         .iter()
         .enumerate()
-        .map(|(i, m)| EvalTarget { model: m.clone(), adapter: adapters.get(i).and_then(|a| adapter(a)) })
+        .map(|(i, m)| EvalTarget {
+            model: m.clone(),
+            adapter: adapters.get(i).and_then(|a| adapter(a)),
+        })
         .collect()
 }
 
@@ -696,7 +800,20 @@ fn cmd_eval(a: EvalArgs, session: &str) -> Result<()> {
     } else {
         println!(
             "{:<44} {:>6} {:>9} {:>7} {:>6} {:>8} {:>7} {:>7} {:>5} {:>5} {:>5} {:>5} {:>6} {:>9}",
-            "model / adapter", "n", "precision", "recall", "f1", "accuracy", "roc_auc", "pr_auc", "tp", "fp", "tn", "fn", "unpars", "samples/s"
+            "model / adapter",
+            "n",
+            "precision",
+            "recall",
+            "f1",
+            "accuracy",
+            "roc_auc",
+            "pr_auc",
+            "tp",
+            "fp",
+            "tn",
+            "fn",
+            "unpars",
+            "samples/s"
         );
         for r in &results {
             let m = &r.metrics;
@@ -724,6 +841,11 @@ fn cmd_merge(m: &ModelArgs, adapter: &std::path::Path, out: &std::path::Path) ->
     let mut lm = load_with_adapter(m, Some(adapter))?;
     model::adapter::merge_lora(&mut lm.model)?;
     model::convert::write_hf_folder(&lm.model, &lm.location, out)?;
-    println!("merged {} + {} into {}", m.model, adapter.display(), out.display());
+    println!(
+        "merged {} + {} into {}",
+        m.model,
+        adapter.display(),
+        out.display()
+    );
     Ok(())
 }

@@ -55,49 +55,108 @@ pub fn run(cmd: DataCmd, session: &str) -> Result<()> {
                 Some(m) => Some(crate::model::load(m, Default::default())?.tokenizer),
                 None => None,
             };
-            let count = |t: &str| tok.as_ref().and_then(|k| k.encode(t).ok()).map(|v| v.len()).unwrap_or(0);
+            let count = |t: &str| {
+                tok.as_ref()
+                    .and_then(|k| k.encode(t).ok())
+                    .map(|v| v.len())
+                    .unwrap_or(0)
+            };
             let f: Option<&dyn Fn(&str) -> usize> = if tok.is_some() { Some(&count) } else { None };
             let st = tools::stats(&r.samples, 10, f);
             if json {
                 println!("{}", serde_json::to_string_pretty(&st)?);
             } else {
-                println!("samples {}: fraud {}, not fraud {}, unlabelled {}", st.n, st.fraud, st.not_fraud, st.unlabelled);
+                println!(
+                    "samples {}: fraud {}, not fraud {}, unlabelled {}",
+                    st.n, st.fraud, st.not_fraud, st.unlabelled
+                );
                 println!(
                     "characters: min {} median {} mean {:.0} max {}",
                     st.chars.min, st.chars.median, st.chars.mean, st.chars.max
                 );
                 if let Some(t) = &st.tokens {
-                    println!("tokens: min {} median {} mean {:.0} max {}", t.min, t.median, t.mean, t.max);
+                    println!(
+                        "tokens: min {} median {} mean {:.0} max {}",
+                        t.min, t.median, t.mean, t.max
+                    );
                 }
-                let peak = st.char_hist.iter().map(|b| b.count).max().unwrap_or(1).max(1);
+                let peak = st
+                    .char_hist
+                    .iter()
+                    .map(|b| b.count)
+                    .max()
+                    .unwrap_or(1)
+                    .max(1);
                 for b in &st.char_hist {
-                    println!("{:>6}-{:<6} {:>6} {}", b.lo, b.hi, b.count, "#".repeat(b.count * 40 / peak));
+                    println!(
+                        "{:>6}-{:<6} {:>6} {}",
+                        b.lo,
+                        b.hi,
+                        b.count,
+                        "#".repeat(b.count * 40 / peak)
+                    );
                 }
                 println!("speakers: {} distinct; top:", st.distinct_speakers);
                 for s in &st.top_speakers {
-                    println!("  {:<16} {:>5} samples {:>6} turns {:>5} as fraudster", s.name, s.samples, s.turns, s.as_fraud);
+                    println!(
+                        "  {:<16} {:>5} samples {:>6} turns {:>5} as fraudster",
+                        s.name, s.samples, s.turns, s.as_fraud
+                    );
                 }
             }
         }
-        DataCmd::Split { file, out, train, val, test, seed } => {
+        DataCmd::Split {
+            file,
+            out,
+            train,
+            val,
+            test,
+            seed,
+        } => {
             let r = load_reporting(&file)?;
             let sp = tools::split(&r.samples, train, val, test, seed)?;
-            std::fs::create_dir_all(&out).with_context(|| format!("{}: cannot create", out.display()))?;
-            let fmt = if r.format == Format::Csv { Format::Fraud } else { r.format };
+            std::fs::create_dir_all(&out)
+                .with_context(|| format!("{}: cannot create", out.display()))?;
+            let fmt = if r.format == Format::Csv {
+                Format::Fraud
+            } else {
+                r.format
+            };
             for (name, idx) in [("train", &sp.train), ("val", &sp.val), ("test", &sp.test)] {
                 let p = out.join(format!("{name}.jsonl"));
-                let rep = tools::export(&tools::pick(&r.samples, idx), fmt, &p, &Default::default())?;
+                let rep =
+                    tools::export(&tools::pick(&r.samples, idx), fmt, &p, &Default::default())?;
                 println!("{name}: {} samples -> {}", rep.written, p.display());
             }
         }
-        DataCmd::Balance { file, out, ratio, seed } => {
+        DataCmd::Balance {
+            file,
+            out,
+            ratio,
+            seed,
+        } => {
             let r = load_reporting(&file)?;
             let idx = tools::undersample(&r.samples, ratio, seed)?;
-            let fmt = if r.format == Format::Csv { Format::Fraud } else { r.format };
-            let rep = tools::export(&tools::pick(&r.samples, &idx), fmt, &out, &Default::default())?;
+            let fmt = if r.format == Format::Csv {
+                Format::Fraud
+            } else {
+                r.format
+            };
+            let rep = tools::export(
+                &tools::pick(&r.samples, &idx),
+                fmt,
+                &out,
+                &Default::default(),
+            )?;
             println!("{}", rep.summary);
         }
-        DataCmd::Window { file, out, max_turns, max_chars, stride } => {
+        DataCmd::Window {
+            file,
+            out,
+            max_turns,
+            max_chars,
+            stride,
+        } => {
             let r = load_reporting(&file)?;
             if r.dialogues.is_empty() {
                 bail!("{}: no turn-level dialogues (window needs a case,speaker,content,is_fraud CSV)", file.display());
@@ -106,8 +165,15 @@ pub fn run(cmd: DataCmd, session: &str) -> Result<()> {
             let rep = tools::export(&samples, Format::Fraud, &out, &Default::default())?;
             println!("{} dialogues -> {}", r.dialogues.len(), rep.summary);
         }
-        DataCmd::Export { file, out, format, with_labels } => {
-            let fmt: Format = format.parse().map_err(|e| anyhow::anyhow!("--format {format}: {e}"))?;
+        DataCmd::Export {
+            file,
+            out,
+            format,
+            with_labels,
+        } => {
+            let fmt: Format = format
+                .parse()
+                .map_err(|e| anyhow::anyhow!("--format {format}: {e}"))?;
             let mut r = load_reporting(&file)?;
             if with_labels {
                 let n = with_hand_labels(&file, &mut r.samples, session)?;
@@ -128,7 +194,10 @@ pub fn run(cmd: DataCmd, session: &str) -> Result<()> {
                         Some(false) => "normal",
                         None => "-",
                     };
-                    let first = s.first_turn().map(|(a, b)| format!("{a}: {b}")).unwrap_or_default();
+                    let first = s
+                        .first_turn()
+                        .map(|(a, b)| format!("{a}: {b}"))
+                        .unwrap_or_default();
                     let first: String = first.chars().take(60).collect();
                     writeln!(out, "{} {:<6} {:>5} {}", s.id, label, s.char_len(), first)?;
                 }
@@ -152,7 +221,11 @@ pub fn label(dataset: &Path, list: bool, session: &str) -> Result<()> {
         }
         let mut out = std::io::stdout().lock();
         for (id, l) in report.current_labels() {
-            writeln!(out, "{}", json!({"id": id, "label": l.label, "fraud_speaker": l.fraud_speaker, "reason": l.reason, "time": l.time}))?;
+            writeln!(
+                out,
+                "{}",
+                json!({"id": id, "label": l.label, "fraud_speaker": l.fraud_speaker, "reason": l.reason, "time": l.time})
+            )?;
         }
         return Ok(());
     }
@@ -170,7 +243,11 @@ pub fn label(dataset: &Path, list: bool, session: &str) -> Result<()> {
         let mut parts = line.split_whitespace();
         let (Some(id), Some(action)) = (parts.next(), parts.next()) else {
             if !line.trim().is_empty() {
-                writeln!(out, "error {}: expected `ID fraud|normal|undo [SPEAKER]`", line.trim())?;
+                writeln!(
+                    out,
+                    "error {}: expected `ID fraud|normal|undo [SPEAKER]`",
+                    line.trim()
+                )?;
                 errors += 1;
             }
             continue;
@@ -178,7 +255,11 @@ pub fn label(dataset: &Path, list: bool, session: &str) -> Result<()> {
         let speaker: Vec<&str> = parts.collect();
         let speaker = (!speaker.is_empty()).then(|| speaker.join(" "));
         if !ids.contains(id) {
-            writeln!(out, "error {id}: no sample with this id in {}", dataset.display())?;
+            writeln!(
+                out,
+                "error {id}: no sample with this id in {}",
+                dataset.display()
+            )?;
             out.flush()?;
             errors += 1;
             continue;
@@ -188,7 +269,10 @@ pub fn label(dataset: &Path, list: bool, session: &str) -> Result<()> {
             "normal" | "not-fraud" => journal.label(id, false, None, None).map(|_| true),
             "undo" => journal.undo(id),
             other => {
-                writeln!(out, "error {id}: unknown action `{other}` (fraud, normal, undo)")?;
+                writeln!(
+                    out,
+                    "error {id}: unknown action `{other}` (fraud, normal, undo)"
+                )?;
                 errors += 1;
                 continue;
             }
@@ -243,7 +327,12 @@ pub fn sessions(json: bool) -> Result<()> {
 
 /// k-fold cross-validation: for each fold, train a LoRA adapter (recipe defaults) on the other
 /// folds with the first target model, then evaluate it on the held-out fold.
-pub fn kfold_eval(cfg: &crate::engine::eval::EvalConfig, k: usize, sess: &data::Session, json: bool) -> Result<()> {
+pub fn kfold_eval(
+    cfg: &crate::engine::eval::EvalConfig,
+    k: usize,
+    sess: &data::Session,
+    json: bool,
+) -> Result<()> {
     use crate::engine::eval::{evaluate_loaded, load_labelled};
     use crate::engine::train::{train_loaded, TrainConfig, TrainControl};
     let (samples, _) = load_labelled(&cfg.data, cfg.limit)?;
@@ -254,8 +343,18 @@ pub fn kfold_eval(cfg: &crate::engine::eval::EvalConfig, k: usize, sess: &data::
     for (i, f) in folds.iter().enumerate() {
         let dir = out.join(format!("fold-{i}"));
         let train_file = dir.join("train.jsonl");
-        tools::export(&tools::pick(&samples, &f.train), Format::Fraud, &train_file, &Default::default())?;
-        let tc = TrainConfig { model: target.model.clone(), data: train_file, out_dir: dir.join("run"), ..TrainConfig::default() };
+        tools::export(
+            &tools::pick(&samples, &f.train),
+            Format::Fraud,
+            &train_file,
+            &Default::default(),
+        )?;
+        let tc = TrainConfig {
+            model: target.model.clone(),
+            data: train_file,
+            out_dir: dir.join("run"),
+            ..TrainConfig::default()
+        };
         let lm = crate::model::load(&target.model, Default::default())?;
         let control = TrainControl::default();
         let summary = train_loaded(lm, &tc, &control, &mut |_| {})?;
@@ -267,13 +366,20 @@ pub fn kfold_eval(cfg: &crate::engine::eval::EvalConfig, k: usize, sess: &data::
         if json {
             println!("{}", json!({"fold": i, "metrics": m, "seconds": secs}));
         } else {
-            println!("fold {i}: precision {:.3} recall {:.3} f1 {:.3}", m.precision, m.recall, m.f1);
+            println!(
+                "fold {i}: precision {:.3} recall {:.3} f1 {:.3}",
+                m.precision, m.recall, m.f1
+            );
         }
         all.push(m);
     }
-    let mean = |f: &dyn Fn(&data::Metrics) -> f64| all.iter().map(f).sum::<f64>() / all.len() as f64;
+    let mean =
+        |f: &dyn Fn(&data::Metrics) -> f64| all.iter().map(f).sum::<f64>() / all.len() as f64;
     let summary = json!({"folds": k, "precision": mean(&|m| m.precision), "recall": mean(&|m| m.recall), "f1": mean(&|m| m.f1), "accuracy": mean(&|m| m.accuracy)});
-    data::write_atomic(&out.join("kfold.json"), serde_json::to_string_pretty(&summary)?.as_bytes())?;
+    data::write_atomic(
+        &out.join("kfold.json"),
+        serde_json::to_string_pretty(&summary)?.as_bytes(),
+    )?;
     println!("{summary}");
     let _ = sess;
     Ok(())

@@ -4,12 +4,12 @@
 //! (generation, scoring, training, evaluation), `data` holds datasets, labels and sessions,
 //! `tui` is the workbench, `cli` the headless commands.
 
-pub mod model;
+pub mod cli;
+pub mod cli_data;
 pub mod data;
 pub mod engine;
-pub mod cli;
+pub mod model;
 pub mod tui;
-pub mod cli_data;
 
 /// Keeps freed memory in the process for reuse. Tensors are allocated and freed at a high
 /// rate (every op of every step); by default glibc maps and unmaps large blocks each time,

@@ -11,8 +11,17 @@ use fraudlab::model::{self, LoadOptions, Mode};
 use std::sync::atomic::AtomicBool;
 
 fn last_logits(lm: &model::LoadedModel, ids: &[u32]) -> Vec<f32> {
-    let t = Tensor::new(ids, &lm.model.device).unwrap().unsqueeze(0).unwrap();
-    lm.model.forward_last(&t, None, None).unwrap().squeeze(0).unwrap().to_vec1().unwrap()
+    let t = Tensor::new(ids, &lm.model.device)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    lm.model
+        .forward_last(&t, None, None)
+        .unwrap()
+        .squeeze(0)
+        .unwrap()
+        .to_vec1()
+        .unwrap()
 }
 
 #[test]
@@ -20,21 +29,41 @@ fn kv_cached_decoding_equals_full_recomputation() {
     let d = tmp();
     let m = tiny_model(d.path(), TinySpec::default());
     let lm = model::load(m.to_str().unwrap(), LoadOptions::default()).unwrap();
-    let ids = lm.tokenizer.encode("<|im_start|>user\n你好，请问验证码是多少？ hello world<|im_end|>").unwrap();
+    let ids = lm
+        .tokenizer
+        .encode("<|im_start|>user\n你好，请问验证码是多少？ hello world<|im_end|>")
+        .unwrap();
     assert!(ids.len() > 8);
     let mut cache = lm.model.new_cache(1);
     // prefill half, then one token at a time
     let half = ids.len() / 2;
-    let t = Tensor::new(&ids[..half], &lm.model.device).unwrap().unsqueeze(0).unwrap();
+    let t = Tensor::new(&ids[..half], &lm.model.device)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
     lm.model.forward_last(&t, None, Some(&mut cache)).unwrap();
     let mut last = vec![];
     for &id in &ids[half..] {
-        let t = Tensor::new(&[id], &lm.model.device).unwrap().unsqueeze(0).unwrap();
-        last = lm.model.forward_last(&t, None, Some(&mut cache)).unwrap().squeeze(0).unwrap().to_vec1().unwrap();
+        let t = Tensor::new(&[id], &lm.model.device)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        last = lm
+            .model
+            .forward_last(&t, None, Some(&mut cache))
+            .unwrap()
+            .squeeze(0)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
     }
     let full = last_logits(&lm, &ids);
     assert_eq!(cache.len(), ids.len());
-    assert!(max_abs_diff(&last, &full) < 1e-4, "cached vs full differ by {}", max_abs_diff(&last, &full));
+    assert!(
+        max_abs_diff(&last, &full) < 1e-4,
+        "cached vs full differ by {}",
+        max_abs_diff(&last, &full)
+    );
 }
 
 #[test]
@@ -42,8 +71,15 @@ fn batched_padded_forward_equals_unbatched() {
     let d = tmp();
     let m = tiny_model(d.path(), TinySpec::default());
     let lm = model::load(m.to_str().unwrap(), LoadOptions::default()).unwrap();
-    let texts = ["短的句子", "a somewhat longer sentence with more tokens in it, 还有中文", "中等长度 medium"];
-    let seqs: Vec<Vec<u32>> = texts.iter().map(|t| lm.tokenizer.encode(t).unwrap()).collect();
+    let texts = [
+        "短的句子",
+        "a somewhat longer sentence with more tokens in it, 还有中文",
+        "中等长度 medium",
+    ];
+    let seqs: Vec<Vec<u32>> = texts
+        .iter()
+        .map(|t| lm.tokenizer.encode(t).unwrap())
+        .collect();
     let max = seqs.iter().map(|s| s.len()).max().unwrap();
     let pad = lm.tokenizer.pad_id.unwrap();
     for left in [true, false] {
@@ -52,22 +88,35 @@ fn batched_padded_forward_equals_unbatched() {
         for s in &seqs {
             let p = max - s.len();
             let (row, v): (Vec<u32>, Vec<bool>) = if left {
-                ([vec![pad; p], s.clone()].concat(), [vec![false; p], vec![true; s.len()]].concat())
+                (
+                    [vec![pad; p], s.clone()].concat(),
+                    [vec![false; p], vec![true; s.len()]].concat(),
+                )
             } else {
-                ([s.clone(), vec![pad; p]].concat(), [vec![true; s.len()], vec![false; p]].concat())
+                (
+                    [s.clone(), vec![pad; p]].concat(),
+                    [vec![true; s.len()], vec![false; p]].concat(),
+                )
             };
             flat.extend(row);
             valid.push(v);
         }
         let input = Tensor::from_vec(flat, (seqs.len(), max), &lm.model.device).unwrap();
-        let hidden = lm.model.forward_hidden(&input, Some(&valid), None, Mode::Infer).unwrap();
+        let hidden = lm
+            .model
+            .forward_hidden(&input, Some(&valid), None, Mode::Infer)
+            .unwrap();
         let logits = lm.model.logits(&hidden, Mode::Infer).unwrap();
         for (r, s) in seqs.iter().enumerate() {
             let pos = if left { max - 1 } else { s.len() - 1 };
             let got: Vec<f32> = logits.get(r).unwrap().get(pos).unwrap().to_vec1().unwrap();
             let want = last_logits(&lm, s);
             let diff = max_abs_diff(&got, &want);
-            assert!(diff < 1e-4, "row {r} ({}) differs by {diff}", if left { "left" } else { "right" });
+            assert!(
+                diff < 1e-4,
+                "row {r} ({}) differs by {diff}",
+                if left { "left" } else { "right" }
+            );
         }
     }
 }
@@ -75,10 +124,23 @@ fn batched_padded_forward_equals_unbatched() {
 #[test]
 fn sharded_tied_gguf_and_converted_models_agree() {
     let d = tmp();
-    let single = tiny_model(d.path(), TinySpec { seed: 3, ..Default::default() });
+    let single = tiny_model(
+        d.path(),
+        TinySpec {
+            seed: 3,
+            ..Default::default()
+        },
+    );
     let sharded_dir = d.path().join("sharded");
     std::fs::create_dir_all(&sharded_dir).unwrap();
-    let sharded = tiny_model(&sharded_dir, TinySpec { seed: 3, sharded: true, ..Default::default() });
+    let sharded = tiny_model(
+        &sharded_dir,
+        TinySpec {
+            seed: 3,
+            sharded: true,
+            ..Default::default()
+        },
+    );
     assert!(sharded.join("model.safetensors.index.json").exists());
     let ids_text = "The capital of France is 巴黎";
     let a = model::load(single.to_str().unwrap(), LoadOptions::default()).unwrap();
@@ -96,37 +158,79 @@ fn sharded_tied_gguf_and_converted_models_agree() {
     // Q8_0 blocks: dequantized exact path and quantized fast path agree closely.
     let q = tiny_gguf(&single, true);
     let deq = model::load(q.to_str().unwrap(), LoadOptions::default()).unwrap();
-    let qnt = model::load(q.to_str().unwrap(), LoadOptions { quantized: true, ..Default::default() }).unwrap();
+    let qnt = model::load(
+        q.to_str().unwrap(),
+        LoadOptions {
+            quantized: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert!(qnt.quantized);
     let (x, y) = (last_logits(&deq, &ids), last_logits(&qnt, &ids));
     let scale = la.iter().fold(0f32, |m, v| m.max(v.abs()));
-    assert!(max_abs_diff(&x, &y) < 0.03 * scale, "quantized path differs by {} (scale {scale})", max_abs_diff(&x, &y));
+    assert!(
+        max_abs_diff(&x, &y) < 0.03 * scale,
+        "quantized path differs by {} (scale {scale})",
+        max_abs_diff(&x, &y)
+    );
     assert!(max_abs_diff(&x, &la) < 0.05 * scale);
 
     // convert: GGUF -> HF folder loads and matches.
     let out = d.path().join("converted");
-    let o = run(&["convert", "--gguf", g.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    let o = run(&[
+        "convert",
+        "--gguf",
+        g.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    for f in ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "generation_config.json"] {
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+    ] {
         assert!(out.join(f).exists(), "{f} missing");
     }
     let c = model::load(out.to_str().unwrap(), LoadOptions::default()).unwrap();
     assert!(max_abs_diff(&la, &last_logits(&c, &ids)) < 1e-5);
-    let tc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("tokenizer_config.json")).unwrap()).unwrap();
+    let tc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("tokenizer_config.json")).unwrap())
+            .unwrap();
     assert!(tc["chat_template"].as_str().unwrap().contains("im_start"));
 
     // tied embeddings load too
     let tied_dir = d.path().join("tied");
     std::fs::create_dir_all(&tied_dir).unwrap();
-    let tied = tiny_model(&tied_dir, TinySpec { tied: true, ..Default::default() });
+    let tied = tiny_model(
+        &tied_dir,
+        TinySpec {
+            tied: true,
+            ..Default::default()
+        },
+    );
     let t = model::load(tied.to_str().unwrap(), LoadOptions::default()).unwrap();
     assert!(t.model.tied);
     assert_eq!(last_logits(&t, &ids).len(), t.model.cfg.vocab_size);
 
     // bf16 weights run and stay close to f32
-    let bf = model::load(single.to_str().unwrap(), LoadOptions { dtype: DType::BF16, quantized: false }).unwrap();
+    let bf = model::load(
+        single.to_str().unwrap(),
+        LoadOptions {
+            dtype: DType::BF16,
+            quantized: false,
+        },
+    )
+    .unwrap();
     let lb = last_logits(&bf, &ids);
-    assert!(max_abs_diff(&la, &lb) < 0.05 * scale, "bf16 differs by {}", max_abs_diff(&la, &lb));
+    assert!(
+        max_abs_diff(&la, &lb) < 0.05 * scale,
+        "bf16 differs by {}",
+        max_abs_diff(&la, &lb)
+    );
 }
 
 #[test]
@@ -134,8 +238,12 @@ fn gguf_tokenizer_agrees_with_tokenizer_json() {
     let d = tmp();
     let m = tiny_model(d.path(), TinySpec::default());
     let g = tiny_gguf(&m, true);
-    let hf = model::load(m.to_str().unwrap(), LoadOptions::default()).unwrap().tokenizer;
-    let gg = model::load(g.to_str().unwrap(), LoadOptions::default()).unwrap().tokenizer;
+    let hf = model::load(m.to_str().unwrap(), LoadOptions::default())
+        .unwrap()
+        .tokenizer;
+    let gg = model::load(g.to_str().unwrap(), LoadOptions::default())
+        .unwrap()
+        .tokenizer;
     let cases = [
         "你好，世界！我们来分析一下这段对话。",
         "The quick brown fox jumps over the lazy dog.",
@@ -151,7 +259,14 @@ fn gguf_tokenizer_agrees_with_tokenizer_json() {
     }
     let s = hf.encode("<|im_start|>").unwrap();
     assert_eq!(s, vec![hf.token_id("<|im_start|>").unwrap()]);
-    assert_eq!(hf.eos_ids, gg.eos_ids.iter().copied().filter(|i| hf.eos_ids.contains(i)).collect::<Vec<_>>());
+    assert_eq!(
+        hf.eos_ids,
+        gg.eos_ids
+            .iter()
+            .copied()
+            .filter(|i| hf.eos_ids.contains(i))
+            .collect::<Vec<_>>()
+    );
     assert!(gg.eos_ids.contains(&gg.token_id("<|im_end|>").unwrap()));
 }
 
@@ -160,11 +275,20 @@ fn generation_greedy_streaming_seeded_and_cancellable() {
     let d = tmp();
     let m = tiny_model(d.path(), TinySpec::default());
     let lm = model::load(m.to_str().unwrap(), LoadOptions::default()).unwrap();
-    let prompt = fraudlab::engine::generate::build_prompt(&lm.tokenizer, Some("You are a helpful assistant."), "你好", false).unwrap();
+    let prompt = fraudlab::engine::generate::build_prompt(
+        &lm.tokenizer,
+        Some("You are a helpful assistant."),
+        "你好",
+        false,
+    )
+    .unwrap();
     assert!(prompt.ends_with("<|im_start|>assistant\n"));
     let ids = lm.tokenizer.encode(&prompt).unwrap();
     let cancel = AtomicBool::new(false);
-    let params = SamplingParams { max_tokens: 12, ..Default::default() };
+    let params = SamplingParams {
+        max_tokens: 12,
+        ..Default::default()
+    };
     let mut streamed = String::new();
     let g1 = generate(&lm, &ids, &params, &cancel, &mut |p| streamed.push_str(p)).unwrap();
     let g2 = generate(&lm, &ids, &params, &cancel, &mut |_| {}).unwrap();
@@ -174,7 +298,13 @@ fn generation_greedy_streaming_seeded_and_cancellable() {
     if g1.stop == StopReason::MaxTokens {
         assert_eq!(g1.generated_tokens, 12);
     }
-    let sp = SamplingParams { temperature: 0.9, top_k: Some(20), top_p: Some(0.9), seed: 5, max_tokens: 10 };
+    let sp = SamplingParams {
+        temperature: 0.9,
+        top_k: Some(20),
+        top_p: Some(0.9),
+        seed: 5,
+        max_tokens: 10,
+    };
     let a = generate(&lm, &ids, &sp, &cancel, &mut |_| {}).unwrap();
     let b = generate(&lm, &ids, &sp, &cancel, &mut |_| {}).unwrap();
     assert_eq!(a.token_ids, b.token_ids, "same seed, same tokens");
@@ -188,26 +318,75 @@ fn generation_greedy_streaming_seeded_and_cancellable() {
 fn cli_probe_and_logits_json() {
     let d = tmp();
     let m = tiny_model(d.path(), TinySpec::default());
-    let o = run(&["probe", "--model", m.to_str().unwrap(), "--prompt", "你好", "--max-tokens", "5", "--json"]);
+    let o = run(&[
+        "probe",
+        "--model",
+        m.to_str().unwrap(),
+        "--prompt",
+        "你好",
+        "--max-tokens",
+        "5",
+        "--json",
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    for k in ["text", "prompt_tokens", "generated_tokens", "load_s", "prefill_tok_s", "decode_tok_s"] {
+    for k in [
+        "text",
+        "prompt_tokens",
+        "generated_tokens",
+        "load_s",
+        "prefill_tok_s",
+        "decode_tok_s",
+    ] {
         assert!(v.get(k).is_some(), "probe --json lacks {k}");
     }
     assert!(v["generated_tokens"].as_u64().unwrap() <= 5);
-    let o = run(&["logits", "--model", m.to_str().unwrap(), "--prompt", "<|im_start|>user\nhi", "--raw", "--top", "3", "--json"]);
+    let o = run(&[
+        "logits",
+        "--model",
+        m.to_str().unwrap(),
+        "--prompt",
+        "<|im_start|>user\nhi",
+        "--raw",
+        "--top",
+        "3",
+        "--json",
+    ]);
     assert!(o.status.success());
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let top = v["top"].as_array().unwrap();
     assert_eq!(top.len(), 3);
     assert!(top[0]["logit"].as_f64().unwrap() >= top[1]["logit"].as_f64().unwrap());
-    let ids: Vec<u64> = v["token_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect();
-    let tok = model::load(m.to_str().unwrap(), LoadOptions::default()).unwrap().tokenizer;
-    assert_eq!(ids[0] as u32, tok.token_id("<|im_start|>").unwrap(), "--raw keeps special tokens: {ids:?}");
-    assert_eq!(ids.iter().map(|&i| i as u32).collect::<Vec<_>>(), tok.encode("<|im_start|>user\nhi").unwrap());
-    let models = run(&["models", "--json", "--models-dir", d.path().to_str().unwrap()]);
+    let ids: Vec<u64> = v["token_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap())
+        .collect();
+    let tok = model::load(m.to_str().unwrap(), LoadOptions::default())
+        .unwrap()
+        .tokenizer;
+    assert_eq!(
+        ids[0] as u32,
+        tok.token_id("<|im_start|>").unwrap(),
+        "--raw keeps special tokens: {ids:?}"
+    );
+    assert_eq!(
+        ids.iter().map(|&i| i as u32).collect::<Vec<_>>(),
+        tok.encode("<|im_start|>user\nhi").unwrap()
+    );
+    let models = run(&[
+        "models",
+        "--json",
+        "--models-dir",
+        d.path().to_str().unwrap(),
+    ]);
     let list: serde_json::Value = serde_json::from_slice(&models.stdout).unwrap();
-    assert!(list.as_array().unwrap().iter().any(|x| x["path"].as_str().unwrap().ends_with("tiny")));
+    assert!(list
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|x| x["path"].as_str().unwrap().ends_with("tiny")));
 }
 
 fn write(p: &std::path::Path, bytes: &[u8]) {
@@ -227,7 +406,17 @@ fn bad_inputs_give_clear_errors() {
         }
         p
     };
-    let probe = |m: &std::path::Path| run(&["probe", "--model", m.to_str().unwrap(), "--prompt", "hi", "--max-tokens", "2"]);
+    let probe = |m: &std::path::Path| {
+        run(&[
+            "probe",
+            "--model",
+            m.to_str().unwrap(),
+            "--prompt",
+            "hi",
+            "--max-tokens",
+            "2",
+        ])
+    };
 
     // missing folder
     let o = probe(&d.path().join("nope"));
@@ -240,7 +429,8 @@ fn bad_inputs_give_clear_errors() {
 
     // another architecture
     let p = copy("llama");
-    let mut c: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(p.join("config.json")).unwrap()).unwrap();
+    let mut c: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(p.join("config.json")).unwrap()).unwrap();
     c["architectures"] = serde_json::json!(["LlamaForCausalLM"]);
     write(&p.join("config.json"), c.to_string().as_bytes());
     assert_clean_error(&probe(&p), &["config.json", "LlamaForCausalLM"]);
@@ -252,7 +442,10 @@ fn bad_inputs_give_clear_errors() {
 
     // truncated safetensors: header length beyond the file
     let p = copy("trunc-header");
-    write(&p.join("model.safetensors"), &[0xff, 0xff, 0, 0, 0, 0, 0, 0, b'{']);
+    write(
+        &p.join("model.safetensors"),
+        &[0xff, 0xff, 0, 0, 0, 0, 0, 0, b'{'],
+    );
     assert_clean_error(&probe(&p), &["model.safetensors", "header length"]);
 
     // truncated safetensors: tensor data beyond the file
@@ -264,13 +457,27 @@ fn bad_inputs_give_clear_errors() {
     // a shard named in the index but missing
     let sd = d.path().join("shards");
     std::fs::create_dir_all(&sd).unwrap();
-    let sharded = tiny_model(&sd, TinySpec { sharded: true, ..Default::default() });
+    let sharded = tiny_model(
+        &sd,
+        TinySpec {
+            sharded: true,
+            ..Default::default()
+        },
+    );
     std::fs::remove_file(sharded.join("model-00002-of-00002.safetensors")).unwrap();
-    assert_clean_error(&probe(&sharded), &["model.safetensors.index.json", "model-00002-of-00002.safetensors", "missing"]);
+    assert_clean_error(
+        &probe(&sharded),
+        &[
+            "model.safetensors.index.json",
+            "model-00002-of-00002.safetensors",
+            "missing",
+        ],
+    );
 
     // tensor shape contradicting the config
     let p = copy("shape");
-    let mut c: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(p.join("config.json")).unwrap()).unwrap();
+    let mut c: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(p.join("config.json")).unwrap()).unwrap();
     c["intermediate_size"] = serde_json::json!(96);
     write(&p.join("config.json"), c.to_string().as_bytes());
     assert_clean_error(&probe(&p), &["model.safetensors", "gate_proj", "shape"]);
@@ -294,9 +501,21 @@ fn bad_inputs_give_clear_errors() {
 
     // a prompt longer than the model's context (4096 tokens for the tiny model)
     let long = "诈骗 ".repeat(6000);
-    let o = run(&["probe", "--model", good.to_str().unwrap(), "--prompt", &long]);
+    let o = run(&[
+        "probe",
+        "--model",
+        good.to_str().unwrap(),
+        "--prompt",
+        &long,
+    ]);
     assert_clean_error(&o, &["context"]);
-    let o = run(&["logits", "--model", good.to_str().unwrap(), "--prompt", &long]);
+    let o = run(&[
+        "logits",
+        "--model",
+        good.to_str().unwrap(),
+        "--prompt",
+        &long,
+    ]);
     assert_clean_error(&o, &["context"]);
 }
 
@@ -304,25 +523,39 @@ fn bad_inputs_give_clear_errors() {
 /// FRAUDLAB_TEST_HF, e.g. from ../shared/reference/bench/setup.sh), skipped otherwise.
 #[test]
 fn parity_with_reference_on_real_model() {
-    let parity = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/reference/parity.json");
-    let models: Vec<String> = ["FRAUDLAB_TEST_GGUF", "FRAUDLAB_TEST_HF"].iter().filter_map(|k| std::env::var(k).ok()).collect();
+    let parity =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/reference/parity.json");
+    let models: Vec<String> = ["FRAUDLAB_TEST_GGUF", "FRAUDLAB_TEST_HF"]
+        .iter()
+        .filter_map(|k| std::env::var(k).ok())
+        .collect();
     if models.is_empty() || !parity.exists() {
         eprintln!("skipped: set FRAUDLAB_TEST_GGUF / FRAUDLAB_TEST_HF to the real model (and keep ../shared/reference/parity.json) to run the parity check");
         return;
     }
-    let p: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(parity).unwrap()).unwrap();
+    let p: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(parity).unwrap()).unwrap();
     for m in models {
         let lm = model::load(&m, LoadOptions::default()).unwrap();
         for (name, case) in p["prompts"].as_object().unwrap() {
             let ids = lm.tokenizer.encode(case["text"].as_str().unwrap()).unwrap();
-            let want: Vec<u32> = case["token_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+            let want: Vec<u32> = case["token_ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_u64().unwrap() as u32)
+                .collect();
             assert_eq!(ids, want, "{m}: token ids of {name}");
             let logits = last_logits(&lm, &ids);
             for t in case["top"].as_array().unwrap() {
                 let id = t["id"].as_u64().unwrap() as usize;
                 let r = t["logit"].as_f64().unwrap();
                 let rel = (logits[id] as f64 - r).abs() / r.abs().max(1.0);
-                assert!(rel < 1e-3, "{m}: {name} token {id}: {} vs reference {r} (rel {rel:.2e})", logits[id]);
+                assert!(
+                    rel < 1e-3,
+                    "{m}: {name} token {id}: {} vs reference {r} (rel {rel:.2e})",
+                    logits[id]
+                );
             }
         }
     }

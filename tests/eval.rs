@@ -13,7 +13,13 @@ use std::sync::atomic::AtomicBool;
 #[test]
 fn prefix_cached_batched_scoring_equals_full_recomputation() {
     let d = tmp();
-    let m = tiny_model(d.path(), TinySpec { seed: 9, ..Default::default() });
+    let m = tiny_model(
+        d.path(),
+        TinySpec {
+            seed: 9,
+            ..Default::default()
+        },
+    );
     let data = d.path().join("d.jsonl");
     fraud_jsonl(&data, 7);
     let (samples, _) = fraudlab::engine::eval::load_labelled(&data, None).unwrap();
@@ -24,8 +30,18 @@ fn prefix_cached_batched_scoring_equals_full_recomputation() {
     assert_eq!(calls.last(), Some(&(7, 7)), "progress reaches the end");
     for (s, p) in samples.iter().zip(&probs) {
         let (ids, t, f) = score_prompt(&lm.tokenizer, s).unwrap();
-        let x = Tensor::new(ids.as_slice(), &lm.model.device).unwrap().unsqueeze(0).unwrap();
-        let l: Vec<f32> = lm.model.forward_last(&x, None, None).unwrap().squeeze(0).unwrap().to_vec1().unwrap();
+        let x = Tensor::new(ids.as_slice(), &lm.model.device)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let l: Vec<f32> = lm
+            .model
+            .forward_last(&x, None, None)
+            .unwrap()
+            .squeeze(0)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         let want = 1.0 / (1.0 + (-((l[t as usize] - l[f as usize]) as f64)).exp());
         assert!((p - want).abs() < 1e-5, "cached+batched {p} vs full {want}");
         assert!(*p > 0.0 && *p < 1.0);
@@ -35,7 +51,10 @@ fn prefix_cached_batched_scoring_equals_full_recomputation() {
     assert_ne!(t, f);
     let dt = lm.tokenizer.decode(&[t], false).unwrap();
     let df = lm.tokenizer.decode(&[f], false).unwrap();
-    assert!(" true".starts_with(dt.as_str()) && " false".starts_with(df.as_str()), "{dt:?} {df:?}");
+    assert!(
+        " true".starts_with(dt.as_str()) && " false".starts_with(df.as_str()),
+        "{dt:?} {df:?}"
+    );
 }
 
 #[test]
@@ -48,22 +67,63 @@ fn cli_eval_side_by_side_json_and_predictions() {
     let ms = m.to_str().unwrap();
     let o = bin()
         .env("FRAUDLAB_SESSIONS", &sessions)
-        .args(["eval", "--model", ms, "--model", ms, "--data", data.to_str().unwrap(), "--json", "--batch", "4"])
+        .args([
+            "eval",
+            "--model",
+            ms,
+            "--model",
+            ms,
+            "--data",
+            data.to_str().unwrap(),
+            "--json",
+            "--batch",
+            "4",
+        ])
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(rows.len(), 2);
-    for k in ["n", "precision", "recall", "f1", "accuracy", "tp", "fp", "tn", "fn", "unparseable", "roc_auc", "pr_auc", "samples_per_s", "model", "adapter"] {
+    for k in [
+        "n",
+        "precision",
+        "recall",
+        "f1",
+        "accuracy",
+        "tp",
+        "fp",
+        "tn",
+        "fn",
+        "unparseable",
+        "roc_auc",
+        "pr_auc",
+        "samples_per_s",
+        "model",
+        "adapter",
+    ] {
         assert!(rows[0].get(k).is_some(), "eval --json lacks {k}");
     }
     assert_eq!(rows[0]["n"], 6);
     let r = &rows[0];
-    let sum = ["tp", "fp", "tn", "fn"].iter().map(|k| r[*k].as_u64().unwrap()).sum::<u64>();
+    let sum = ["tp", "fp", "tn", "fn"]
+        .iter()
+        .map(|k| r[*k].as_u64().unwrap())
+        .sum::<u64>();
     assert_eq!(sum, 6);
-    assert_eq!(rows[0]["roc_auc"], rows[1]["roc_auc"], "same model, same samples, same scores");
+    assert_eq!(
+        rows[0]["roc_auc"], rows[1]["roc_auc"],
+        "same model, same samples, same scores"
+    );
     let evals = sessions.join("default/evals");
-    let dir = std::fs::read_dir(&evals).unwrap().next().unwrap().unwrap().path();
+    let dir = std::fs::read_dir(&evals)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
     let preds = std::fs::read_to_string(dir.join("predictions.jsonl")).unwrap();
     assert_eq!(preds.lines().count(), 12);
     let p: serde_json::Value = serde_json::from_str(preds.lines().next().unwrap()).unwrap();
@@ -75,13 +135,31 @@ fn cli_eval_side_by_side_json_and_predictions() {
     // generate mode counts unparseable answers separately
     let o = bin()
         .env("FRAUDLAB_SESSIONS", &sessions)
-        .args(["eval", "--model", ms, "--data", data.to_str().unwrap(), "--json", "--mode", "generate", "--max-tokens", "6"])
+        .args([
+            "eval",
+            "--model",
+            ms,
+            "--data",
+            data.to_str().unwrap(),
+            "--json",
+            "--mode",
+            "generate",
+            "--max-tokens",
+            "6",
+        ])
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let g: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&o.stdout).lines().next().unwrap()).unwrap();
+    let g: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&o.stdout).lines().next().unwrap()).unwrap();
     assert_eq!(g["n"], 6);
     assert!(g["roc_auc"].is_null(), "no probabilities in generate mode");
-    let counted = ["tp", "fp", "tn", "fn"].iter().map(|k| g[*k].as_u64().unwrap()).sum::<u64>();
-    assert_eq!(counted, 6, "unparseable answers count as not fraud in the matrix");
+    let counted = ["tp", "fp", "tn", "fn"]
+        .iter()
+        .map(|k| g[*k].as_u64().unwrap())
+        .sum::<u64>();
+    assert_eq!(
+        counted, 6,
+        "unparseable answers count as not fraud in the matrix"
+    );
 }

@@ -10,7 +10,10 @@ use std::process::Stdio;
 struct Lcg(u64);
 impl Lcg {
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         self.0 >> 33
     }
 }
@@ -20,7 +23,12 @@ fn killed_labelling_process_keeps_every_acknowledged_label() {
     let d = tmp();
     let data = d.path().join("dialogues.jsonl");
     fraud_jsonl(&data, 24);
-    let ids: Vec<String> = fraudlab::data::load(&data).unwrap().samples.into_iter().map(|s| s.id).collect();
+    let ids: Vec<String> = fraudlab::data::load(&data)
+        .unwrap()
+        .samples
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
     let sessions = d.path().join("sessions");
     let mut rng = Lcg(42);
     // per id: every action sent, in order, with whether it was acknowledged
@@ -42,7 +50,11 @@ fn killed_labelling_process_keeps_every_acknowledged_label() {
         for _ in 0..n {
             let i = rng.next() as usize % ids.len();
             let fraud = rng.next() % 2 == 0;
-            input.push_str(&format!("{} {}\n", ids[i], if fraud { "fraud" } else { "normal" }));
+            input.push_str(&format!(
+                "{} {}\n",
+                ids[i],
+                if fraud { "fraud" } else { "normal" }
+            ));
             batch.push((i, fraud));
         }
         let mut stdin = child.stdin.take().unwrap();
@@ -52,7 +64,12 @@ fn killed_labelling_process_keeps_every_acknowledged_label() {
         let _ = child.kill(); // SIGKILL
         drop(stdin);
         let mut out = String::new();
-        child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+        child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .unwrap();
         let _ = child.wait();
         let acks: Vec<&str> = out.lines().filter(|l| l.starts_with("ok ")).collect();
         for (k, (i, fraud)) in batch.iter().enumerate() {
@@ -64,7 +81,10 @@ fn killed_labelling_process_keeps_every_acknowledged_label() {
             sent[*i].push((*fraud, acked));
         }
     }
-    assert!(acked_total > 50, "the test must acknowledge many labels ({acked_total})");
+    assert!(
+        acked_total > 50,
+        "the test must acknowledge many labels ({acked_total})"
+    );
     // a readable journal: current labels as JSON lines
     let o = bin()
         .env("FRAUDLAB_SESSIONS", &sessions)
@@ -76,18 +96,33 @@ fn killed_labelling_process_keeps_every_acknowledged_label() {
         .lines()
         .map(|l| {
             let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            (v["id"].as_str().unwrap().to_string(), v["label"].as_bool().unwrap())
+            (
+                v["id"].as_str().unwrap().to_string(),
+                v["label"].as_bool().unwrap(),
+            )
         })
         .collect();
     for (i, actions) in sent.iter().enumerate() {
-        let Some(last_ack) = actions.iter().rposition(|a| a.1) else { continue };
+        let Some(last_ack) = actions.iter().rposition(|a| a.1) else {
+            continue;
+        };
         // the acknowledged label, or one sent after it that reached the disk before the kill
         let allowed: Vec<bool> = actions[last_ack..].iter().map(|a| a.0).collect();
         let got = current.get(&ids[i]).copied();
-        assert!(got.is_some_and(|g| allowed.contains(&g)), "id {}: acknowledged {:?}, journal has {got:?}", ids[i], actions[last_ack]);
+        assert!(
+            got.is_some_and(|g| allowed.contains(&g)),
+            "id {}: acknowledged {:?}, journal has {got:?}",
+            ids[i],
+            actions[last_ack]
+        );
     }
     // no corrupt line in the middle: at most a torn tail, which the next open repairs
-    let journal = std::fs::read_dir(sessions.join("default/labels")).unwrap().next().unwrap().unwrap().path();
+    let journal = std::fs::read_dir(sessions.join("default/labels"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
     let report = fraudlab::data::Journal::read(&journal).unwrap();
     assert!(report.bad_lines.is_empty(), "{:?}", report.bad_lines);
 }
@@ -97,24 +132,65 @@ fn label_cli_rejects_unknown_ids_and_supports_undo() {
     let d = tmp();
     let data = d.path().join("dialogues.jsonl");
     fraud_jsonl(&data, 4);
-    let ids: Vec<String> = fraudlab::data::load(&data).unwrap().samples.into_iter().map(|s| s.id).collect();
+    let ids: Vec<String> = fraudlab::data::load(&data)
+        .unwrap()
+        .samples
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
     let sessions = d.path().join("sessions");
     let mut child = bin()
         .env("FRAUDLAB_SESSIONS", &sessions)
-        .args(["--session", "lab", "label", "--dataset", data.to_str().unwrap()])
+        .args([
+            "--session",
+            "lab",
+            "label",
+            "--dataset",
+            data.to_str().unwrap(),
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let input = format!("{a} fraud 客服\n{b} normal\n{b} undo\nffffffffffffffff fraud\n", a = ids[0], b = ids[1]);
-    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    let input = format!(
+        "{a} fraud 客服\n{b} normal\n{b} undo\nffffffffffffffff fraud\n",
+        a = ids[0],
+        b = ids[1]
+    );
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
     let o = child.wait_with_output().unwrap();
     let out = String::from_utf8_lossy(&o.stdout);
-    assert_eq!(o.status.code(), Some(2), "an unknown id makes the run fail: {out}");
-    assert!(out.contains(&format!("ok {}", ids[0])) && out.contains("error ffffffffffffffff"), "{out}");
-    let o = bin().env("FRAUDLAB_SESSIONS", &sessions).args(["--session", "lab", "label", "--dataset", data.to_str().unwrap(), "--list"]).output().unwrap();
-    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "an unknown id makes the run fail: {out}"
+    );
+    assert!(
+        out.contains(&format!("ok {}", ids[0])) && out.contains("error ffffffffffffffff"),
+        "{out}"
+    );
+    let o = bin()
+        .env("FRAUDLAB_SESSIONS", &sessions)
+        .args([
+            "--session",
+            "lab",
+            "label",
+            "--dataset",
+            data.to_str().unwrap(),
+            "--list",
+        ])
+        .output()
+        .unwrap();
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.len(), 1, "the undone label is gone");
     assert_eq!(lines[0]["id"], ids[0].as_str());
     assert_eq!(lines[0]["fraud_speaker"], "客服");
@@ -122,12 +198,25 @@ fn label_cli_rejects_unknown_ids_and_supports_undo() {
     let out = d.path().join("labelled.jsonl");
     let o = bin()
         .env("FRAUDLAB_SESSIONS", &sessions)
-        .args(["--session", "lab", "data", "export", data.to_str().unwrap(), "--out", out.to_str().unwrap(), "--with-labels"])
+        .args([
+            "--session",
+            "lab",
+            "data",
+            "export",
+            data.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--with-labels",
+        ])
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let back = fraudlab::data::load(&out).unwrap();
-    assert_eq!(back.samples.iter().map(|s| &s.id).collect::<Vec<_>>(), ids.iter().collect::<Vec<_>>(), "ids survive relabelling");
+    assert_eq!(
+        back.samples.iter().map(|s| &s.id).collect::<Vec<_>>(),
+        ids.iter().collect::<Vec<_>>(),
+        "ids survive relabelling"
+    );
     let s = run(&["sessions", "--json"]);
     assert!(s.status.success());
 }

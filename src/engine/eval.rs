@@ -112,7 +112,10 @@ pub fn score_prompt(tok: &TextTokenizer, s: &Sample) -> Result<(Vec<u32>, u32, u
     let msgs = s.to_chat_messages(DEFAULT_SYSTEM, false, false);
     let prompt = tok.apply_chat_template(&msgs, true)?;
     let t = tok.encode(&format!("{prompt}{}", answer_json(true, None, None, false)))?;
-    let f = tok.encode(&format!("{prompt}{}", answer_json(false, None, None, false)))?;
+    let f = tok.encode(&format!(
+        "{prompt}{}",
+        answer_json(false, None, None, false)
+    ))?;
     let p = t.iter().zip(&f).take_while(|(a, b)| a == b).count();
     if p >= t.len() || p >= f.len() {
         bail!("the true and false answers tokenize alike");
@@ -127,7 +130,13 @@ fn common_prefix(seqs: &[Vec<u32>]) -> usize {
         n = n.min(s.iter().zip(first).take_while(|(a, b)| a == b).count());
     }
     // every row keeps at least one token of its own
-    n.min(seqs.iter().map(|s| s.len()).min().unwrap_or(1).saturating_sub(1))
+    n.min(
+        seqs.iter()
+            .map(|s| s.len())
+            .min()
+            .unwrap_or(1)
+            .saturating_sub(1),
+    )
 }
 
 /// P(fraud) of each sample. The prefix every prompt shares runs once; the rest is batched
@@ -140,8 +149,10 @@ pub fn score_samples(
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Vec<f64>> {
     let model = &lm.model;
-    let prompts: Vec<(Vec<u32>, u32, u32)> =
-        samples.iter().map(|s| score_prompt(&lm.tokenizer, s)).collect::<Result<_>>()?;
+    let prompts: Vec<(Vec<u32>, u32, u32)> = samples
+        .iter()
+        .map(|s| score_prompt(&lm.tokenizer, s))
+        .collect::<Result<_>>()?;
     let ids: Vec<Vec<u32>> = prompts.iter().map(|p| p.0.clone()).collect();
     // prompts longer than the context lose the middle of their dialogue
     let ctx = model.cfg.max_position_embeddings;
@@ -153,7 +164,12 @@ pub fn score_samples(
     let mut prefix_cache = model.new_cache(1);
     if lcp > 0 {
         let input = Tensor::new(&ids[0][..lcp], &model.device)?.unsqueeze(0)?;
-        model.forward_hidden(&input, None, Some(&mut prefix_cache), crate::model::Mode::Infer)?;
+        model.forward_hidden(
+            &input,
+            None,
+            Some(&mut prefix_cache),
+            crate::model::Mode::Infer,
+        )?;
     }
     let mut order: Vec<usize> = (0..samples.len()).collect();
     order.sort_by_key(|&i| ids[i].len());
@@ -176,9 +192,17 @@ pub fn score_samples(
             valid.push([vec![false; padn], vec![true; rest.len()]].concat());
         }
         let input = Tensor::from_vec(flat, (b, max), &model.device)?;
-        let mut cache = if lcp > 0 { prefix_cache.expand(b)? } else { model.new_cache(b) };
+        let mut cache = if lcp > 0 {
+            prefix_cache.expand(b)?
+        } else {
+            model.new_cache(b)
+        };
         let any_pad = valid.iter().any(|v| v.iter().any(|x| !x));
-        let logits = model.forward_last(&input, if any_pad { Some(&valid) } else { None }, Some(&mut cache))?;
+        let logits = model.forward_last(
+            &input,
+            if any_pad { Some(&valid) } else { None },
+            Some(&mut cache),
+        )?;
         let logits: Vec<Vec<f32>> = logits.to_vec2()?;
         for (row, &i) in chunk.iter().enumerate() {
             let (_, t, f) = prompts[i];
@@ -204,8 +228,17 @@ pub fn generate_answers(
         .iter()
         .map(|s| {
             let msgs = s.to_chat_messages(DEFAULT_SYSTEM, false, false);
-            let mut ids = lm.tokenizer.encode(&lm.tokenizer.apply_chat_template(&msgs, true)?)?;
-            trim_middle(&mut ids, model.cfg.max_position_embeddings.saturating_sub(max_tokens + 1).max(16));
+            let mut ids = lm
+                .tokenizer
+                .encode(&lm.tokenizer.apply_chat_template(&msgs, true)?)?;
+            trim_middle(
+                &mut ids,
+                model
+                    .cfg
+                    .max_position_embeddings
+                    .saturating_sub(max_tokens + 1)
+                    .max(16),
+            );
             Ok(ids)
         })
         .collect::<Result<_>>()?;
@@ -213,9 +246,17 @@ pub fn generate_answers(
     let mut prefix_cache = model.new_cache(1);
     if lcp > 0 {
         let input = Tensor::new(&ids[0][..lcp], &model.device)?.unsqueeze(0)?;
-        model.forward_hidden(&input, None, Some(&mut prefix_cache), crate::model::Mode::Infer)?;
+        model.forward_hidden(
+            &input,
+            None,
+            Some(&mut prefix_cache),
+            crate::model::Mode::Infer,
+        )?;
     }
-    let params = SamplingParams { max_tokens, ..Default::default() };
+    let params = SamplingParams {
+        max_tokens,
+        ..Default::default()
+    };
     let mut out = Vec::with_capacity(samples.len());
     for (i, s) in ids.iter().enumerate() {
         if cancel.load(Ordering::Relaxed) {
@@ -230,9 +271,16 @@ pub fn generate_answers(
 }
 
 /// Loads the labelled samples of a dataset (unlabelled ones are left out).
-pub fn load_labelled(path: &std::path::Path, limit: Option<usize>) -> Result<(Vec<Sample>, String)> {
+pub fn load_labelled(
+    path: &std::path::Path,
+    limit: Option<usize>,
+) -> Result<(Vec<Sample>, String)> {
     let r = data::load(path)?;
-    let mut samples: Vec<Sample> = r.samples.into_iter().filter(|s| s.label.is_some()).collect();
+    let mut samples: Vec<Sample> = r
+        .samples
+        .into_iter()
+        .filter(|s| s.label.is_some())
+        .collect();
     if let Some(n) = limit {
         samples.truncate(n);
     }
@@ -282,8 +330,14 @@ pub fn evaluate_loaded(
         }
     };
     let secs = t0.elapsed().as_secs_f64();
-    let rows: Vec<EvalRow> =
-        preds.iter().map(|p| EvalRow { label: p.label, predicted: p.predicted, probability: p.probability }).collect();
+    let rows: Vec<EvalRow> = preds
+        .iter()
+        .map(|p| EvalRow {
+            label: p.label,
+            predicted: p.predicted,
+            probability: p.probability,
+        })
+        .collect();
     Ok((metrics::compute(&rows), preds, secs))
 }
 
@@ -300,12 +354,20 @@ pub fn evaluate(
     let (samples, _) = load_labelled(&cfg.data, cfg.limit)?;
     let mut results = Vec::new();
     for t in &cfg.targets {
-        let mut lm = model::load(&t.model, LoadOptions { quantized: cfg.quantized, ..Default::default() })?;
+        let mut lm = model::load(
+            &t.model,
+            LoadOptions {
+                quantized: cfg.quantized,
+                ..Default::default()
+            },
+        )?;
         if let Some(a) = &t.adapter {
             crate::model::adapter::load_adapter(&mut lm.model, a)?;
         }
         let name = lm.name.clone();
-        let (m, preds, secs) = evaluate_loaded(&lm, &samples, cfg, cancel, &mut |d, n| progress(&name, d, n))?;
+        let (m, preds, secs) = evaluate_loaded(&lm, &samples, cfg, cancel, &mut |d, n| {
+            progress(&name, d, n)
+        })?;
         results.push(EvalResult {
             model: t.model.clone(),
             adapter: t.adapter.clone(),
@@ -322,10 +384,20 @@ pub fn evaluate(
     Ok(results)
 }
 
-pub fn write_results(dir: &std::path::Path, cfg: &EvalConfig, results: &[EvalResult]) -> Result<()> {
+pub fn write_results(
+    dir: &std::path::Path,
+    cfg: &EvalConfig,
+    results: &[EvalResult],
+) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
-    data::write_atomic(&dir.join("config.json"), serde_json::to_string_pretty(cfg)?.as_bytes())?;
-    data::write_atomic(&dir.join("metrics.json"), serde_json::to_string_pretty(results)?.as_bytes())?;
+    data::write_atomic(
+        &dir.join("config.json"),
+        serde_json::to_string_pretty(cfg)?.as_bytes(),
+    )?;
+    data::write_atomic(
+        &dir.join("metrics.json"),
+        serde_json::to_string_pretty(results)?.as_bytes(),
+    )?;
     let mut lines = String::new();
     for r in results {
         for p in &r.predictions {

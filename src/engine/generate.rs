@@ -22,7 +22,13 @@ pub struct SamplingParams {
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        Self { temperature: 0.0, top_k: None, top_p: None, seed: 0, max_tokens: 256 }
+        Self {
+            temperature: 0.0,
+            top_k: None,
+            top_p: None,
+            seed: 0,
+            max_tokens: 256,
+        }
     }
 }
 
@@ -49,7 +55,12 @@ pub struct Generation {
 
 /// The prompt text: the chat template applied to an optional system message and the user
 /// prompt (with the assistant turn opened), or, with `raw`, the prompt as given.
-pub fn build_prompt(tok: &TextTokenizer, system: Option<&str>, prompt: &str, raw: bool) -> Result<String> {
+pub fn build_prompt(
+    tok: &TextTokenizer,
+    system: Option<&str>,
+    prompt: &str,
+    raw: bool,
+) -> Result<String> {
     if raw {
         return Ok(prompt.to_string());
     }
@@ -69,7 +80,10 @@ pub struct Sampler {
 
 impl Sampler {
     pub fn new(params: &SamplingParams) -> Self {
-        Self { params: params.clone(), rng: rand::rngs::StdRng::seed_from_u64(params.seed) }
+        Self {
+            params: params.clone(),
+            rng: rand::rngs::StdRng::seed_from_u64(params.seed),
+        }
     }
 
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
@@ -77,8 +91,11 @@ impl Sampler {
         if p.temperature <= 0.0 {
             return argmax(logits);
         }
-        let mut cand: Vec<(u32, f32)> =
-            logits.iter().enumerate().map(|(i, &l)| (i as u32, l / p.temperature as f32)).collect();
+        let mut cand: Vec<(u32, f32)> = logits
+            .iter()
+            .enumerate()
+            .map(|(i, &l)| (i as u32, l / p.temperature as f32))
+            .collect();
         cand.sort_unstable_by(|a, b| b.1.total_cmp(&a.1));
         if let Some(k) = p.top_k.filter(|&k| k > 0) {
             cand.truncate(k);
@@ -131,7 +148,10 @@ pub struct TextStream {
 
 impl TextStream {
     pub fn new() -> Self {
-        Self { ids: vec![], emitted: 0 }
+        Self {
+            ids: vec![],
+            emitted: 0,
+        }
     }
     /// Adds a token and returns the newly completed text.
     pub fn push(&mut self, tok: &TextTokenizer, id: u32) -> Result<String> {
@@ -221,7 +241,10 @@ pub fn generate_with_cache(
             break;
         }
         let input = Tensor::new(&[next], &model.device)?.unsqueeze(0)?;
-        logits = model.forward_last(&input, None, Some(&mut *cache))?.squeeze(0)?.to_vec1()?;
+        logits = model
+            .forward_last(&input, None, Some(&mut *cache))?
+            .squeeze(0)?
+            .to_vec1()?;
     }
     let decode_s = t1.elapsed().as_secs_f64();
     // Text that was held back (a dangling partial character) is flushed at the end.
@@ -238,7 +261,11 @@ pub fn generate_with_cache(
         ttft_s: ttft,
         prefill_tok_s: new_ids.len() as f64 / prefill_s.max(1e-9),
         // the first token comes from the prefill's logits; decode steps are n - 1
-        decode_tok_s: if n > 1 { (n - 1) as f64 / decode_s.max(1e-9) } else { 0.0 },
+        decode_tok_s: if n > 1 {
+            (n - 1) as f64 / decode_s.max(1e-9)
+        } else {
+            0.0
+        },
         token_ids: out,
         stop,
     })
@@ -254,16 +281,32 @@ mod tests {
     }
     #[test]
     fn seeded_sampling_repeats_and_respects_top_k() {
-        let p = SamplingParams { temperature: 1.0, top_k: Some(2), seed: 7, ..Default::default() };
+        let p = SamplingParams {
+            temperature: 1.0,
+            top_k: Some(2),
+            seed: 7,
+            ..Default::default()
+        };
         let logits = [1.0, 0.9, 0.8, 5.0, -2.0];
-        let a: Vec<u32> = { let mut s = Sampler::new(&p); (0..50).map(|_| s.sample(&logits)).collect() };
-        let b: Vec<u32> = { let mut s = Sampler::new(&p); (0..50).map(|_| s.sample(&logits)).collect() };
+        let a: Vec<u32> = {
+            let mut s = Sampler::new(&p);
+            (0..50).map(|_| s.sample(&logits)).collect()
+        };
+        let b: Vec<u32> = {
+            let mut s = Sampler::new(&p);
+            (0..50).map(|_| s.sample(&logits)).collect()
+        };
         assert_eq!(a, b);
         assert!(a.iter().all(|&x| x == 3 || x == 0));
     }
     #[test]
     fn top_p_keeps_the_head() {
-        let p = SamplingParams { temperature: 1.0, top_p: Some(0.5), seed: 1, ..Default::default() };
+        let p = SamplingParams {
+            temperature: 1.0,
+            top_p: Some(0.5),
+            seed: 1,
+            ..Default::default()
+        };
         let mut s = Sampler::new(&p);
         for _ in 0..20 {
             assert_eq!(s.sample(&[0.0, 10.0, 0.0]), 1);

@@ -153,12 +153,30 @@ pub struct StepMetrics {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum TrainEvent {
-    Started { run_dir: PathBuf, total_steps: usize, start_step: usize, train_samples: usize, val_samples: usize, estimate_mib: f64 },
+    Started {
+        run_dir: PathBuf,
+        total_steps: usize,
+        start_step: usize,
+        train_samples: usize,
+        val_samples: usize,
+        estimate_mib: f64,
+    },
     Step(StepMetrics),
-    Eval { step: usize, eval_loss: f64, best: bool },
-    Checkpoint { step: usize, path: PathBuf },
-    Paused { step: usize },
-    Resumed { step: usize },
+    Eval {
+        step: usize,
+        eval_loss: f64,
+        best: bool,
+    },
+    Checkpoint {
+        step: usize,
+        path: PathBuf,
+    },
+    Paused {
+        step: usize,
+    },
+    Resumed {
+        step: usize,
+    },
     Log(String),
     Finished(TrainSummary),
 }
@@ -194,11 +212,19 @@ impl Example {
 /// the end-of-turn token) only; raw text on every token. Over `max_len`, the start of the
 /// prompt (system + instruction) and the end (dialogue tail + answer) are kept and the middle
 /// of the prompt dropped, so the supervised answer is never cut.
-pub fn make_example(tok: &TextTokenizer, s: &Sample, max_len: usize, answer_fields: bool) -> Result<Option<Example>> {
+pub fn make_example(
+    tok: &TextTokenizer,
+    s: &Sample,
+    max_len: usize,
+    answer_fields: bool,
+) -> Result<Option<Example>> {
     let (ids, labels) = match &s.body {
         SampleBody::Text { text } => {
             let mut ids = tok.encode(text)?;
-            if let Some(e) = tok.token_id("<|endoftext|>").or(tok.eos_ids.first().copied()) {
+            if let Some(e) = tok
+                .token_id("<|endoftext|>")
+                .or(tok.eos_ids.first().copied())
+            {
                 ids.push(e);
             }
             let labels = ids.iter().map(|&i| Some(i)).collect();
@@ -309,13 +335,24 @@ fn make_batch(examples: &[&Example], pad: u32, device: &candle_core::Device) -> 
             }
         }
     }
-    Ok(Batch { ids: Tensor::from_vec(flat, (b, s), device)?, valid, positions, targets, tokens })
+    Ok(Batch {
+        ids: Tensor::from_vec(flat, (b, s), device)?,
+        valid,
+        positions,
+        targets,
+        tokens,
+    })
 }
 
 /// Summed negative log-likelihood of a batch's targets (logits computed only where needed).
 fn batch_nll(model: &Qwen2, batch: &Batch, mode: Mode) -> Result<Tensor> {
     let any_pad = batch.valid.iter().any(|r| r.iter().any(|x| !x));
-    let hidden = model.forward_hidden(&batch.ids, if any_pad { Some(&batch.valid) } else { None }, None, mode)?;
+    let hidden = model.forward_hidden(
+        &batch.ids,
+        if any_pad { Some(&batch.valid) } else { None },
+        None,
+        mode,
+    )?;
     let (b, s, h) = hidden.dims3()?;
     let dev = hidden.device();
     let pos = Tensor::new(batch.positions.as_slice(), dev)?;
@@ -375,8 +412,14 @@ fn make_all_trainable(model: &mut Qwen2) -> Result<Trainable> {
     var_of("model.embed_tokens.weight".into(), &mut model.embed_tokens)?;
     let tied = model.tied;
     for (i, l) in model.layers.iter_mut().enumerate() {
-        var_of(format!("model.layers.{i}.input_layernorm.weight"), &mut l.input_layernorm)?;
-        var_of(format!("model.layers.{i}.post_attention_layernorm.weight"), &mut l.post_attention_layernorm)?;
+        var_of(
+            format!("model.layers.{i}.input_layernorm.weight"),
+            &mut l.input_layernorm,
+        )?;
+        var_of(
+            format!("model.layers.{i}.post_attention_layernorm.weight"),
+            &mut l.post_attention_layernorm,
+        )?;
     }
     var_of("model.norm.weight".into(), &mut model.norm)?;
     let embed = model.embed_tokens.clone();
@@ -393,7 +436,9 @@ fn make_all_trainable(model: &mut Qwen2) -> Result<Trainable> {
         for (name, lin) in all {
             match &mut lin.weight {
                 LinearWeight::Dense(w) => var_of(format!("{name}.weight"), w)?,
-                LinearWeight::Quant(_) => bail!("full fine-tuning needs dense weights (load without --quantized)"),
+                LinearWeight::Quant(_) => {
+                    bail!("full fine-tuning needs dense weights (load without --quantized)")
+                }
             }
             if let Some(b) = &mut lin.bias {
                 var_of(format!("{name}.bias"), b)?;
@@ -401,10 +446,16 @@ fn make_all_trainable(model: &mut Qwen2) -> Result<Trainable> {
             lin_names.push(name);
         }
     }
-    Ok(Trainable { names, vars, lora: vec![] })
+    Ok(Trainable {
+        names,
+        vars,
+        lora: vec![],
+    })
 }
 
-fn model_linears(layers: &mut [crate::model::qwen2::Layer]) -> Vec<(String, &mut crate::model::qwen2::Linear)> {
+fn model_linears(
+    layers: &mut [crate::model::qwen2::Layer],
+) -> Vec<(String, &mut crate::model::qwen2::Linear)> {
     let mut out = Vec::new();
     for (i, l) in layers.iter_mut().enumerate() {
         let p = format!("model.layers.{i}");
@@ -429,7 +480,11 @@ struct AdamW {
 impl AdamW {
     fn new(vars: &[Var]) -> Result<Self> {
         let z = |v: &Var| v.as_tensor().zeros_like();
-        Ok(Self { m: vars.iter().map(z).collect::<candle_core::Result<_>>()?, v: vars.iter().map(z).collect::<candle_core::Result<_>>()?, t: 0 })
+        Ok(Self {
+            m: vars.iter().map(z).collect::<candle_core::Result<_>>()?,
+            v: vars.iter().map(z).collect::<candle_core::Result<_>>()?,
+            t: 0,
+        })
     }
     fn step(&mut self, vars: &[Var], grads: &[Tensor], lr: f64, cfg: &TrainConfig) -> Result<()> {
         self.t += 1;
@@ -444,7 +499,11 @@ impl AdamW {
             let vhat = (&self.v[i] / c2)?;
             let upd = (mhat / (vhat.sqrt()? + cfg.eps)?)?;
             let p = vars[i].as_tensor();
-            let decayed = if cfg.weight_decay > 0.0 { (p * (1.0 - lr * cfg.weight_decay))? } else { p.clone() };
+            let decayed = if cfg.weight_decay > 0.0 {
+                (p * (1.0 - lr * cfg.weight_decay))?
+            } else {
+                p.clone()
+            };
             vars[i].set(&(decayed - (upd * lr)?)?)?;
         }
         Ok(())
@@ -477,7 +536,11 @@ pub fn available_mib() -> Option<f64> {
 
 /// Estimated peak memory of a run in MiB: weights, activations kept for the backward pass at
 /// batch x max_len, gradients and AdamW state of the trainable parameters.
-pub fn estimate_mib(cfg_m: &crate::model::Qwen2Config, tc: &TrainConfig, trainable_params: u64) -> f64 {
+pub fn estimate_mib(
+    cfg_m: &crate::model::Qwen2Config,
+    tc: &TrainConfig,
+    trainable_params: u64,
+) -> f64 {
     let p = cfg_m.parameter_count() as f64;
     let (b, s) = (tc.batch as f64, tc.max_len as f64);
     let h = cfg_m.hidden_size as f64;
@@ -502,14 +565,30 @@ struct TrainerState {
     last_loss: Option<f64>,
 }
 
-fn write_checkpoint(dir: &Path, tr: &Trainable, opt: &AdamW, st: &TrainerState, tc: &TrainConfig, base: &str) -> Result<()> {
+fn write_checkpoint(
+    dir: &Path,
+    tr: &Trainable,
+    opt: &AdamW,
+    st: &TrainerState,
+    tc: &TrainConfig,
+    base: &str,
+) -> Result<()> {
     let parent = dir.parent().context("checkpoint folder has no parent")?;
-    std::fs::create_dir_all(parent).with_context(|| format!("{}: cannot create", parent.display()))?;
-    let tmp = parent.join(format!(".{}.tmp", dir.file_name().and_then(|n| n.to_str()).unwrap_or("ckpt")));
+    std::fs::create_dir_all(parent)
+        .with_context(|| format!("{}: cannot create", parent.display()))?;
+    let tmp = parent.join(format!(
+        ".{}.tmp",
+        dir.file_name().and_then(|n| n.to_str()).unwrap_or("ckpt")
+    ));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp)?;
     if tc.full {
-        let w: Vec<(String, Tensor)> = tr.names.iter().cloned().zip(tr.vars.iter().map(|v| v.as_tensor().clone())).collect();
+        let w: Vec<(String, Tensor)> = tr
+            .names
+            .iter()
+            .cloned()
+            .zip(tr.vars.iter().map(|v| v.as_tensor().clone()))
+            .collect();
         save_atomic(&w, &tmp.join("weights.safetensors"))?;
     } else {
         save_adapter(&tmp, &tc.lora, &tr.lora, base)?;
@@ -520,11 +599,15 @@ fn write_checkpoint(dir: &Path, tr: &Trainable, opt: &AdamW, st: &TrainerState, 
         o.push((format!("v.{n}"), opt.v[i].clone()));
     }
     save_atomic(&o, &tmp.join("optimizer.safetensors"))?;
-    data::write_atomic(&tmp.join("trainer_state.json"), serde_json::to_string_pretty(st)?.as_bytes())?;
+    data::write_atomic(
+        &tmp.join("trainer_state.json"),
+        serde_json::to_string_pretty(st)?.as_bytes(),
+    )?;
     if dir.exists() {
         std::fs::remove_dir_all(dir)?;
     }
-    std::fs::rename(&tmp, dir).with_context(|| format!("{}: cannot write checkpoint", dir.display()))?;
+    std::fs::rename(&tmp, dir)
+        .with_context(|| format!("{}: cannot write checkpoint", dir.display()))?;
     if let Ok(d) = std::fs::File::open(parent) {
         let _ = d.sync_all();
     }
@@ -536,18 +619,36 @@ pub fn latest_checkpoint(run_dir: &Path) -> Option<(usize, PathBuf)> {
     let rd = std::fs::read_dir(run_dir.join("checkpoints")).ok()?;
     rd.flatten()
         .filter_map(|e| {
-            let n = e.file_name().to_str()?.strip_prefix("step-")?.parse::<usize>().ok()?;
-            e.path().join("trainer_state.json").exists().then(|| (n, e.path()))
+            let n = e
+                .file_name()
+                .to_str()?
+                .strip_prefix("step-")?
+                .parse::<usize>()
+                .ok()?;
+            e.path()
+                .join("trainer_state.json")
+                .exists()
+                .then(|| (n, e.path()))
         })
         .max_by_key(|(n, _)| *n)
 }
 
-fn read_checkpoint(dir: &Path, tr: &Trainable, opt: &mut AdamW, tc: &TrainConfig) -> Result<TrainerState> {
+fn read_checkpoint(
+    dir: &Path,
+    tr: &Trainable,
+    opt: &mut AdamW,
+    tc: &TrainConfig,
+) -> Result<TrainerState> {
     let st: TrainerState = serde_json::from_str(
-        &std::fs::read_to_string(dir.join("trainer_state.json")).with_context(|| format!("{}: cannot read trainer state", dir.display()))?,
+        &std::fs::read_to_string(dir.join("trainer_state.json"))
+            .with_context(|| format!("{}: cannot read trainer state", dir.display()))?,
     )
     .with_context(|| format!("{}: corrupt trainer_state.json", dir.display()))?;
-    let w = if tc.full { dir.join("weights.safetensors") } else { dir.join("adapter_model.safetensors") };
+    let w = if tc.full {
+        dir.join("weights.safetensors")
+    } else {
+        dir.join("adapter_model.safetensors")
+    };
     let wf = SafetensorsFile::open(&w)?;
     let dev = candle_core::Device::Cpu;
     if tc.full {
@@ -556,8 +657,16 @@ fn read_checkpoint(dir: &Path, tr: &Trainable, opt: &mut AdamW, tc: &TrainConfig
         }
     } else {
         for l in &tr.lora {
-            l.a.set(&wf.load(&crate::model::adapter::peft_key(&l.module, 'A'), l.a.dtype(), &dev)?)?;
-            l.b.set(&wf.load(&crate::model::adapter::peft_key(&l.module, 'B'), l.b.dtype(), &dev)?)?;
+            l.a.set(&wf.load(
+                &crate::model::adapter::peft_key(&l.module, 'A'),
+                l.a.dtype(),
+                &dev,
+            )?)?;
+            l.b.set(&wf.load(
+                &crate::model::adapter::peft_key(&l.module, 'B'),
+                l.b.dtype(),
+                &dev,
+            )?)?;
         }
     }
     let of = SafetensorsFile::open(&dir.join("optimizer.safetensors"))?;
@@ -587,7 +696,10 @@ fn copy_dir(from: &Path, to: &Path) -> Result<()> {
 }
 
 /// Loads training (and validation) examples as the config says.
-pub fn load_examples(tc: &TrainConfig, tok: &TextTokenizer) -> Result<(Vec<Example>, Vec<Example>, String)> {
+pub fn load_examples(
+    tc: &TrainConfig,
+    tok: &TextTokenizer,
+) -> Result<(Vec<Example>, Vec<Example>, String)> {
     let r = data::load(&tc.data)?;
     let mut summary = r.summary.clone();
     let mut samples = r.samples;
@@ -600,7 +712,10 @@ pub fn load_examples(tc: &TrainConfig, tok: &TextTokenizer) -> Result<(Vec<Examp
         (samples, rv.samples)
     } else if tc.val_split > 0.0 {
         let sp = data::tools::split(&samples, 1.0 - tc.val_split, tc.val_split, 0.0, tc.seed)?;
-        (data::tools::pick(&samples, &sp.train), data::tools::pick(&samples, &sp.val))
+        (
+            data::tools::pick(&samples, &sp.train),
+            data::tools::pick(&samples, &sp.val),
+        )
     } else {
         (samples, vec![])
     };
@@ -616,18 +731,30 @@ pub fn load_examples(tc: &TrainConfig, tok: &TextTokenizer) -> Result<(Vec<Examp
     let train = conv(&train_s)?;
     let val = conv(&val_s)?;
     if train.is_empty() {
-        bail!("{}: no trainable samples (fraud samples need a label; chat samples an assistant turn)", tc.data.display());
+        bail!(
+            "{}: no trainable samples (fraud samples need a label; chat samples an assistant turn)",
+            tc.data.display()
+        );
     }
     Ok((train, val, summary))
 }
 
 /// Runs (or resumes) a training run to the end, a stop, or early stopping.
-pub fn train(tc: &TrainConfig, control: &TrainControl, on_event: &mut dyn FnMut(TrainEvent)) -> Result<TrainSummary> {
+pub fn train(
+    tc: &TrainConfig,
+    control: &TrainControl,
+    on_event: &mut dyn FnMut(TrainEvent),
+) -> Result<TrainSummary> {
     let lm = model::load(&tc.model, LoadOptions::default())?;
     train_loaded(lm, tc, control, on_event)
 }
 
-pub fn train_loaded(lm: LoadedModel, tc: &TrainConfig, control: &TrainControl, on_event: &mut dyn FnMut(TrainEvent)) -> Result<TrainSummary> {
+pub fn train_loaded(
+    lm: LoadedModel,
+    tc: &TrainConfig,
+    control: &TrainControl,
+    on_event: &mut dyn FnMut(TrainEvent),
+) -> Result<TrainSummary> {
     let t_start = Instant::now();
     if tc.batch == 0 || tc.grad_accum == 0 || tc.max_len < 8 {
         bail!("batch and grad-accum must be positive and max-len at least 8");
@@ -636,8 +763,13 @@ pub fn train_loaded(lm: LoadedModel, tc: &TrainConfig, control: &TrainControl, o
         bail!("training needs the dense model (load without --quantized)");
     }
     let run_dir = tc.out_dir.clone();
-    std::fs::create_dir_all(&run_dir).with_context(|| format!("{}: cannot create run folder", run_dir.display()))?;
-    let LoadedModel { mut model, tokenizer: tok, .. } = lm;
+    std::fs::create_dir_all(&run_dir)
+        .with_context(|| format!("{}: cannot create run folder", run_dir.display()))?;
+    let LoadedModel {
+        mut model,
+        tokenizer: tok,
+        ..
+    } = lm;
     let (train_ex, val_ex, summary) = load_examples(tc, &tok)?;
     on_event(TrainEvent::Log(summary));
     let tr = if tc.full {
@@ -662,31 +794,51 @@ pub fn train_loaded(lm: LoadedModel, tc: &TrainConfig, control: &TrainControl, o
                 "this run needs about {:.1} GiB but {:.1} GiB is available: {}",
                 est / 1024.0,
                 avail / 1024.0,
-                if tc.full { "use LoRA instead of full fine-tuning, or a smaller --batch / --max-len" } else { "use a smaller --batch or --max-len" }
+                if tc.full {
+                    "use LoRA instead of full fine-tuning, or a smaller --batch / --max-len"
+                } else {
+                    "use a smaller --batch or --max-len"
+                }
             );
         }
     }
     let micro_per_epoch = train_ex.len().div_ceil(tc.batch);
     let steps_per_epoch = micro_per_epoch.div_ceil(tc.grad_accum);
     let total = tc.max_steps.unwrap_or(steps_per_epoch * tc.epochs).max(1);
-    let warmup = tc.warmup_steps.unwrap_or((tc.warmup_ratio * total as f64).ceil() as usize);
+    let warmup = tc
+        .warmup_steps
+        .unwrap_or((tc.warmup_ratio * total as f64).ceil() as usize);
     let pad = tok.pad_id.unwrap_or(0);
     let base_name = tc.model.clone();
     let mut opt = AdamW::new(&tr.vars)?;
-    let mut st = TrainerState { step: 0, epoch: 0, micro: 0, best_eval_loss: None, best_step: None, evals_without_improvement: 0, adam_t: 0, last_loss: None };
+    let mut st = TrainerState {
+        step: 0,
+        epoch: 0,
+        micro: 0,
+        best_eval_loss: None,
+        best_step: None,
+        evals_without_improvement: 0,
+        adam_t: 0,
+        last_loss: None,
+    };
     let metrics_path = run_dir.join("metrics.jsonl");
     if tc.resume {
         match latest_checkpoint(&run_dir) {
             Some((_, dir)) => {
                 let prev: Option<TrainConfig> =
-                    std::fs::read_to_string(run_dir.join("config.json")).ok().and_then(|s| serde_json::from_str(&s).ok());
+                    std::fs::read_to_string(run_dir.join("config.json"))
+                        .ok()
+                        .and_then(|s| serde_json::from_str(&s).ok());
                 if let Some(p) = prev {
                     let mut a = p.clone();
                     let mut b = tc.clone();
                     a.resume = false;
                     b.resume = false;
                     if a != b {
-                        bail!("{}: --resume with settings other than the run's own config.json", run_dir.display());
+                        bail!(
+                            "{}: --resume with settings other than the run's own config.json",
+                            run_dir.display()
+                        );
                     }
                 }
                 st = read_checkpoint(&dir, &tr, &mut opt, tc)?;
@@ -694,19 +846,33 @@ pub fn train_loaded(lm: LoadedModel, tc: &TrainConfig, control: &TrainControl, o
                 if let Ok(text) = std::fs::read_to_string(&metrics_path) {
                     let kept: String = text
                         .lines()
-                        .filter(|l| serde_json::from_str::<serde_json::Value>(l).ok().and_then(|v| v["step"].as_u64()).is_some_and(|s| s as usize <= st.step))
+                        .filter(|l| {
+                            serde_json::from_str::<serde_json::Value>(l)
+                                .ok()
+                                .and_then(|v| v["step"].as_u64())
+                                .is_some_and(|s| s as usize <= st.step)
+                        })
                         .map(|l| format!("{l}\n"))
                         .collect();
                     data::write_atomic(&metrics_path, kept.as_bytes())?;
                 }
-                on_event(TrainEvent::Log(format!("resumed from {} (step {})", dir.display(), st.step)));
+                on_event(TrainEvent::Log(format!(
+                    "resumed from {} (step {})",
+                    dir.display(),
+                    st.step
+                )));
             }
-            None => on_event(TrainEvent::Log("no checkpoint to resume from; starting fresh".into())),
+            None => on_event(TrainEvent::Log(
+                "no checkpoint to resume from; starting fresh".into(),
+            )),
         }
     } else if metrics_path.exists() {
         std::fs::remove_file(&metrics_path)?;
     }
-    data::write_atomic(&run_dir.join("config.json"), serde_json::to_string_pretty(tc)?.as_bytes())?;
+    data::write_atomic(
+        &run_dir.join("config.json"),
+        serde_json::to_string_pretty(tc)?.as_bytes(),
+    )?;
     on_event(TrainEvent::Started {
         run_dir: run_dir.clone(),
         total_steps: total,
@@ -725,7 +891,11 @@ pub fn train_loaded(lm: LoadedModel, tc: &TrainConfig, control: &TrainControl, o
     let mut window_targets = 0usize;
     let mut window_batches: Vec<Batch> = Vec::new();
     'outer: while st.step < total {
-        let order = if tc.shuffle { epoch_order(train_ex.len(), tc.seed, st.epoch) } else { (0..train_ex.len()).collect() };
+        let order = if tc.shuffle {
+            epoch_order(train_ex.len(), tc.seed, st.epoch)
+        } else {
+            (0..train_ex.len()).collect()
+        };
         let micro_total = micro_per_epoch;
         while st.micro < micro_total && st.step < total {
             // gather the micro-batches of one optimizer step first, to normalise by their targets
@@ -736,21 +906,36 @@ pub fn train_loaded(lm: LoadedModel, tc: &TrainConfig, control: &TrainControl, o
                     let refs: Vec<&Example> = idx.iter().map(|&i| &train_ex[i]).collect();
                     window_batches.push(make_batch(&refs, pad, &model.device)?);
                 }
-                window_targets = window_batches.iter().map(|b| b.targets.len()).sum::<usize>().max(1);
+                window_targets = window_batches
+                    .iter()
+                    .map(|b| b.targets.len())
+                    .sum::<usize>()
+                    .max(1);
             }
             let batch = window_batches.remove(0);
-            let seed = tc.seed.wrapping_mul(0x2545F4914F6CDD1D) ^ ((st.epoch * micro_total + st.micro) as u64).wrapping_mul(0x9E3779B97F4A7C15);
+            let seed = tc.seed.wrapping_mul(0x2545F4914F6CDD1D)
+                ^ ((st.epoch * micro_total + st.micro) as u64).wrapping_mul(0x9E3779B97F4A7C15);
             let nll = batch_nll(&model, &batch, Mode::Train { dropout_seed: seed })?;
             let loss = (nll / window_targets as f64)?;
             let grads = loss.backward()?;
             let g: Vec<Tensor> = tr
                 .vars
                 .iter()
-                .map(|v| grads.get(v.as_tensor()).cloned().map(Ok).unwrap_or_else(|| v.as_tensor().zeros_like()))
+                .map(|v| {
+                    grads
+                        .get(v.as_tensor())
+                        .cloned()
+                        .map(Ok)
+                        .unwrap_or_else(|| v.as_tensor().zeros_like())
+                })
                 .collect::<candle_core::Result<_>>()?;
             accum = Some(match accum.take() {
                 None => g,
-                Some(a) => a.iter().zip(&g).map(|(x, y)| x + y).collect::<candle_core::Result<_>>()?,
+                Some(a) => a
+                    .iter()
+                    .zip(&g)
+                    .map(|(x, y)| x + y)
+                    .collect::<candle_core::Result<_>>()?,
             });
             window_loss += scalar(&loss)?;
             window_tokens += batch.tokens;
@@ -761,7 +946,10 @@ pub fn train_loaded(lm: LoadedModel, tc: &TrainConfig, control: &TrainControl, o
             }
             // optimizer step
             let mut g = accum.take().unwrap_or_default();
-            let sq: f64 = g.iter().map(|t| scalar(&t.sqr()?.sum_all()?)).sum::<Result<f64>>()?;
+            let sq: f64 = g
+                .iter()
+                .map(|t| scalar(&t.sqr()?.sum_all()?))
+                .sum::<Result<f64>>()?;
             let norm = sq.sqrt();
             if !window_loss.is_finite() || !norm.is_finite() {
                 bail!(
@@ -773,7 +961,10 @@ pub fn train_loaded(lm: LoadedModel, tc: &TrainConfig, control: &TrainControl, o
             }
             if tc.max_grad_norm > 0.0 && norm > tc.max_grad_norm {
                 let c = tc.max_grad_norm / (norm + 1e-6);
-                g = g.iter().map(|t| t * c).collect::<candle_core::Result<_>>()?;
+                g = g
+                    .iter()
+                    .map(|t| t * c)
+                    .collect::<candle_core::Result<_>>()?;
             }
             let lr = lr_at(tc, st.step, total, warmup);
             opt.step(&tr.vars, &g, lr, tc)?;
@@ -805,7 +996,9 @@ pub fn train_loaded(lm: LoadedModel, tc: &TrainConfig, control: &TrainControl, o
             window_samples = 0;
             let epoch_end = st.micro >= micro_total;
             let want_eval = !val_ex.is_empty()
-                && ((tc.eval_every > 0 && st.step % tc.eval_every == 0) || (tc.eval_every == 0 && epoch_end) || st.step == total);
+                && ((tc.eval_every > 0 && st.step % tc.eval_every == 0)
+                    || (tc.eval_every == 0 && epoch_end)
+                    || st.step == total);
             let mut improved = false;
             if want_eval {
                 let el = eval_loss(&model, &val_ex, tc.batch, pad)?;
@@ -818,21 +1011,39 @@ pub fn train_loaded(lm: LoadedModel, tc: &TrainConfig, control: &TrainControl, o
                 } else {
                     st.evals_without_improvement += 1;
                 }
-                on_event(TrainEvent::Eval { step: st.step, eval_loss: el, best: improved });
+                on_event(TrainEvent::Eval {
+                    step: st.step,
+                    eval_loss: el,
+                    best: improved,
+                });
             }
-            data::append_line_durable(&metrics_path, format!("{}\n", serde_json::to_string(&m)?).as_bytes())?;
+            data::append_line_durable(
+                &metrics_path,
+                format!("{}\n", serde_json::to_string(&m)?).as_bytes(),
+            )?;
             on_event(TrainEvent::Step(m));
             if epoch_end {
                 st.epoch += 1;
                 st.micro = 0;
             }
             let stop = control.stop.load(Ordering::SeqCst);
-            let early = tc.early_stopping.is_some_and(|p| st.evals_without_improvement >= p);
-            let save = (tc.save_every > 0 && st.step % tc.save_every == 0) || st.step == total || stop || early || improved;
+            let early = tc
+                .early_stopping
+                .is_some_and(|p| st.evals_without_improvement >= p);
+            let save = (tc.save_every > 0 && st.step % tc.save_every == 0)
+                || st.step == total
+                || stop
+                || early
+                || improved;
             if save {
-                let dir = run_dir.join("checkpoints").join(format!("step-{}", st.step));
+                let dir = run_dir
+                    .join("checkpoints")
+                    .join(format!("step-{}", st.step));
                 write_checkpoint(&dir, &tr, &opt, &st, tc, &base_name)?;
-                on_event(TrainEvent::Checkpoint { step: st.step, path: dir.clone() });
+                on_event(TrainEvent::Checkpoint {
+                    step: st.step,
+                    path: dir.clone(),
+                });
                 if improved {
                     copy_dir(&dir, &run_dir.join("checkpoints").join("best"))?;
                 }
@@ -862,7 +1073,11 @@ pub fn train_loaded(lm: LoadedModel, tc: &TrainConfig, control: &TrainControl, o
     // final output: the adapter (PEFT layout) or the full model folder
     let output_dir = if tc.full {
         let out = run_dir.join("model");
-        crate::model::convert::write_hf_folder(&model, &crate::model::loader::resolve(&tc.model)?, &out)?;
+        crate::model::convert::write_hf_folder(
+            &model,
+            &crate::model::loader::resolve(&tc.model)?,
+            &out,
+        )?;
         out
     } else {
         let out = run_dir.join("adapter");
@@ -879,16 +1094,30 @@ pub fn train_loaded(lm: LoadedModel, tc: &TrainConfig, control: &TrainControl, o
         end,
         seconds: t_start.elapsed().as_secs_f64(),
     };
-    data::write_atomic(&run_dir.join("summary.json"), serde_json::to_string_pretty(&summary)?.as_bytes())?;
+    data::write_atomic(
+        &run_dir.join("summary.json"),
+        serde_json::to_string_pretty(&summary)?.as_bytes(),
+    )?;
     on_event(TrainEvent::Finished(summary.clone()));
     Ok(summary)
 }
 
 fn prune_checkpoints(run_dir: &Path, keep: usize) {
-    let Ok(rd) = std::fs::read_dir(run_dir.join("checkpoints")) else { return };
+    let Ok(rd) = std::fs::read_dir(run_dir.join("checkpoints")) else {
+        return;
+    };
     let mut steps: Vec<(usize, PathBuf)> = rd
         .flatten()
-        .filter_map(|e| Some((e.file_name().to_str()?.strip_prefix("step-")?.parse().ok()?, e.path())))
+        .filter_map(|e| {
+            Some((
+                e.file_name()
+                    .to_str()?
+                    .strip_prefix("step-")?
+                    .parse()
+                    .ok()?,
+                e.path(),
+            ))
+        })
         .collect();
     steps.sort();
     let n = steps.len();

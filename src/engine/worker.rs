@@ -31,12 +31,30 @@ pub struct LoadedInfo {
 #[derive(Debug, Clone)]
 pub enum Command {
     /// Load a model (folder, hub id, .gguf) under `key`, optionally with a LoRA adapter.
-    Load { key: String, spec: String, opts: LoadOptions, adapter: Option<PathBuf> },
-    Unload { key: String },
+    Load {
+        key: String,
+        spec: String,
+        opts: LoadOptions,
+        adapter: Option<PathBuf>,
+    },
+    Unload {
+        key: String,
+    },
     /// Generate with every model in `keys`, one after the other, streaming tokens.
-    Generate { request: u64, keys: Vec<String>, system: Option<String>, prompt: String, raw: bool, params: SamplingParams },
+    Generate {
+        request: u64,
+        keys: Vec<String>,
+        system: Option<String>,
+        prompt: String,
+        raw: bool,
+        params: SamplingParams,
+    },
     /// Fraud probabilities of samples under a loaded model (score mode).
-    Score { request: u64, key: String, samples: Vec<crate::data::Sample> },
+    Score {
+        request: u64,
+        key: String,
+        samples: Vec<crate::data::Sample>,
+    },
     Train(Box<TrainConfig>),
     Evaluate(Box<EvalConfig>),
     Shutdown,
@@ -56,16 +74,37 @@ pub enum EngineState {
 pub enum Event {
     State(EngineState),
     Loaded(LoadedInfo),
-    Unloaded { key: String },
+    Unloaded {
+        key: String,
+    },
     /// A piece of streamed text.
-    Token { request: u64, key: String, text: String },
-    Generated { request: u64, key: String, generation: Generation },
-    Scored { request: u64, key: String, probabilities: Vec<(String, f64)> },
+    Token {
+        request: u64,
+        key: String,
+        text: String,
+    },
+    Generated {
+        request: u64,
+        key: String,
+        generation: Generation,
+    },
+    Scored {
+        request: u64,
+        key: String,
+        probabilities: Vec<(String, f64)>,
+    },
     Train(TrainEvent),
-    EvalProgress { model: String, done: usize, total: usize },
+    EvalProgress {
+        model: String,
+        done: usize,
+        total: usize,
+    },
     EvalDone(Vec<EvalResult>),
     /// `context` says what failed (e.g. "load Qwen/Qwen2-0.5B"), `message` why.
-    Error { context: String, message: String },
+    Error {
+        context: String,
+        message: String,
+    },
 }
 
 /// The UI's side of the engine.
@@ -88,9 +127,23 @@ impl Engine {
         let (c2, ctl2) = (cancel.clone(), control.clone());
         let thread = std::thread::Builder::new()
             .name("fraudlab-engine".into())
-            .spawn(move || Worker { models: BTreeMap::new(), events: etx, cancel: c2, control: ctl2 }.run(rx))
+            .spawn(move || {
+                Worker {
+                    models: BTreeMap::new(),
+                    events: etx,
+                    cancel: c2,
+                    control: ctl2,
+                }
+                .run(rx)
+            })
             .expect("spawn engine thread");
-        Self { tx, events: erx, cancel, train_control: control, thread: Some(thread) }
+        Self {
+            tx,
+            events: erx,
+            cancel,
+            train_control: control,
+            thread: Some(thread),
+        }
     }
 
     pub fn send(&self, c: Command) {
@@ -162,9 +215,13 @@ impl Worker {
             if matches!(cmd, Command::Shutdown) {
                 break;
             }
-            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.handle(cmd)));
+            let result =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.handle(cmd)));
             if result.is_err() {
-                self.emit(Event::Error { context: "engine".into(), message: "internal error (panic) in the engine; see stderr".into() });
+                self.emit(Event::Error {
+                    context: "engine".into(),
+                    message: "internal error (panic) in the engine; see stderr".into(),
+                });
             }
             self.emit(Event::State(EngineState::Idle));
         }
@@ -173,7 +230,12 @@ impl Worker {
     fn handle(&mut self, cmd: Command) {
         match cmd {
             Command::Shutdown => {}
-            Command::Load { key, spec, opts, adapter } => {
+            Command::Load {
+                key,
+                spec,
+                opts,
+                adapter,
+            } => {
                 self.emit(Event::State(EngineState::Loading));
                 let r = (|| -> anyhow::Result<LoadedModel> {
                     let mut lm = model::load(&spec, opts)?;
@@ -196,49 +258,87 @@ impl Worker {
                         self.models.insert(key, lm);
                         self.emit(Event::Loaded(info));
                     }
-                    Err(e) => self.emit(Event::Error { context: format!("load {spec}"), message: format!("{e:#}") }),
+                    Err(e) => self.emit(Event::Error {
+                        context: format!("load {spec}"),
+                        message: format!("{e:#}"),
+                    }),
                 }
             }
             Command::Unload { key } => {
                 self.models.remove(&key);
                 self.emit(Event::Unloaded { key });
             }
-            Command::Generate { request, keys, system, prompt, raw, params } => {
+            Command::Generate {
+                request,
+                keys,
+                system,
+                prompt,
+                raw,
+                params,
+            } => {
                 self.emit(Event::State(EngineState::Generating));
                 for key in keys {
                     if self.cancel.load(Ordering::SeqCst) {
                         break;
                     }
                     let Some(lm) = self.models.get(&key) else {
-                        self.emit(Event::Error { context: format!("generate with {key}"), message: "model is not loaded".into() });
+                        self.emit(Event::Error {
+                            context: format!("generate with {key}"),
+                            message: "model is not loaded".into(),
+                        });
                         continue;
                     };
                     let r = (|| -> anyhow::Result<Generation> {
                         let text = build_prompt(&lm.tokenizer, system.as_deref(), &prompt, raw)?;
                         let ids = lm.tokenizer.encode(&text)?;
                         generate(lm, &ids, &params, &self.cancel, &mut |piece| {
-                            self.emit_lossy(Event::Token { request, key: key.clone(), text: piece.to_string() })
+                            self.emit_lossy(Event::Token {
+                                request,
+                                key: key.clone(),
+                                text: piece.to_string(),
+                            })
                         })
                     })();
                     match r {
-                        Ok(generation) => self.emit(Event::Generated { request, key: key.clone(), generation }),
-                        Err(e) => self.emit(Event::Error { context: format!("generate with {key}"), message: format!("{e:#}") }),
+                        Ok(generation) => self.emit(Event::Generated {
+                            request,
+                            key: key.clone(),
+                            generation,
+                        }),
+                        Err(e) => self.emit(Event::Error {
+                            context: format!("generate with {key}"),
+                            message: format!("{e:#}"),
+                        }),
                     }
                 }
             }
-            Command::Score { request, key, samples } => {
+            Command::Score {
+                request,
+                key,
+                samples,
+            } => {
                 self.emit(Event::State(EngineState::Scoring));
                 let Some(lm) = self.models.get(&key) else {
-                    self.emit(Event::Error { context: format!("score with {key}"), message: "model is not loaded".into() });
+                    self.emit(Event::Error {
+                        context: format!("score with {key}"),
+                        message: "model is not loaded".into(),
+                    });
                     return;
                 };
                 let r = super::eval::score_samples(lm, &samples, 8, &self.cancel, &mut |_, _| {});
                 match r {
                     Ok(p) => {
                         let probabilities = samples.iter().map(|s| s.id.clone()).zip(p).collect();
-                        self.emit(Event::Scored { request, key, probabilities })
+                        self.emit(Event::Scored {
+                            request,
+                            key,
+                            probabilities,
+                        })
                     }
-                    Err(e) => self.emit(Event::Error { context: format!("score with {key}"), message: format!("{e:#}") }),
+                    Err(e) => self.emit(Event::Error {
+                        context: format!("score with {key}"),
+                        message: format!("{e:#}"),
+                    }),
                 }
             }
             Command::Train(cfg) => {
@@ -250,18 +350,28 @@ impl Worker {
                     let _ = events.send(Event::Train(e));
                 });
                 if let Err(e) = r {
-                    self.emit(Event::Error { context: "training".into(), message: format!("{e:#}") });
+                    self.emit(Event::Error {
+                        context: "training".into(),
+                        message: format!("{e:#}"),
+                    });
                 }
             }
             Command::Evaluate(cfg) => {
                 self.emit(Event::State(EngineState::Evaluating));
                 let events = self.events.clone();
                 let r = evaluate(&cfg, &self.cancel, &mut |model, done, total| {
-                    let _ = events.try_send(Event::EvalProgress { model: model.to_string(), done, total });
+                    let _ = events.try_send(Event::EvalProgress {
+                        model: model.to_string(),
+                        done,
+                        total,
+                    });
                 });
                 match r {
                     Ok(res) => self.emit(Event::EvalDone(res)),
-                    Err(e) => self.emit(Event::Error { context: "evaluation".into(), message: format!("{e:#}") }),
+                    Err(e) => self.emit(Event::Error {
+                        context: "evaluation".into(),
+                        message: format!("{e:#}"),
+                    }),
                 }
             }
         }

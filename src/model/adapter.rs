@@ -23,7 +23,13 @@ pub struct LoraSpec {
 impl Default for LoraSpec {
     /// The recipe of the fraud-dialogue notebooks: r 8, alpha 16, dropout 0.05, 7 projections.
     fn default() -> Self {
-        Self { r: 8, lora_alpha: 16.0, lora_dropout: 0.05, target_modules: PROJECTIONS.iter().map(|s| s.to_string()).collect(), use_rslora: false }
+        Self {
+            r: 8,
+            lora_alpha: 16.0,
+            lora_dropout: 0.05,
+            target_modules: PROJECTIONS.iter().map(|s| s.to_string()).collect(),
+            use_rslora: false,
+        }
     }
 }
 
@@ -41,7 +47,10 @@ impl LoraSpec {
         }
         for t in &self.target_modules {
             if !PROJECTIONS.contains(&t.as_str()) {
-                bail!("target module `{t}` is not a Qwen2 projection (use {})", PROJECTIONS.join(","));
+                bail!(
+                    "target module `{t}` is not a Qwen2 projection (use {})",
+                    PROJECTIONS.join(",")
+                );
             }
         }
         if self.target_modules.is_empty() {
@@ -95,14 +104,24 @@ pub fn attach_lora(model: &mut Qwen2, spec: &LoraSpec, seed: u64) -> Result<Vec<
         }
         let bound = 1.0 / (lin.in_features as f64).sqrt();
         let a = Tensor::from_vec(
-            uniform(seed.wrapping_mul(1_000_003).wrapping_add(k as u64), spec.r * lin.in_features, bound),
+            uniform(
+                seed.wrapping_mul(1_000_003).wrapping_add(k as u64),
+                spec.r * lin.in_features,
+                bound,
+            ),
             (spec.r, lin.in_features),
             &dev,
         )?
         .to_dtype(dtype)?;
         let a = Var::from_tensor(&a)?;
         let b = Var::zeros((lin.out_features, spec.r), dtype, &dev)?;
-        lin.lora = Some(Lora { a: a.as_tensor().clone(), b: b.as_tensor().clone(), scale: spec.scale(), dropout: spec.lora_dropout, id: k as u64 });
+        lin.lora = Some(Lora {
+            a: a.as_tensor().clone(),
+            b: b.as_tensor().clone(),
+            scale: spec.scale(),
+            dropout: spec.lora_dropout,
+            id: k as u64,
+        });
         out.push(LoraVars { module: name, a, b });
     }
     if out.is_empty() {
@@ -132,12 +151,23 @@ struct PeftConfig {
 }
 
 /// Writes an adapter in the PEFT layout.
-pub fn save_adapter(dir: &Path, spec: &LoraSpec, vars: &[LoraVars], base_model: &str) -> Result<()> {
+pub fn save_adapter(
+    dir: &Path,
+    spec: &LoraSpec,
+    vars: &[LoraVars],
+    base_model: &str,
+) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
     let mut tensors = Vec::new();
     for v in vars {
-        tensors.push((peft_key(&v.module, 'A'), v.a.as_tensor().to_dtype(DType::F32)?.contiguous()?));
-        tensors.push((peft_key(&v.module, 'B'), v.b.as_tensor().to_dtype(DType::F32)?.contiguous()?));
+        tensors.push((
+            peft_key(&v.module, 'A'),
+            v.a.as_tensor().to_dtype(DType::F32)?.contiguous()?,
+        ));
+        tensors.push((
+            peft_key(&v.module, 'B'),
+            v.b.as_tensor().to_dtype(DType::F32)?.contiguous()?,
+        ));
     }
     save_atomic(&tensors, &dir.join("adapter_model.safetensors"))?;
     let cfg = serde_json::json!({
@@ -162,28 +192,43 @@ pub fn save_adapter(dir: &Path, spec: &LoraSpec, vars: &[LoraVars], base_model: 
         "use_dora": false,
         "use_rslora": spec.use_rslora,
     });
-    crate::data::write_atomic(&dir.join("adapter_config.json"), serde_json::to_string_pretty(&cfg)?.as_bytes())
+    crate::data::write_atomic(
+        &dir.join("adapter_config.json"),
+        serde_json::to_string_pretty(&cfg)?.as_bytes(),
+    )
 }
 
 /// Reads a PEFT LoRA adapter (ours or one written by Python `peft`) and attaches it to the
 /// model for inference. Returns its spec.
 pub fn load_adapter(model: &mut Qwen2, dir: &Path) -> Result<LoraSpec> {
     let cp = dir.join("adapter_config.json");
-    let text = std::fs::read_to_string(&cp).with_context(|| format!("{}: cannot read adapter config", cp.display()))?;
-    let pc: PeftConfig = serde_json::from_str(&text).with_context(|| format!("{}: not a PEFT adapter config", cp.display()))?;
+    let text = std::fs::read_to_string(&cp)
+        .with_context(|| format!("{}: cannot read adapter config", cp.display()))?;
+    let pc: PeftConfig = serde_json::from_str(&text)
+        .with_context(|| format!("{}: not a PEFT adapter config", cp.display()))?;
     if pc.peft_type.as_deref().is_some_and(|t| t != "LORA") {
-        bail!("{}: adapter type {:?} is not supported (LoRA only)", cp.display(), pc.peft_type);
+        bail!(
+            "{}: adapter type {:?} is not supported (LoRA only)",
+            cp.display(),
+            pc.peft_type
+        );
     }
     if pc.use_dora {
         bail!("{}: DoRA adapters are not supported", cp.display());
     }
     if pc.fan_in_fan_out {
-        bail!("{}: fan_in_fan_out adapters are not supported", cp.display());
+        bail!(
+            "{}: fan_in_fan_out adapters are not supported",
+            cp.display()
+        );
     }
     let wp = dir.join("adapter_model.safetensors");
     if !wp.exists() {
         if dir.join("adapter_model.bin").exists() {
-            bail!("{}: pickled adapters are not supported; save with safe_serialization=True", dir.display());
+            bail!(
+                "{}: pickled adapters are not supported; save with safe_serialization=True",
+                dir.display()
+            );
         }
         bail!("{}: missing adapter weights", wp.display());
     }
@@ -193,7 +238,10 @@ pub fn load_adapter(model: &mut Qwen2, dir: &Path) -> Result<LoraSpec> {
         lora_alpha: pc.lora_alpha,
         lora_dropout: pc.lora_dropout,
         target_modules: match &pc.target_modules {
-            serde_json::Value::Array(a) => a.iter().filter_map(|x| x.as_str().map(String::from)).collect(),
+            serde_json::Value::Array(a) => a
+                .iter()
+                .filter_map(|x| x.as_str().map(String::from))
+                .collect(),
             serde_json::Value::String(s) => vec![s.clone()],
             _ => vec![],
         },
@@ -215,22 +263,42 @@ pub fn load_adapter(model: &mut Qwen2, dir: &Path) -> Result<LoraSpec> {
             continue;
         }
         let a = f.load(&ka, DType::F32, &dev)?;
-        let b = f.load(&kb, DType::F32, &dev).with_context(|| format!("{}: `{ka}` has no matching B", wp.display()))?;
+        let b = f
+            .load(&kb, DType::F32, &dev)
+            .with_context(|| format!("{}: `{ka}` has no matching B", wp.display()))?;
         let (r, inp) = a.dims2()?;
         let (out, r2) = b.dims2()?;
         if r != pc.r || r2 != pc.r || inp != lin.in_features || out != lin.out_features {
             bail!(
                 "{}: `{name}` LoRA shapes A {:?} B {:?} do not fit the layer ({} -> {}, r {})",
-                wp.display(), a.dims(), b.dims(), lin.in_features, lin.out_features, pc.r
+                wp.display(),
+                a.dims(),
+                b.dims(),
+                lin.in_features,
+                lin.out_features,
+                pc.r
             );
         }
-        let dt = if lin.dense_dtype() == Some(DType::BF16) { DType::BF16 } else { DType::F32 };
+        let dt = if lin.dense_dtype() == Some(DType::BF16) {
+            DType::BF16
+        } else {
+            DType::F32
+        };
         let _ = dtype;
-        lin.lora = Some(Lora { a: a.to_dtype(dt)?, b: b.to_dtype(dt)?, scale: spec.scale(), dropout: 0.0, id: k as u64 });
+        lin.lora = Some(Lora {
+            a: a.to_dtype(dt)?,
+            b: b.to_dtype(dt)?,
+            scale: spec.scale(),
+            dropout: 0.0,
+            id: k as u64,
+        });
         found += 1;
     }
     if found == 0 {
-        bail!("{}: no LoRA weights match this model's layers", wp.display());
+        bail!(
+            "{}: no LoRA weights match this model's layers",
+            wp.display()
+        );
     }
     Ok(spec)
 }
@@ -240,7 +308,10 @@ pub fn merge_lora(model: &mut Qwen2) -> Result<()> {
     for (_, lin) in model.linears_mut() {
         if let Some(l) = lin.lora.take() {
             let w = lin.dense_weight()?.to_dtype(DType::F32)?;
-            let delta = (l.b.to_dtype(DType::F32)?.matmul(&l.a.to_dtype(DType::F32)?)? * l.scale)?;
+            let delta =
+                (l.b.to_dtype(DType::F32)?
+                    .matmul(&l.a.to_dtype(DType::F32)?)?
+                    * l.scale)?;
             let merged = (w + delta)?;
             let dt = lin.dense_dtype().unwrap_or(DType::F32);
             lin.weight = super::qwen2::LinearWeight::Dense(merged.to_dtype(dt)?);

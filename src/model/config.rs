@@ -62,11 +62,18 @@ impl Qwen2Config {
         let archs: Vec<String> = value
             .get("architectures")
             .and_then(|a| a.as_array())
-            .map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(String::from))
+                    .collect()
+            })
             .unwrap_or_default();
-        let model_type = value.get("model_type").and_then(|m| m.as_str()).unwrap_or("");
-        let is_qwen2 = archs.iter().any(|a| a == ARCHITECTURE)
-            || (archs.is_empty() && model_type == "qwen2");
+        let model_type = value
+            .get("model_type")
+            .and_then(|m| m.as_str())
+            .unwrap_or("");
+        let is_qwen2 =
+            archs.iter().any(|a| a == ARCHITECTURE) || (archs.is_empty() && model_type == "qwen2");
         if !is_qwen2 {
             let named = if archs.is_empty() {
                 format!("model_type `{model_type}`")
@@ -79,7 +86,8 @@ impl Qwen2Config {
             );
         }
         let mut value = value;
-        normalise_rope(&mut value).with_context(|| format!("{}: unsupported rope settings", path.display()))?;
+        normalise_rope(&mut value)
+            .with_context(|| format!("{}: unsupported rope settings", path.display()))?;
         if value.get("torch_dtype").is_none() {
             if let Some(d) = value.get("dtype").cloned() {
                 value["torch_dtype"] = d;
@@ -87,7 +95,8 @@ impl Qwen2Config {
         }
         let cfg: Qwen2Config = serde_json::from_value(value)
             .with_context(|| format!("{}: not a valid Qwen2 config", path.display()))?;
-        cfg.validate().with_context(|| format!("{}: inconsistent config", path.display()))?;
+        cfg.validate()
+            .with_context(|| format!("{}: inconsistent config", path.display()))?;
         Ok(cfg)
     }
 
@@ -110,7 +119,10 @@ impl Qwen2Config {
             );
         }
         if self.head_dim() % 2 != 0 {
-            bail!("head dimension {} is odd; rotary embeddings need an even one", self.head_dim());
+            bail!(
+                "head dimension {} is odd; rotary embeddings need an even one",
+                self.head_dim()
+            );
         }
         Ok(())
     }
@@ -170,10 +182,18 @@ impl Qwen2Config {
 /// the top level, and refuse rope scalings this forward does not implement.
 fn normalise_rope(v: &mut serde_json::Value) -> Result<()> {
     for key in ["rope_parameters", "rope_scaling"] {
-        let Some(rp) = v.get(key).filter(|r| r.is_object()).cloned() else { continue };
-        let ty = rp.get("rope_type").or_else(|| rp.get("type")).and_then(|t| t.as_str()).unwrap_or("default");
+        let Some(rp) = v.get(key).filter(|r| r.is_object()).cloned() else {
+            continue;
+        };
+        let ty = rp
+            .get("rope_type")
+            .or_else(|| rp.get("type"))
+            .and_then(|t| t.as_str())
+            .unwrap_or("default");
         if ty != "default" {
-            bail!("rope type `{ty}` in `{key}` is not supported (only the default rotary embedding)");
+            bail!(
+                "rope type `{ty}` in `{key}` is not supported (only the default rotary embedding)"
+            );
         }
         if v.get("rope_theta").is_none() {
             if let Some(t) = rp.get("rope_theta") {
@@ -187,10 +207,13 @@ fn normalise_rope(v: &mut serde_json::Value) -> Result<()> {
 /// Token ids from a JSON integer or list of integers.
 pub fn ids_of(v: Option<&serde_json::Value>) -> Vec<u32> {
     match v {
-        Some(serde_json::Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
-        Some(serde_json::Value::Array(a)) => {
-            a.iter().filter_map(|x| x.as_u64().map(|x| x as u32)).collect()
+        Some(serde_json::Value::Number(n)) => {
+            n.as_u64().map(|x| vec![x as u32]).unwrap_or_default()
         }
+        Some(serde_json::Value::Array(a)) => a
+            .iter()
+            .filter_map(|x| x.as_u64().map(|x| x as u32))
+            .collect(),
         _ => vec![],
     }
 }
@@ -201,7 +224,11 @@ pub fn size_label(params: u64) -> String {
     let known = [0.5, 1.5, 3.0, 7.0, 14.0, 32.0, 72.0];
     for k in known {
         if (b - k).abs() / k < 0.35 {
-            return if k.fract() == 0.0 { format!("{}B", k as u64) } else { format!("{k}B") };
+            return if k.fract() == 0.0 {
+                format!("{}B", k as u64)
+            } else {
+                format!("{k}B")
+            };
         }
     }
     if b >= 1.0 {

@@ -22,7 +22,10 @@ fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
 /// Tokenizer files for a GGUF model, built from its metadata.
 fn write_gguf_tokenizer(g: &GgufFile, out: &Path, max_len: usize) -> Result<()> {
     let tok_json = g.tokenizer_json()?;
-    write_file_atomic(&out.join("tokenizer.json"), serde_json::to_string(&tok_json)?.as_bytes())?;
+    write_file_atomic(
+        &out.join("tokenizer.json"),
+        serde_json::to_string(&tok_json)?.as_bytes(),
+    )?;
     let added: Vec<(u32, String, bool)> = tok_json["added_tokens"]
         .as_array()
         .into_iter()
@@ -35,10 +38,17 @@ fn write_gguf_tokenizer(g: &GgufFile, out: &Path, max_len: usize) -> Result<()> 
             )
         })
         .collect();
-    let eos = g.special_token("eos").unwrap_or_else(|| "<|endoftext|>".into());
-    let pad = g.special_token("padding").unwrap_or_else(|| "<|endoftext|>".into());
+    let eos = g
+        .special_token("eos")
+        .unwrap_or_else(|| "<|endoftext|>".into());
+    let pad = g
+        .special_token("padding")
+        .unwrap_or_else(|| "<|endoftext|>".into());
     let template = g.chat_template().unwrap_or_else(|| CHATML_TEMPLATE.into());
-    write_json(&out.join("tokenizer_config.json"), &tokenizer_config_json(&added, &template, &eos, &pad, max_len))?;
+    write_json(
+        &out.join("tokenizer_config.json"),
+        &tokenizer_config_json(&added, &template, &eos, &pad, max_len),
+    )?;
     let id = |t: &str| added.iter().find(|(_, c, _)| c == t).map(|(i, _, _)| *i);
     write_json(
         &out.join("generation_config.json"),
@@ -53,7 +63,14 @@ pub fn write_hf_folder(model: &Qwen2, from: &ModelLocation, out: &Path) -> Resul
     let weights = model.named_weights()?;
     save_atomic(&weights, &out.join("model.safetensors"))?;
     let mut cfg = model.cfg.clone();
-    cfg.torch_dtype = Some(if model.dtype == DType::BF16 { "bfloat16" } else { "float32" }.into());
+    cfg.torch_dtype = Some(
+        if model.dtype == DType::BF16 {
+            "bfloat16"
+        } else {
+            "float32"
+        }
+        .into(),
+    );
     cfg.tie_word_embeddings = model.tied;
     let mut cfg_json = serde_json::to_value(&cfg)?;
     cfg_json["use_sliding_window"] = json!(false);
@@ -64,15 +81,25 @@ pub fn write_hf_folder(model: &Qwen2, from: &ModelLocation, out: &Path) -> Resul
     write_json(&out.join("config.json"), &cfg_json)?;
     match from {
         ModelLocation::Folder(d) => {
-            for f in ["tokenizer.json", "tokenizer_config.json", "generation_config.json", "chat_template.jinja", "vocab.json", "merges.txt"] {
+            for f in [
+                "tokenizer.json",
+                "tokenizer_config.json",
+                "generation_config.json",
+                "chat_template.jinja",
+                "vocab.json",
+                "merges.txt",
+            ] {
                 let src = d.join(f);
                 if src.exists() {
-                    let bytes = std::fs::read(&src).with_context(|| format!("{}: cannot read", src.display()))?;
+                    let bytes = std::fs::read(&src)
+                        .with_context(|| format!("{}: cannot read", src.display()))?;
                     write_file_atomic(&out.join(f), &bytes)?;
                 }
             }
         }
-        ModelLocation::Gguf(f) => write_gguf_tokenizer(&GgufFile::open(f)?, out, cfg.max_position_embeddings)?,
+        ModelLocation::Gguf(f) => {
+            write_gguf_tokenizer(&GgufFile::open(f)?, out, cfg.max_position_embeddings)?
+        }
     }
     Ok(())
 }
@@ -82,7 +109,11 @@ pub fn write_hf_folder(model: &Qwen2, from: &ModelLocation, out: &Path) -> Resul
 pub fn gguf_to_hf(gguf_path: &Path, out: &Path) -> Result<String> {
     let g = Arc::new(GgufFile::open(gguf_path)?);
     let cfg = g.config()?;
-    let src = GgufSource { gguf: g.clone(), quantized: false, dtype: DType::F32 };
+    let src = GgufSource {
+        gguf: g.clone(),
+        quantized: false,
+        dtype: DType::F32,
+    };
     let model = Qwen2::load(&cfg, &src, DType::F32, &candle_core::Device::Cpu)?;
     write_hf_folder(&model, &ModelLocation::Gguf(gguf_path.to_path_buf()), out)?;
     Ok(format!(

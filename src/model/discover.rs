@@ -51,7 +51,13 @@ fn dir_size(p: &Path) -> u64 {
 /// Family from the name (Qwen1.5 and Qwen2.5 share the Qwen2 architecture).
 pub fn family_of(name: &str) -> String {
     let l = name.to_lowercase();
-    for (k, f) in [("qwen2.5", "Qwen2.5"), ("qwen2_5", "Qwen2.5"), ("qwen1.5", "Qwen1.5"), ("qwen1_5", "Qwen1.5"), ("qwen2", "Qwen2")] {
+    for (k, f) in [
+        ("qwen2.5", "Qwen2.5"),
+        ("qwen2_5", "Qwen2.5"),
+        ("qwen1.5", "Qwen1.5"),
+        ("qwen1_5", "Qwen1.5"),
+        ("qwen2", "Qwen2"),
+    ] {
         if l.contains(k) {
             return f.into();
         }
@@ -90,7 +96,11 @@ pub fn describe(loc: &ModelLocation, source: &str) -> ModelInfo {
         ModelLocation::Folder(d) => {
             info.disk_bytes = dir_size(d);
             let c = Qwen2Config::from_file(&d.join("config.json"));
-            let dt = c.as_ref().ok().and_then(|c| c.torch_dtype.clone()).unwrap_or_else(|| "?".into());
+            let dt = c
+                .as_ref()
+                .ok()
+                .and_then(|c| c.torch_dtype.clone())
+                .unwrap_or_else(|| "?".into());
             info.format = format!("safetensors ({dt})");
             c
         }
@@ -149,11 +159,16 @@ fn scan_dir(dir: &Path, depth: usize, source: &str, out: &mut Vec<ModelInfo>) {
         }
         return;
     }
-    let Ok(rd) = std::fs::read_dir(dir) else { return };
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
     let mut entries: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
     entries.sort();
     for p in entries {
-        let hidden = p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'));
+        let hidden = p
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with('.'));
         if hidden {
             continue;
         }
@@ -181,7 +196,11 @@ pub fn discover(extra: &[PathBuf]) -> Vec<ModelInfo> {
         let mut repos: Vec<PathBuf> = rd
             .flatten()
             .map(|e| e.path())
-            .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("models--")))
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("models--"))
+            })
             .collect();
         repos.sort();
         for r in repos {
@@ -193,7 +212,11 @@ pub fn discover(extra: &[PathBuf]) -> Vec<ModelInfo> {
     let ms = modelscope_cache_dir();
     for base in [ms.clone(), ms.join("models")] {
         if let Ok(orgs) = std::fs::read_dir(&base) {
-            let mut orgs: Vec<PathBuf> = orgs.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect();
+            let mut orgs: Vec<PathBuf> = orgs
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.is_dir())
+                .collect();
             orgs.sort();
             for org in orgs {
                 if org.file_name().is_some_and(|n| n == "models") {
@@ -207,7 +230,9 @@ pub fn discover(extra: &[PathBuf]) -> Vec<ModelInfo> {
         scan_dir(&p, 4, "folder", &mut out);
     }
     out.retain(|m| {
-        m.problem.as_deref().is_none_or(|p| !p.contains("unsupported architecture") && !p.contains("unsupported model_type"))
+        m.problem.as_deref().is_none_or(|p| {
+            !p.contains("unsupported architecture") && !p.contains("unsupported model_type")
+        })
     });
     let mut seen = std::collections::HashSet::new();
     out.retain(|m| seen.insert(std::fs::canonicalize(&m.path).unwrap_or(m.path.clone())));

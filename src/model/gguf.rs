@@ -28,8 +28,8 @@ pub const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\
 
 impl GgufFile {
     pub fn open(path: &Path) -> Result<Self> {
-        let mut file =
-            File::open(path).with_context(|| format!("{}: cannot open GGUF file", path.display()))?;
+        let mut file = File::open(path)
+            .with_context(|| format!("{}: cannot open GGUF file", path.display()))?;
         let len = file.seek(SeekFrom::End(0))?;
         file.seek(SeekFrom::Start(0))?;
         let content = Content::read(&mut file)
@@ -46,7 +46,11 @@ impl GgufFile {
                 );
             }
         }
-        let me = Self { path: path.to_path_buf(), content, file: Mutex::new(file) };
+        let me = Self {
+            path: path.to_path_buf(),
+            content,
+            file: Mutex::new(file),
+        };
         let arch = me.meta_str("general.architecture").unwrap_or_default();
         if arch != "qwen2" {
             bail!(
@@ -83,7 +87,10 @@ impl GgufFile {
 
     pub fn config(&self) -> Result<Qwen2Config> {
         let heads = self.need_u64("qwen2.attention.head_count")?;
-        let vocab = match self.meta("tokenizer.ggml.tokens").and_then(|v| v.to_vec().ok()) {
+        let vocab = match self
+            .meta("tokenizer.ggml.tokens")
+            .and_then(|v| v.to_vec().ok())
+        {
             Some(t) => t.len(),
             None => self.tensor_shape("token_embd.weight")?[0],
         };
@@ -93,16 +100,28 @@ impl GgufFile {
         cfg.intermediate_size = self.need_u64("qwen2.feed_forward_length")?;
         cfg.num_hidden_layers = self.need_u64("qwen2.block_count")?;
         cfg.num_attention_heads = heads;
-        cfg.num_key_value_heads =
-            Some(self.meta_u64("qwen2.attention.head_count_kv").map(|x| x as usize).unwrap_or(heads));
-        cfg.max_position_embeddings =
-            self.meta_u64("qwen2.context_length").map(|x| x as usize).unwrap_or(32768);
-        cfg.rms_norm_eps = self.meta_f64("qwen2.attention.layer_norm_rms_epsilon").unwrap_or(1e-6);
+        cfg.num_key_value_heads = Some(
+            self.meta_u64("qwen2.attention.head_count_kv")
+                .map(|x| x as usize)
+                .unwrap_or(heads),
+        );
+        cfg.max_position_embeddings = self
+            .meta_u64("qwen2.context_length")
+            .map(|x| x as usize)
+            .unwrap_or(32768);
+        cfg.rms_norm_eps = self
+            .meta_f64("qwen2.attention.layer_norm_rms_epsilon")
+            .unwrap_or(1e-6);
         cfg.rope_theta = self.meta_f64("qwen2.rope.freq_base").unwrap_or(1_000_000.0);
         cfg.tie_word_embeddings = tied;
-        cfg.bos_token_id = self.meta_u64("tokenizer.ggml.bos_token_id").map(|x| json!(x));
-        cfg.eos_token_id = self.meta_u64("tokenizer.ggml.eos_token_id").map(|x| json!(x));
-        cfg.validate().with_context(|| format!("{}: inconsistent GGUF metadata", self.path.display()))?;
+        cfg.bos_token_id = self
+            .meta_u64("tokenizer.ggml.bos_token_id")
+            .map(|x| json!(x));
+        cfg.eos_token_id = self
+            .meta_u64("tokenizer.ggml.eos_token_id")
+            .map(|x| json!(x));
+        cfg.validate()
+            .with_context(|| format!("{}: inconsistent GGUF metadata", self.path.display()))?;
         Ok(cfg)
     }
 
@@ -126,16 +145,25 @@ impl GgufFile {
 
     /// Parameter count from the tensor shapes.
     pub fn parameter_count(&self) -> u64 {
-        self.content.tensor_infos.values().map(|i| i.shape.elem_count() as u64).sum()
+        self.content
+            .tensor_infos
+            .values()
+            .map(|i| i.shape.elem_count() as u64)
+            .sum()
     }
 
     /// The dominant quantization type, e.g. "Q5_0".
     pub fn quant_summary(&self) -> String {
         let mut counts: HashMap<String, u64> = HashMap::new();
         for i in self.content.tensor_infos.values() {
-            *counts.entry(format!("{:?}", i.ggml_dtype)).or_default() += i.shape.elem_count() as u64;
+            *counts.entry(format!("{:?}", i.ggml_dtype)).or_default() +=
+                i.shape.elem_count() as u64;
         }
-        counts.into_iter().max_by_key(|(_, n)| *n).map(|(k, _)| k).unwrap_or_default()
+        counts
+            .into_iter()
+            .max_by_key(|(_, n)| *n)
+            .map(|(k, _)| k)
+            .unwrap_or_default()
     }
 
     pub fn chat_template(&self) -> Option<String> {
@@ -147,7 +175,9 @@ impl GgufFile {
         let p = self.path.display();
         let model = self.meta_str("tokenizer.ggml.model").unwrap_or_default();
         if model != "gpt2" {
-            bail!("{p}: tokenizer model `{model}` is not supported (expected byte-level BPE `gpt2`)");
+            bail!(
+                "{p}: tokenizer model `{model}` is not supported (expected byte-level BPE `gpt2`)"
+            );
         }
         let tokens: Vec<String> = self
             .meta("tokenizer.ggml.tokens")
@@ -156,11 +186,18 @@ impl GgufFile {
             .iter()
             .map(|v| v.to_string().cloned().unwrap_or_default())
             .collect();
-        let types: Vec<i64> = match self.meta("tokenizer.ggml.token_type").and_then(|v| v.to_vec().ok())
+        let types: Vec<i64> = match self
+            .meta("tokenizer.ggml.token_type")
+            .and_then(|v| v.to_vec().ok())
         {
             Some(a) => a
                 .iter()
-                .map(|v| v.to_i32().map(i64::from).or_else(|_| v.to_u32().map(i64::from)).unwrap_or(1))
+                .map(|v| {
+                    v.to_i32()
+                        .map(i64::from)
+                        .or_else(|_| v.to_u32().map(i64::from))
+                        .unwrap_or(1)
+                })
                 .collect(),
             None => vec![1; tokens.len()],
         };
@@ -171,7 +208,9 @@ impl GgufFile {
             .iter()
             .map(|v| v.to_string().cloned().unwrap_or_default())
             .collect();
-        let pre = self.meta_str("tokenizer.ggml.pre").unwrap_or_else(|| "qwen2".into());
+        let pre = self
+            .meta_str("tokenizer.ggml.pre")
+            .unwrap_or_else(|| "qwen2".into());
         if pre != "qwen2" {
             bail!("{p}: pre-tokenizer `{pre}` is not supported (expected `qwen2`)");
         }
@@ -188,7 +227,11 @@ impl GgufFile {
 
 /// Builds a byte-level BPE `tokenizer.json` of the Qwen2 kind. Tokens of GGUF type 3
 /// (control) or 4 (user-defined) become added tokens; control tokens are special.
-pub fn build_tokenizer_json(tokens: &[String], types: &[i64], merges: &[String]) -> serde_json::Value {
+pub fn build_tokenizer_json(
+    tokens: &[String],
+    types: &[i64],
+    merges: &[String],
+) -> serde_json::Value {
     let mut vocab = serde_json::Map::new();
     let mut added = Vec::new();
     for (id, tok) in tokens.iter().enumerate() {
@@ -281,10 +324,13 @@ impl WeightSource for GgufSource {
     }
     fn linear(&self, name: &str, shape: &[usize]) -> Result<LinearWeight> {
         let q = self.read(name, shape)?;
-        if self.quantized && !matches!(q.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) {
+        if self.quantized && !matches!(q.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16)
+        {
             Ok(LinearWeight::Quant(QMatMul::from_qtensor(q)?))
         } else {
-            Ok(LinearWeight::Dense(q.dequantize(&Device::Cpu)?.to_dtype(self.dtype)?))
+            Ok(LinearWeight::Dense(
+                q.dequantize(&Device::Cpu)?.to_dtype(self.dtype)?,
+            ))
         }
     }
     fn has(&self, name: &str) -> bool {
@@ -297,5 +343,8 @@ impl WeightSource for GgufSource {
 
 /// HF name for a GGUF name (inverse of [`gguf_name`]), for writing GGUF files in tests.
 pub fn hf_to_gguf_all(names: &[String]) -> Vec<(String, String)> {
-    names.iter().filter_map(|n| gguf_name(n).map(|g| (n.clone(), g))).collect()
+    names
+        .iter()
+        .filter_map(|n| gguf_name(n).map(|g| (n.clone(), g)))
+        .collect()
 }

@@ -24,7 +24,10 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { dtype: DType::F32, quantized: false }
+        Self {
+            dtype: DType::F32,
+            quantized: false,
+        }
     }
 }
 
@@ -55,7 +58,9 @@ pub struct LoadedModel {
 }
 
 pub fn home() -> PathBuf {
-    std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."))
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."))
 }
 
 /// The Hugging Face hub cache folder (`HF_HUB_CACHE`, `HF_HOME/hub`, `~/.cache/huggingface/hub`).
@@ -91,7 +96,10 @@ pub fn hf_snapshot(repo_dir: &Path) -> Option<PathBuf> {
     for e in std::fs::read_dir(&snaps).ok()?.flatten() {
         let p = e.path();
         if p.join("config.json").exists() {
-            let t = e.metadata().and_then(|m| m.modified()).unwrap_or(std::time::UNIX_EPOCH);
+            let t = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .unwrap_or(std::time::UNIX_EPOCH);
             if best.as_ref().is_none_or(|(bt, _)| t > *bt) {
                 best = Some((t, p));
             }
@@ -110,7 +118,9 @@ pub fn resolve(spec: &str) -> Result<ModelLocation> {
                 .ok()
                 .and_then(|mut f| {
                     let mut m = [0u8; 4];
-                    std::io::Read::read_exact(&mut f, &mut m).ok().map(|_| &m == b"GGUF")
+                    std::io::Read::read_exact(&mut f, &mut m)
+                        .ok()
+                        .map(|_| &m == b"GGUF")
                 })
                 .unwrap_or(false);
             if is_gguf || p.extension().is_some_and(|e| e == "gguf") {
@@ -119,23 +129,34 @@ pub fn resolve(spec: &str) -> Result<ModelLocation> {
             if p.file_name().is_some_and(|n| n == "config.json") {
                 return Ok(ModelLocation::Folder(p.parent().unwrap().to_path_buf()));
             }
-            bail!("{}: not a model (expected a folder with config.json or a .gguf file)", p.display());
+            bail!(
+                "{}: not a model (expected a folder with config.json or a .gguf file)",
+                p.display()
+            );
         }
         if p.join("config.json").exists() {
             return Ok(ModelLocation::Folder(p));
         }
         if p.join("snapshots").is_dir() {
-            return hf_snapshot(&p)
-                .map(ModelLocation::Folder)
-                .with_context(|| format!("{}: hub-cache entry has no complete snapshot", p.display()));
+            return hf_snapshot(&p).map(ModelLocation::Folder).with_context(|| {
+                format!("{}: hub-cache entry has no complete snapshot", p.display())
+            });
         }
         let ggufs: Vec<PathBuf> = std::fs::read_dir(&p)
-            .map(|r| r.flatten().map(|e| e.path()).filter(|f| f.extension().is_some_and(|e| e == "gguf")).collect())
+            .map(|r| {
+                r.flatten()
+                    .map(|e| e.path())
+                    .filter(|f| f.extension().is_some_and(|e| e == "gguf"))
+                    .collect()
+            })
             .unwrap_or_default();
         if ggufs.len() == 1 {
             return Ok(ModelLocation::Gguf(ggufs[0].clone()));
         }
-        bail!("{}: missing config.json (not a Hugging Face model folder)", p.display());
+        bail!(
+            "{}: missing config.json (not a Hugging Face model folder)",
+            p.display()
+        );
     }
     // A model id: look in the caches.
     if let Some((org, name)) = spec.split_once('/') {
@@ -145,7 +166,10 @@ pub fn resolve(spec: &str) -> Result<ModelLocation> {
                 return Ok(ModelLocation::Folder(s));
             }
             let ms_name = name.replace('.', "___");
-            for base in [modelscope_cache_dir(), modelscope_cache_dir().join("models")] {
+            for base in [
+                modelscope_cache_dir(),
+                modelscope_cache_dir().join("models"),
+            ] {
                 let d = base.join(org).join(&ms_name);
                 if d.join("config.json").exists() {
                     return Ok(ModelLocation::Folder(d));
@@ -200,7 +224,11 @@ pub fn load_location(loc: &ModelLocation, opts: LoadOptions) -> Result<LoadedMod
             let cfg = Qwen2Config::from_file(&cfg_path)?;
             let tokenizer = TextTokenizer::from_folder(dir)?;
             let files = WeightFiles::open_folder(dir)?;
-            let src = SafetensorsSource { files, dtype: opts.dtype, device: device.clone() };
+            let src = SafetensorsSource {
+                files,
+                dtype: opts.dtype,
+                device: device.clone(),
+            };
             let model = Qwen2::load(&cfg, &src, opts.dtype, &device)
                 .with_context(|| format!("{}: cannot load the model", dir.display()))?;
             (model, tokenizer, false)
@@ -209,8 +237,16 @@ pub fn load_location(loc: &ModelLocation, opts: LoadOptions) -> Result<LoadedMod
             let g = Arc::new(GgufFile::open(f)?);
             let cfg = g.config()?;
             let tokenizer = TextTokenizer::from_gguf(&g)?;
-            let dtype = if opts.quantized { DType::F32 } else { opts.dtype };
-            let src = GgufSource { gguf: g.clone(), quantized: opts.quantized, dtype };
+            let dtype = if opts.quantized {
+                DType::F32
+            } else {
+                opts.dtype
+            };
+            let src = GgufSource {
+                gguf: g.clone(),
+                quantized: opts.quantized,
+                dtype,
+            };
             let model = Qwen2::load(&cfg, &src, dtype, &device)
                 .with_context(|| format!("{}: cannot load the model", f.display()))?;
             (model, tokenizer, opts.quantized)

@@ -13,8 +13,7 @@ pub use loader::{load, LoadOptions, LoadedModel, ModelLocation};
 pub use qwen2::{KvCache, Mode, Qwen2};
 pub use tokenizer::{ChatMessage, TextTokenizer};
 
-
 pub use crate::data::fsutil::write_atomic as write_file_atomic;
+pub mod adapter;
 pub mod convert;
 pub mod tiny;
-pub mod adapter;

@@ -33,7 +33,14 @@ impl Mode {
 const QUANT_DEQUANT_ROWS: usize = 16;
 
 /// A dropout mask (rows, cols) scaled by 1/(1-p), from a seed (SplitMix64).
-fn dropout_mask(seed: u64, rows: usize, cols: usize, p: f32, dtype: DType, device: &Device) -> Result<Tensor> {
+fn dropout_mask(
+    seed: u64,
+    rows: usize,
+    cols: usize,
+    p: f32,
+    dtype: DType,
+    device: &Device,
+) -> Result<Tensor> {
     let keep = 1.0 - p;
     let scale = 1.0 / keep;
     let mut s = seed;
@@ -44,7 +51,11 @@ fn dropout_mask(seed: u64, rows: usize, cols: usize, p: f32, dtype: DType, devic
             z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
             z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
             let u = ((z ^ (z >> 31)) >> 40) as f32 / (1u64 << 24) as f32;
-            if u < keep { scale } else { 0.0 }
+            if u < keep {
+                scale
+            } else {
+                0.0
+            }
         })
         .collect();
     Ok(Tensor::from_vec(v, (rows, cols), device)?.to_dtype(dtype)?)
@@ -79,8 +90,19 @@ pub struct Linear {
 }
 
 impl Linear {
-    pub fn new(weight: LinearWeight, bias: Option<Tensor>, out_features: usize, in_features: usize) -> Self {
-        Self { weight, bias, lora: None, in_features, out_features }
+    pub fn new(
+        weight: LinearWeight,
+        bias: Option<Tensor>,
+        out_features: usize,
+        in_features: usize,
+    ) -> Self {
+        Self {
+            weight,
+            bias,
+            lora: None,
+            in_features,
+            out_features,
+        }
     }
 
     /// x: (..., in) -> (..., out)
@@ -90,7 +112,11 @@ impl Linear {
         let x2 = x.reshape((rows, self.in_features))?;
         let mut y = match &self.weight {
             // Training over a frozen weight: only the input's gradient is needed.
-            LinearWeight::Dense(w) if mode.is_train() && !w.is_variable() && matches!(x2.dtype(), DType::F32 | DType::F64) => {
+            LinearWeight::Dense(w)
+                if mode.is_train()
+                    && !w.is_variable()
+                    && matches!(x2.dtype(), DType::F32 | DType::F64) =>
+            {
                 x2.apply_op1_arc(std::sync::Arc::new(Box::new(FrozenMatmul { w: w.clone() })))?
             }
             LinearWeight::Dense(w) => x2.matmul(&w.t()?)?,
@@ -108,7 +134,14 @@ impl Linear {
             let xin = match mode {
                 Mode::Train { dropout_seed } if l.dropout > 0.0 => {
                     let seed = dropout_seed ^ l.id.wrapping_mul(0x9E3779B97F4A7C15);
-                    let m = dropout_mask(seed, rows, self.in_features, l.dropout, x2.dtype(), x2.device())?;
+                    let m = dropout_mask(
+                        seed,
+                        rows,
+                        self.in_features,
+                        l.dropout,
+                        x2.dtype(),
+                        x2.device(),
+                    )?;
                     (x2 * m)?
                 }
                 _ => x2,
@@ -157,24 +190,39 @@ impl candle_core::CustomOp1 for FrozenMatmul {
         storage: &candle_core::CpuStorage,
         layout: &candle_core::Layout,
     ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        let (start, end) = layout
-            .contiguous_offsets()
-            .ok_or_else(|| candle_core::Error::Msg("frozen-matmul: input must be contiguous".into()))?;
+        let (start, end) = layout.contiguous_offsets().ok_or_else(|| {
+            candle_core::Error::Msg("frozen-matmul: input must be contiguous".into())
+        })?;
         let x = match storage {
-            candle_core::CpuStorage::F32(v) => Tensor::from_slice(&v[start..end], layout.shape(), &Device::Cpu)?,
-            candle_core::CpuStorage::F64(v) => Tensor::from_slice(&v[start..end], layout.shape(), &Device::Cpu)?,
-            _ => return Err(candle_core::Error::Msg("frozen-matmul: f32 or f64 only".into())),
+            candle_core::CpuStorage::F32(v) => {
+                Tensor::from_slice(&v[start..end], layout.shape(), &Device::Cpu)?
+            }
+            candle_core::CpuStorage::F64(v) => {
+                Tensor::from_slice(&v[start..end], layout.shape(), &Device::Cpu)?
+            }
+            _ => {
+                return Err(candle_core::Error::Msg(
+                    "frozen-matmul: f32 or f64 only".into(),
+                ))
+            }
         };
         let y = x.matmul(&self.w.t()?)?;
         let shape = y.shape().clone();
         let (st, l) = y.storage_and_layout();
         match (&*st, l.contiguous_offsets()) {
             (candle_core::Storage::Cpu(c), Some((0, _))) => Ok((c.clone(), shape)),
-            _ => Err(candle_core::Error::Msg("frozen-matmul: unexpected result layout".into())),
+            _ => Err(candle_core::Error::Msg(
+                "frozen-matmul: unexpected result layout".into(),
+            )),
         }
     }
 
-    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+    fn bwd(
+        &self,
+        _arg: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
         Ok(Some(grad.matmul(&self.w)?))
     }
 }
@@ -227,17 +275,23 @@ impl Rope {
             .map(|i| 1.0 / (cfg.rope_theta as f32).powf(2.0 * i as f32 / d as f32))
             .collect();
         let inv = Tensor::from_vec(inv, (1, d / 2), device)?;
-        let pos = Tensor::arange(0u32, n as u32, device)?.to_dtype(DType::F32)?.reshape((n, 1))?;
+        let pos = Tensor::arange(0u32, n as u32, device)?
+            .to_dtype(DType::F32)?
+            .reshape((n, 1))?;
         let freqs = pos.broadcast_mul(&inv)?;
-        Ok(Self { cos: freqs.cos()?.to_dtype(dtype)?, sin: freqs.sin()?.to_dtype(dtype)? })
+        Ok(Self {
+            cos: freqs.cos()?.to_dtype(dtype)?,
+            sin: freqs.sin()?.to_dtype(dtype)?,
+        })
     }
 
     /// cos/sin for the positions of a batch: (s, d/2) when shared, else (b, s, d/2).
     fn tables(&self, pos: &Positions) -> Result<(Tensor, Tensor)> {
         match pos {
-            Positions::Shared { start, len } => {
-                Ok((self.cos.narrow(0, *start, *len)?, self.sin.narrow(0, *start, *len)?))
-            }
+            Positions::Shared { start, len } => Ok((
+                self.cos.narrow(0, *start, *len)?,
+                self.sin.narrow(0, *start, *len)?,
+            )),
             Positions::PerRow(idx) => {
                 let (b, s) = idx.dims2()?;
                 let flat = idx.flatten_all()?;
@@ -257,7 +311,10 @@ fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor, mode: Mode) -> Result<Tens
         Mode::Train { .. } => {
             let d = x.dim(D::Minus1)?;
             let (cos, sin) = if cos.rank() == 2 {
-                (cos.unsqueeze(0)?.unsqueeze(0)?, sin.unsqueeze(0)?.unsqueeze(0)?)
+                (
+                    cos.unsqueeze(0)?.unsqueeze(0)?,
+                    sin.unsqueeze(0)?.unsqueeze(0)?,
+                )
             } else {
                 (cos.unsqueeze(1)?, sin.unsqueeze(1)?)
             };
@@ -271,7 +328,10 @@ fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor, mode: Mode) -> Result<Tens
 }
 
 enum Positions {
-    Shared { start: usize, len: usize },
+    Shared {
+        start: usize,
+        len: usize,
+    },
     /// (b, s) u32
     PerRow(Tensor),
 }
@@ -337,7 +397,10 @@ impl KvCache {
                 None => Ok(None),
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self { kv, valid: vec![self.valid[0].clone(); batch] })
+        Ok(Self {
+            kv,
+            valid: vec![self.valid[0].clone(); batch],
+        })
     }
 }
 
@@ -360,9 +423,21 @@ impl Attention {
     ) -> Result<Tensor> {
         let (b, s, _) = x.dims3()?;
         let (nh, nkv, d) = (self.n_heads, self.n_kv, self.head_dim);
-        let q = self.q_proj.forward(x, mode)?.reshape((b, s, nh, d))?.transpose(1, 2)?;
-        let k = self.k_proj.forward(x, mode)?.reshape((b, s, nkv, d))?.transpose(1, 2)?;
-        let v = self.v_proj.forward(x, mode)?.reshape((b, s, nkv, d))?.transpose(1, 2)?;
+        let q = self
+            .q_proj
+            .forward(x, mode)?
+            .reshape((b, s, nh, d))?
+            .transpose(1, 2)?;
+        let k = self
+            .k_proj
+            .forward(x, mode)?
+            .reshape((b, s, nkv, d))?
+            .transpose(1, 2)?;
+        let v = self
+            .v_proj
+            .forward(x, mode)?
+            .reshape((b, s, nkv, d))?
+            .transpose(1, 2)?;
         let q = apply_rope(&q.contiguous()?, cos, sin, mode)?;
         let k = apply_rope(&k.contiguous()?, cos, sin, mode)?;
         let v = v.contiguous()?;
@@ -389,11 +464,18 @@ impl Attention {
         }
         if let Some(m) = mask {
             // m: (b, 1, 1, s, t)
-            att = att.reshape((b, nkv, rep, s, t))?.broadcast_add(m)?.reshape((b, nkv, rep * s, t))?;
+            att = att
+                .reshape((b, nkv, rep, s, t))?
+                .broadcast_add(m)?
+                .reshape((b, nkv, rep * s, t))?;
         }
         let att = softmax_last(&att, mode)?.to_dtype(v.dtype())?;
         let y = att.matmul(&v)?; // (b, nkv, rep*s, d)
-        let y = y.reshape((b, nh, s, d))?.transpose(1, 2)?.contiguous()?.reshape((b, s, nh * d))?;
+        let y = y
+            .reshape((b, nh, s, d))?
+            .transpose(1, 2)?
+            .contiguous()?
+            .reshape((b, s, nh * d))?;
         self.o_proj.forward(&y, mode)
     }
 }
@@ -432,18 +514,34 @@ pub struct Qwen2 {
 }
 
 /// The names of the seven projections every decoder layer has, as PEFT names them.
-pub const PROJECTIONS: [&str; 7] =
-    ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+pub const PROJECTIONS: [&str; 7] = [
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+];
 
 impl Qwen2 {
-    pub fn load(cfg: &Qwen2Config, src: &dyn WeightSource, dtype: DType, device: &Device) -> Result<Self> {
+    pub fn load(
+        cfg: &Qwen2Config,
+        src: &dyn WeightSource,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
         cfg.validate()?;
         let h = cfg.hidden_size;
         let kvd = cfg.kv_heads() * cfg.head_dim();
         let im = cfg.intermediate_size;
         let linear = |name: &str, out: usize, inp: usize, bias: bool| -> Result<Linear> {
             let w = src.linear(&format!("{name}.weight"), &[out, inp])?;
-            let b = if bias { Some(src.dense(&format!("{name}.bias"), &[out])?) } else { None };
+            let b = if bias {
+                Some(src.dense(&format!("{name}.bias"), &[out])?)
+            } else {
+                None
+            };
             Ok(Linear::new(w, b, out, inp))
         };
         let embed_tokens = src.dense("model.embed_tokens.weight", &[cfg.vocab_size, h])?;
@@ -475,7 +573,12 @@ impl Qwen2 {
         let norm = src.dense("model.norm.weight", &[h])?;
         let tied = cfg.tie_word_embeddings || !src.has("lm_head.weight");
         let lm_head = if tied {
-            Linear::new(LinearWeight::Dense(embed_tokens.clone()), None, cfg.vocab_size, h)
+            Linear::new(
+                LinearWeight::Dense(embed_tokens.clone()),
+                None,
+                cfg.vocab_size,
+                h,
+            )
         } else {
             linear("lm_head", cfg.vocab_size, h, false)?
         };
@@ -494,7 +597,10 @@ impl Qwen2 {
     }
 
     pub fn new_cache(&self, batch: usize) -> KvCache {
-        KvCache { kv: vec![None; self.layers.len()], valid: vec![Vec::new(); batch] }
+        KvCache {
+            kv: vec![None; self.layers.len()],
+            valid: vec![Vec::new(); batch],
+        }
     }
 
     /// Runs `ids` (b, s) through the decoder and returns the final-normed hidden states
@@ -551,13 +657,19 @@ impl Qwen2 {
             }
         }
         let positions = if shared {
-            Positions::Shared { start: first_start, len: s }
+            Positions::Shared {
+                start: first_start,
+                len: s,
+            }
         } else {
             Positions::PerRow(Tensor::from_vec(pos, (b, s), &self.device)?)
         };
         let (cos, sin) = self.rope.tables(&positions)?;
-        let all: Vec<Vec<bool>> =
-            past_valid.iter().zip(&new_valid).map(|(p, n)| [p.as_slice(), n].concat()).collect();
+        let all: Vec<Vec<bool>> = past_valid
+            .iter()
+            .zip(&new_valid)
+            .map(|(p, n)| [p.as_slice(), n].concat())
+            .collect();
         let any_pad = all.iter().any(|r| r.iter().any(|&x| !x));
         let t = past + s;
         let mask = if s == 1 && !any_pad {
@@ -573,16 +685,29 @@ impl Qwen2 {
                     }
                 }
             }
-            Some(Tensor::from_vec(m, (b, 1, 1, s, t), &self.device)?.to_dtype(compute_dtype(self.dtype))?)
+            Some(
+                Tensor::from_vec(m, (b, 1, 1, s, t), &self.device)?
+                    .to_dtype(compute_dtype(self.dtype))?,
+            )
         };
 
-        let mut x = self.embed_tokens.index_select(&ids.flatten_all()?, 0)?.reshape((b, s, ()))?;
+        let mut x = self
+            .embed_tokens
+            .index_select(&ids.flatten_all()?, 0)?
+            .reshape((b, s, ()))?;
         for (li, layer) in self.layers.iter().enumerate() {
             let slot = cache.as_deref_mut().map(|c| &mut c.kv[li]);
             let hn = rms_norm(&x, &layer.input_layernorm, self.cfg.rms_norm_eps, mode)?;
-            let a = layer.attn.forward(&hn, &cos, &sin, mask.as_ref(), slot, mode)?;
+            let a = layer
+                .attn
+                .forward(&hn, &cos, &sin, mask.as_ref(), slot, mode)?;
             x = (x + a)?;
-            let hn = rms_norm(&x, &layer.post_attention_layernorm, self.cfg.rms_norm_eps, mode)?;
+            let hn = rms_norm(
+                &x,
+                &layer.post_attention_layernorm,
+                self.cfg.rms_norm_eps,
+                mode,
+            )?;
             x = (&x + layer.mlp.forward(&hn, mode)?)?;
         }
         if let Some(c) = cache {
@@ -630,12 +755,20 @@ impl Qwen2 {
 
     /// Every weight under its Hugging Face name, dense (for convert and merge).
     pub fn named_weights(&self) -> Result<Vec<(String, Tensor)>> {
-        let mut out = vec![("model.embed_tokens.weight".to_string(), self.embed_tokens.clone())];
+        let mut out = vec![(
+            "model.embed_tokens.weight".to_string(),
+            self.embed_tokens.clone(),
+        )];
         let mut me = self.clone();
         let h_norms: Vec<(Tensor, Tensor)> = self
             .layers
             .iter()
-            .map(|l| (l.input_layernorm.clone(), l.post_attention_layernorm.clone()))
+            .map(|l| {
+                (
+                    l.input_layernorm.clone(),
+                    l.post_attention_layernorm.clone(),
+                )
+            })
             .collect();
         for (name, lin) in me.linears_mut() {
             out.push((format!("{name}.weight"), lin.dense_weight()?));
@@ -645,7 +778,10 @@ impl Qwen2 {
         }
         for (i, (a, b)) in h_norms.into_iter().enumerate() {
             out.push((format!("model.layers.{i}.input_layernorm.weight"), a));
-            out.push((format!("model.layers.{i}.post_attention_layernorm.weight"), b));
+            out.push((
+                format!("model.layers.{i}.post_attention_layernorm.weight"),
+                b,
+            ));
         }
         out.push(("model.norm.weight".into(), self.norm.clone()));
         if !self.tied {

@@ -44,11 +44,15 @@ impl SafetensorsFile {
             .with_context(|| format!("{}: cannot open weights", path.display()))?;
         let len = file.metadata().map(|m| m.len()).unwrap_or(0) as usize;
         if len < 8 {
-            bail!("{}: truncated safetensors file ({len} bytes, no header)", path.display());
+            bail!(
+                "{}: truncated safetensors file ({len} bytes, no header)",
+                path.display()
+            );
         }
         use std::os::unix::fs::FileExt;
         let mut len8 = [0u8; 8];
-        file.read_exact_at(&mut len8, 0).with_context(|| format!("{}: cannot read header", path.display()))?;
+        file.read_exact_at(&mut len8, 0)
+            .with_context(|| format!("{}: cannot read header", path.display()))?;
         let n = u64::from_le_bytes(len8) as usize;
         if n > len - 8 {
             bail!(
@@ -57,10 +61,14 @@ impl SafetensorsFile {
             );
         }
         let mut head = vec![0u8; n];
-        file.read_exact_at(&mut head, 8).with_context(|| format!("{}: cannot read header", path.display()))?;
-        let header: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_slice(&head).with_context(|| {
-                format!("{}: corrupt safetensors file: header is not JSON", path.display())
+        file.read_exact_at(&mut head, 8)
+            .with_context(|| format!("{}: cannot read header", path.display()))?;
+        let header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&head)
+            .with_context(|| {
+                format!(
+                    "{}: corrupt safetensors file: header is not JSON",
+                    path.display()
+                )
             })?;
         let data_start = 8 + n;
         let data_len = len - data_start;
@@ -70,9 +78,15 @@ impl SafetensorsFile {
                 continue;
             }
             let bad = |why: &str| {
-                anyhow::anyhow!("{}: corrupt safetensors entry `{name}`: {why}", path.display())
+                anyhow::anyhow!(
+                    "{}: corrupt safetensors entry `{name}`: {why}",
+                    path.display()
+                )
             };
-            let dt = v.get("dtype").and_then(|d| d.as_str()).ok_or_else(|| bad("no dtype"))?;
+            let dt = v
+                .get("dtype")
+                .and_then(|d| d.as_str())
+                .ok_or_else(|| bad("no dtype"))?;
             let dtype = dtype_of(dt).ok_or_else(|| bad(&format!("unsupported dtype {dt}")))?;
             let shape: Vec<usize> = v
                 .get("shape")
@@ -105,9 +119,22 @@ impl SafetensorsFile {
                     end - begin
                 )));
             }
-            entries.insert(name, Entry { dtype, shape, begin, end });
+            entries.insert(
+                name,
+                Entry {
+                    dtype,
+                    shape,
+                    begin,
+                    end,
+                },
+            );
         }
-        Ok(Self { path: path.to_path_buf(), file, data_start, entries })
+        Ok(Self {
+            path: path.to_path_buf(),
+            file,
+            data_start,
+            entries,
+        })
     }
 
     /// Loads a tensor, converted to `dtype`.
@@ -123,7 +150,11 @@ impl SafetensorsFile {
             .with_context(|| format!("{}: cannot read tensor `{name}`", self.path.display()))?;
         let t = Tensor::from_raw_buffer(&bytes, e.dtype, &e.shape, device)
             .with_context(|| format!("{}: cannot read tensor `{name}`", self.path.display()))?;
-        Ok(if t.dtype() == dtype { t } else { t.to_dtype(dtype)? })
+        Ok(if t.dtype() == dtype {
+            t
+        } else {
+            t.to_dtype(dtype)?
+        })
     }
 }
 
@@ -148,8 +179,10 @@ impl WeightFiles {
                 .get("weight_map")
                 .and_then(|m| m.as_object())
                 .with_context(|| format!("{}: no `weight_map` object", index_path.display()))?;
-            let mut shard_names: Vec<String> =
-                map.values().filter_map(|s| s.as_str().map(String::from)).collect();
+            let mut shard_names: Vec<String> = map
+                .values()
+                .filter_map(|s| s.as_str().map(String::from))
+                .collect();
             shard_names.sort();
             shard_names.dedup();
             let mut files = Vec::new();
@@ -182,7 +215,10 @@ impl WeightFiles {
         } else if single.exists() {
             let f = SafetensorsFile::open(&single)?;
             let index = f.entries.keys().map(|k| (k.clone(), 0)).collect();
-            Ok(Self { files: vec![f], index })
+            Ok(Self {
+                files: vec![f],
+                index,
+            })
         } else {
             bail!(
                 "{}: no weights (expected model.safetensors or model.safetensors.index.json)",
@@ -198,7 +234,9 @@ impl WeightFiles {
         self.index.keys()
     }
     pub fn entry(&self, name: &str) -> Option<(&Path, &Entry)> {
-        self.index.get(name).map(|&i| (self.files[i].path.as_path(), &self.files[i].entries[name]))
+        self.index
+            .get(name)
+            .map(|&i| (self.files[i].path.as_path(), &self.files[i].entries[name]))
     }
     pub fn load(&self, name: &str, dtype: DType, device: &Device) -> Result<Tensor> {
         match self.index.get(name) {
@@ -214,7 +252,9 @@ pub fn save_atomic(tensors: &[(String, Tensor)], path: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
     let tmp = dir.join(format!(
         ".{}.tmp-{}",
-        path.file_name().and_then(|s| s.to_str()).unwrap_or("weights"),
+        path.file_name()
+            .and_then(|s| s.to_str())
+            .unwrap_or("weights"),
         std::process::id()
     ));
     let map: HashMap<String, Tensor> = tensors.iter().cloned().collect();

@@ -70,7 +70,10 @@ pub fn train_bpe(text: &str, n_merges: usize) -> (Vec<String>, Vec<String>) {
             }
         }
         // most frequent pair; ties broken by the pair itself for determinism
-        let Some(((a, b), n)) = counts.into_iter().max_by(|x, y| x.1.cmp(&y.1).then(y.0.cmp(&x.0))) else {
+        let Some(((a, b), n)) = counts
+            .into_iter()
+            .max_by(|x, y| x.1.cmp(&y.1).then(y.0.cmp(&x.0)))
+        else {
             break;
         };
         if n < 2 {
@@ -107,7 +110,13 @@ pub struct TinySpec {
 
 impl Default for TinySpec {
     fn default() -> Self {
-        Self { seed: 0, merges: 150, sharded: false, tied: false, config: None }
+        Self {
+            seed: 0,
+            merges: 150,
+            sharded: false,
+            tied: false,
+            config: None,
+        }
     }
 }
 
@@ -160,22 +169,52 @@ pub fn random_weights(cfg: &Qwen2Config, seed: u64) -> Result<Vec<(String, Tenso
         out.push((name, Tensor::from_vec(v, shape, &dev)?));
         Ok(())
     };
-    add("model.embed_tokens.weight".into(), vec![cfg.vocab_size, h], 0.5, false)?;
+    add(
+        "model.embed_tokens.weight".into(),
+        vec![cfg.vocab_size, h],
+        0.5,
+        false,
+    )?;
     for i in 0..cfg.num_hidden_layers {
         let p = format!("model.layers.{i}");
         let s = 1.0 / (h as f32).sqrt();
-        add(format!("{p}.self_attn.q_proj.weight"), vec![h, h], s * 2.0, false)?;
+        add(
+            format!("{p}.self_attn.q_proj.weight"),
+            vec![h, h],
+            s * 2.0,
+            false,
+        )?;
         add(format!("{p}.self_attn.q_proj.bias"), vec![h], 0.1, false)?;
-        add(format!("{p}.self_attn.k_proj.weight"), vec![kvd, h], s * 2.0, false)?;
+        add(
+            format!("{p}.self_attn.k_proj.weight"),
+            vec![kvd, h],
+            s * 2.0,
+            false,
+        )?;
         add(format!("{p}.self_attn.k_proj.bias"), vec![kvd], 0.1, false)?;
-        add(format!("{p}.self_attn.v_proj.weight"), vec![kvd, h], s, false)?;
+        add(
+            format!("{p}.self_attn.v_proj.weight"),
+            vec![kvd, h],
+            s,
+            false,
+        )?;
         add(format!("{p}.self_attn.v_proj.bias"), vec![kvd], 0.1, false)?;
         add(format!("{p}.self_attn.o_proj.weight"), vec![h, h], s, false)?;
         add(format!("{p}.mlp.gate_proj.weight"), vec![im, h], s, false)?;
         add(format!("{p}.mlp.up_proj.weight"), vec![im, h], s, false)?;
-        add(format!("{p}.mlp.down_proj.weight"), vec![h, im], 1.0 / (im as f32).sqrt(), false)?;
+        add(
+            format!("{p}.mlp.down_proj.weight"),
+            vec![h, im],
+            1.0 / (im as f32).sqrt(),
+            false,
+        )?;
         add(format!("{p}.input_layernorm.weight"), vec![h], 0.0, true)?;
-        add(format!("{p}.post_attention_layernorm.weight"), vec![h], 0.0, true)?;
+        add(
+            format!("{p}.post_attention_layernorm.weight"),
+            vec![h],
+            0.0,
+            true,
+        )?;
     }
     add("model.norm.weight".into(), vec![h], 0.0, true)?;
     if !cfg.tie_word_embeddings {
@@ -226,7 +265,10 @@ pub fn tokenizer_config_json(
 pub fn write_tiny_model(dir: &Path, spec: &TinySpec) -> Result<Qwen2Config> {
     std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
     let (tokens, types, merges) = tiny_vocab(spec.merges);
-    let mut cfg = spec.config.clone().unwrap_or_else(|| Qwen2Config::tiny(tokens.len()));
+    let mut cfg = spec
+        .config
+        .clone()
+        .unwrap_or_else(|| Qwen2Config::tiny(tokens.len()));
     cfg.vocab_size = tokens.len();
     cfg.tie_word_embeddings = spec.tied;
     let eos = (tokens.len() - 1) as u32; // <|im_end|>
@@ -234,14 +276,29 @@ pub fn write_tiny_model(dir: &Path, spec: &TinySpec) -> Result<Qwen2Config> {
     cfg.eos_token_id = Some(json!(eot));
     cfg.bos_token_id = Some(json!(eot));
     write_json(&dir.join("config.json"), &serde_json::to_value(&cfg)?)?;
-    write_json(&dir.join("tokenizer.json"), &build_tokenizer_json(&tokens, &types, &merges))?;
+    write_json(
+        &dir.join("tokenizer.json"),
+        &build_tokenizer_json(&tokens, &types, &merges),
+    )?;
     let added: Vec<(u32, String, bool)> = SPECIAL_TOKENS
         .iter()
-        .map(|s| (tokens.iter().position(|t| t == s).unwrap() as u32, s.to_string(), true))
+        .map(|s| {
+            (
+                tokens.iter().position(|t| t == s).unwrap() as u32,
+                s.to_string(),
+                true,
+            )
+        })
         .collect();
     write_json(
         &dir.join("tokenizer_config.json"),
-        &tokenizer_config_json(&added, CHATML_TEMPLATE, "<|im_end|>", "<|endoftext|>", cfg.max_position_embeddings),
+        &tokenizer_config_json(
+            &added,
+            CHATML_TEMPLATE,
+            "<|im_end|>",
+            "<|endoftext|>",
+            cfg.max_position_embeddings,
+        ),
     )?;
     write_json(
         &dir.join("generation_config.json"),
@@ -250,7 +307,10 @@ pub fn write_tiny_model(dir: &Path, spec: &TinySpec) -> Result<Qwen2Config> {
     let weights = random_weights(&cfg, spec.seed)?;
     if spec.sharded {
         let half = weights.len() / 2;
-        let names = ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"];
+        let names = [
+            "model-00001-of-00002.safetensors",
+            "model-00002-of-00002.safetensors",
+        ];
         let mut map = serde_json::Map::new();
         for (i, part) in [&weights[..half], &weights[half..]].into_iter().enumerate() {
             save_atomic(part, &dir.join(names[i]))?;
@@ -276,7 +336,9 @@ pub fn write_gguf(dir: &Path, out: &Path, dtype: GgmlDType) -> Result<()> {
     let tj: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(dir.join("tokenizer.json")).context("tokenizer.json")?,
     )?;
-    let vocab = tj["model"]["vocab"].as_object().context("tokenizer.json has no vocab")?;
+    let vocab = tj["model"]["vocab"]
+        .as_object()
+        .context("tokenizer.json has no vocab")?;
     let mut tokens = vec![String::new(); cfg.vocab_size];
     let mut types = vec![1i32; cfg.vocab_size];
     for (t, id) in vocab {
@@ -287,7 +349,11 @@ pub fn write_gguf(dir: &Path, out: &Path, dtype: GgmlDType) -> Result<()> {
     for a in tj["added_tokens"].as_array().into_iter().flatten() {
         if let Some(i) = a["id"].as_u64().filter(|&i| (i as usize) < tokens.len()) {
             tokens[i as usize] = a["content"].as_str().unwrap_or_default().to_string();
-            types[i as usize] = if a["special"].as_bool().unwrap_or(false) { 3 } else { 4 };
+            types[i as usize] = if a["special"].as_bool().unwrap_or(false) {
+                3
+            } else {
+                4
+            };
         }
     }
     let merges: Vec<Value> = tj["model"]["merges"]
@@ -309,24 +375,47 @@ pub fn write_gguf(dir: &Path, out: &Path, dtype: GgmlDType) -> Result<()> {
         .unwrap_or_default();
     let eos_tok = tc["eos_token"].as_str().unwrap_or("<|endoftext|>");
     let eos_id = tokens.iter().position(|t| t == eos_tok).unwrap_or(0) as u32;
-    let pad_id = tokens.iter().position(|t| t == "<|endoftext|>").unwrap_or(0) as u32;
-    let template = tc["chat_template"].as_str().unwrap_or(CHATML_TEMPLATE).to_string();
+    let pad_id = tokens
+        .iter()
+        .position(|t| t == "<|endoftext|>")
+        .unwrap_or(0) as u32;
+    let template = tc["chat_template"]
+        .as_str()
+        .unwrap_or(CHATML_TEMPLATE)
+        .to_string();
     let u = |x: usize| Value::U32(x as u32);
     let meta: Vec<(&str, Value)> = vec![
         ("general.architecture", Value::String("qwen2".into())),
-        ("general.name", Value::String(dir.file_name().and_then(|n| n.to_str()).unwrap_or("model").into())),
+        (
+            "general.name",
+            Value::String(
+                dir.file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or("model")
+                    .into(),
+            ),
+        ),
         ("qwen2.context_length", u(cfg.max_position_embeddings)),
         ("qwen2.embedding_length", u(cfg.hidden_size)),
         ("qwen2.feed_forward_length", u(cfg.intermediate_size)),
         ("qwen2.block_count", u(cfg.num_hidden_layers)),
         ("qwen2.attention.head_count", u(cfg.num_attention_heads)),
         ("qwen2.attention.head_count_kv", u(cfg.kv_heads())),
-        ("qwen2.attention.layer_norm_rms_epsilon", Value::F32(cfg.rms_norm_eps as f32)),
+        (
+            "qwen2.attention.layer_norm_rms_epsilon",
+            Value::F32(cfg.rms_norm_eps as f32),
+        ),
         ("qwen2.rope.freq_base", Value::F32(cfg.rope_theta as f32)),
         ("tokenizer.ggml.model", Value::String("gpt2".into())),
         ("tokenizer.ggml.pre", Value::String("qwen2".into())),
-        ("tokenizer.ggml.tokens", Value::Array(tokens.iter().map(|t| Value::String(t.clone())).collect())),
-        ("tokenizer.ggml.token_type", Value::Array(types.iter().map(|&t| Value::I32(t)).collect())),
+        (
+            "tokenizer.ggml.tokens",
+            Value::Array(tokens.iter().map(|t| Value::String(t.clone())).collect()),
+        ),
+        (
+            "tokenizer.ggml.token_type",
+            Value::Array(types.iter().map(|&t| Value::I32(t)).collect()),
+        ),
         ("tokenizer.ggml.merges", Value::Array(merges)),
         ("tokenizer.ggml.eos_token_id", Value::U32(eos_id)),
         ("tokenizer.ggml.padding_token_id", Value::U32(pad_id)),

@@ -36,8 +36,11 @@ fn read_json(path: &Path) -> Result<Option<serde_json::Value>> {
     if !path.exists() {
         return Ok(None);
     }
-    let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
-    Ok(Some(serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", path.display()))?))
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
+    Ok(Some(serde_json::from_str(&text).with_context(|| {
+        format!("{}: not valid JSON", path.display())
+    })?))
 }
 
 impl TextTokenizer {
@@ -46,7 +49,10 @@ impl TextTokenizer {
     pub fn from_folder(dir: &Path) -> Result<Self> {
         let tj = dir.join("tokenizer.json");
         if !tj.exists() {
-            bail!("{}: missing tokenizer (the model folder has no tokenizer.json)", tj.display());
+            bail!(
+                "{}: missing tokenizer (the model folder has no tokenizer.json)",
+                tj.display()
+            );
         }
         let inner = tokenizers::Tokenizer::from_file(&tj)
             .map_err(|e| anyhow::anyhow!("{}: not a valid tokenizer: {e}", tj.display()))?;
@@ -65,7 +71,8 @@ impl TextTokenizer {
         let jinja = dir.join("chat_template.jinja");
         if chat_template.is_none() && jinja.exists() {
             chat_template = Some(
-                std::fs::read_to_string(&jinja).with_context(|| format!("{}: cannot read", jinja.display()))?,
+                std::fs::read_to_string(&jinja)
+                    .with_context(|| format!("{}: cannot read", jinja.display()))?,
             );
         }
         let eos_token = tc.as_ref().and_then(|t| token_content(t.get("eos_token")));
@@ -73,7 +80,14 @@ impl TextTokenizer {
         let pad_token = tc.as_ref().and_then(|t| token_content(t.get("pad_token")));
         let mut eos_ids = ids_of(gc.as_ref().and_then(|g| g.get("eos_token_id")));
         eos_ids.extend(ids_of(cc.as_ref().and_then(|c| c.get("eos_token_id"))));
-        let mut me = Self { inner, eos_ids, chat_template, eos_token, bos_token, pad_id: None };
+        let mut me = Self {
+            inner,
+            eos_ids,
+            chat_template,
+            eos_token,
+            bos_token,
+            pad_id: None,
+        };
         me.pad_id = pad_token.and_then(|p| me.inner.token_to_id(&p));
         me.finish_eos();
         Ok(me)
@@ -82,10 +96,15 @@ impl TextTokenizer {
     pub fn from_gguf(g: &GgufFile) -> Result<Self> {
         let json = g.tokenizer_json()?;
         let inner = tokenizers::Tokenizer::from_bytes(serde_json::to_vec(&json)?).map_err(|e| {
-            anyhow::anyhow!("{}: cannot build the tokenizer from GGUF metadata: {e}", g.path.display())
+            anyhow::anyhow!(
+                "{}: cannot build the tokenizer from GGUF metadata: {e}",
+                g.path.display()
+            )
         })?;
         let eos_token = g.special_token("eos");
-        let pad_id = g.special_token("padding").and_then(|p| inner.token_to_id(&p));
+        let pad_id = g
+            .special_token("padding")
+            .and_then(|p| inner.token_to_id(&p));
         let mut me = Self {
             inner,
             eos_ids: vec![],
@@ -101,9 +120,13 @@ impl TextTokenizer {
     /// Adds the eos token and Qwen's end-of-turn / end-of-text tokens, deduplicated.
     fn finish_eos(&mut self) {
         let mut ids = std::mem::take(&mut self.eos_ids);
-        for t in [self.eos_token.clone(), Some("<|im_end|>".into()), Some("<|endoftext|>".into())]
-            .into_iter()
-            .flatten()
+        for t in [
+            self.eos_token.clone(),
+            Some("<|im_end|>".into()),
+            Some("<|endoftext|>".into()),
+        ]
+        .into_iter()
+        .flatten()
         {
             if let Some(id) = self.inner.token_to_id(&t) {
                 ids.push(id);
@@ -113,19 +136,27 @@ impl TextTokenizer {
         ids.retain(|x| seen.insert(*x));
         self.eos_ids = ids;
         if self.pad_id.is_none() {
-            self.pad_id = self.inner.token_to_id("<|endoftext|>").or(self.eos_ids.first().copied());
+            self.pad_id = self
+                .inner
+                .token_to_id("<|endoftext|>")
+                .or(self.eos_ids.first().copied());
         }
     }
 
     /// Token ids of `text` as given: special tokens such as `<|im_start|>` are recognised, no
     /// bos/eos is added.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self.inner.encode(text, false).map_err(|e| anyhow::anyhow!("tokenizer: {e}"))?;
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| anyhow::anyhow!("tokenizer: {e}"))?;
         Ok(enc.get_ids().to_vec())
     }
 
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
-        self.inner.decode(ids, skip_special).map_err(|e| anyhow::anyhow!("tokenizer: {e}"))
+        self.inner
+            .decode(ids, skip_special)
+            .map_err(|e| anyhow::anyhow!("tokenizer: {e}"))
     }
 
     /// The text of one token as `decode` writes it.
@@ -142,9 +173,19 @@ impl TextTokenizer {
     }
 
     /// Renders messages with the model's chat template (ChatML when it has none).
-    pub fn apply_chat_template(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
+    pub fn apply_chat_template(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<String> {
         let tpl = self.chat_template.as_deref().unwrap_or(CHATML_TEMPLATE);
-        render_chat(tpl, messages, add_generation_prompt, self.bos_token.as_deref(), self.eos_token.as_deref())
+        render_chat(
+            tpl,
+            messages,
+            add_generation_prompt,
+            self.bos_token.as_deref(),
+            self.eos_token.as_deref(),
+        )
     }
 }
 
@@ -161,10 +202,14 @@ pub fn render_chat(
     env.set_trim_blocks(true);
     env.set_lstrip_blocks(true);
     env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-    env.add_function("raise_exception", |msg: String| -> Result<String, minijinja::Error> {
-        Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
-    });
-    env.add_template("chat", template).context("chat template does not parse")?;
+    env.add_function(
+        "raise_exception",
+        |msg: String| -> Result<String, minijinja::Error> {
+            Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
+        },
+    );
+    env.add_template("chat", template)
+        .context("chat template does not parse")?;
     let tpl = env.get_template("chat")?;
     tpl.render(context! {
         messages => messages,
@@ -181,7 +226,10 @@ mod tests {
 
     #[test]
     fn chatml_fallback() {
-        let m = vec![ChatMessage::new("system", "S"), ChatMessage::new("user", "你好")];
+        let m = vec![
+            ChatMessage::new("system", "S"),
+            ChatMessage::new("user", "你好"),
+        ];
         let s = render_chat(CHATML_TEMPLATE, &m, true, None, None).unwrap();
         assert_eq!(s, "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\n你好<|im_end|>\n<|im_start|>assistant\n");
         let s = render_chat(CHATML_TEMPLATE, &m, false, None, None).unwrap();
@@ -192,7 +240,10 @@ mod tests {
     fn qwen_style_template_with_python_methods() {
         // The shape of Qwen2.5's template: default system prompt, tools branch, loop.first.
         let tpl = "{%- if messages[0]['role'] == 'system' %}{{- '<|im_start|>system\\n' + messages[0]['content'].strip() + '<|im_end|>\\n' }}{%- else %}{{- '<|im_start|>system\\nYou are Qwen.<|im_end|>\\n' }}{%- endif %}{%- for message in messages %}{%- if message.role == 'user' or (message.role == 'system' and not loop.first) %}{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}{%- endif %}{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}";
-        let m = vec![ChatMessage::new("system", " S "), ChatMessage::new("user", "U")];
+        let m = vec![
+            ChatMessage::new("system", " S "),
+            ChatMessage::new("user", "U"),
+        ];
         let s = render_chat(tpl, &m, true, None, None).unwrap();
         assert_eq!(s, "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nU<|im_end|>\n<|im_start|>assistant\n");
         let s = render_chat(tpl, &m[1..], false, None, None).unwrap();

@@ -20,14 +20,21 @@ pub fn tiny_model(dir: &Path, spec: TinySpec) -> PathBuf {
 /// The same model as a GGUF file with f32 (exact) or Q8_0 blocks.
 pub fn tiny_gguf(model_dir: &Path, q8: bool) -> PathBuf {
     let out = model_dir.with_extension(if q8 { "q8.gguf" } else { "f32.gguf" });
-    let dt = if q8 { candle_core::quantized::GgmlDType::Q8_0 } else { candle_core::quantized::GgmlDType::F32 };
+    let dt = if q8 {
+        candle_core::quantized::GgmlDType::Q8_0
+    } else {
+        candle_core::quantized::GgmlDType::F32
+    };
     write_gguf(model_dir, &out, dt).expect("write gguf");
     out
 }
 
 pub fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_fraudlab"));
-    c.env("FRAUDLAB_SESSIONS", std::env::temp_dir().join("fraudlab-test-sessions"));
+    c.env(
+        "FRAUDLAB_SESSIONS",
+        std::env::temp_dir().join("fraudlab-test-sessions"),
+    );
     c
 }
 
@@ -38,7 +45,12 @@ pub fn run(args: &[&str]) -> Output {
 /// Asserts a clean failure: exit code 2, a message containing every `needle`, no panic.
 pub fn assert_clean_error(out: &Output, needles: &[&str]) {
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "expected exit code 2, got {:?}; stderr: {err}", out.status.code());
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "expected exit code 2, got {:?}; stderr: {err}",
+        out.status.code()
+    );
     assert!(!err.contains("panicked"), "panicked: {err}");
     for n in needles {
         assert!(err.contains(n), "stderr lacks {n:?}: {err}");
@@ -47,7 +59,10 @@ pub fn assert_clean_error(out: &Output, needles: &[&str]) {
 
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 /// A small fraud-format JSONL file: alternating fraud / normal dialogues.
