@@ -471,7 +471,7 @@ fn cmd_probe(a: ProbeArgs, session: &str) -> Result<()> {
         }
     })?;
     let record = json!({
-        "time": crate::data::fsutil::now_unix(),
+        "time": crate::data::fsutil::rfc3339(crate::data::fsutil::now_unix()),
         "model": a.model.model,
         "adapter": a.adapter,
         "system": a.system,
@@ -649,65 +649,74 @@ fn cmd_train(a: TrainArgs, session: &str) -> Result<()> {
         ..TrainConfig::default()
     };
     let control = TrainControl::default();
+    // Ctrl-C (SIGINT) or SIGTERM stops after the current step with a checkpoint and the adapter.
+    install_stop_signals();
     let json = a.json;
     let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let summary = train(&tc, &control, &mut |e| match e {
-        TrainEvent::Step(m) => {
-            if json {
-                println!("{}", serde_json::to_string(&m).unwrap_or_default());
-            } else {
-                let w = 30;
-                let done = (m.step * w / m.total_steps.max(1)).min(w);
-                let line = format!(
-                    "[{}{}] step {}/{} loss {:.4}{} lr {:.2e} {:.1}s/step {:.0} tok/s ETA {}",
-                    "#".repeat(done),
-                    ".".repeat(w - done),
-                    m.step,
-                    m.total_steps,
-                    m.loss,
-                    m.eval_loss
-                        .map(|e| format!(" eval {e:.4}"))
-                        .unwrap_or_default(),
-                    m.lr,
-                    m.step_s,
-                    m.tokens_per_s,
-                    fmt_secs(m.eta_s)
-                );
-                if tty {
-                    eprint!("\r{line}\x1b[K");
+    let summary = train(&tc, &control, &mut |e| {
+        if STOP_SIGNAL.load(std::sync::atomic::Ordering::SeqCst) {
+            control
+                .stop
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        match e {
+            TrainEvent::Step(m) => {
+                if json {
+                    println!("{}", serde_json::to_string(&m).unwrap_or_default());
                 } else {
-                    eprintln!("{line}");
+                    let w = 30;
+                    let done = (m.step * w / m.total_steps.max(1)).min(w);
+                    let line = format!(
+                        "[{}{}] step {}/{} loss {:.4}{} lr {:.2e} {:.1}s/step {:.0} tok/s ETA {}",
+                        "#".repeat(done),
+                        ".".repeat(w - done),
+                        m.step,
+                        m.total_steps,
+                        m.loss,
+                        m.eval_loss
+                            .map(|e| format!(" eval {e:.4}"))
+                            .unwrap_or_default(),
+                        m.lr,
+                        m.step_s,
+                        m.tokens_per_s,
+                        fmt_secs(m.eta_s)
+                    );
+                    if tty {
+                        eprint!("\r{line}\x1b[K");
+                    } else {
+                        eprintln!("{line}");
+                    }
                 }
             }
-        }
-        TrainEvent::Started {
-            run_dir,
-            total_steps,
-            start_step,
-            train_samples,
-            val_samples,
-            estimate_mib,
-        } => {
-            if !json {
-                eprintln!(
+            TrainEvent::Started {
+                run_dir,
+                total_steps,
+                start_step,
+                train_samples,
+                val_samples,
+                estimate_mib,
+            } => {
+                if !json {
+                    eprintln!(
                     "training in {} : {train_samples} train / {val_samples} val samples, steps {start_step}..{total_steps}, ~{:.1} GiB",
                     run_dir.display(),
                     estimate_mib / 1024.0
                 );
+                }
             }
-        }
-        TrainEvent::Log(l) => {
-            if !json {
-                eprintln!("{l}");
+            TrainEvent::Log(l) => {
+                if !json {
+                    eprintln!("{l}");
+                }
             }
-        }
-        TrainEvent::Checkpoint { .. }
-        | TrainEvent::Eval { .. }
-        | TrainEvent::Paused { .. }
-        | TrainEvent::Resumed { .. } => {}
-        TrainEvent::Finished(_) => {
-            if tty && !json {
-                eprintln!();
+            TrainEvent::Checkpoint { .. }
+            | TrainEvent::Eval { .. }
+            | TrainEvent::Paused { .. }
+            | TrainEvent::Resumed { .. } => {}
+            TrainEvent::Finished(_) => {
+                if tty && !json {
+                    eprintln!();
+                }
             }
         }
     })?;
@@ -722,6 +731,26 @@ fn cmd_train(a: TrainArgs, session: &str) -> Result<()> {
         );
     }
     Ok(())
+}
+
+static STOP_SIGNAL: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_stop_signal(_: libc::c_int) {
+    STOP_SIGNAL.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+fn install_stop_signals() {
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        libc::signal(
+            libc::SIGINT,
+            on_stop_signal as *const () as libc::sighandler_t,
+        );
+        libc::signal(
+            libc::SIGTERM,
+            on_stop_signal as *const () as libc::sighandler_t,
+        );
+    }
 }
 
 pub fn fmt_secs(s: f64) -> String {

@@ -536,3 +536,85 @@ fn cli_train_json_lines_and_bad_data_lines() {
     );
     assert!(err.contains("skipped 2"), "{err}");
 }
+
+#[test]
+fn cli_train_stops_cleanly_on_sigterm_and_resumes() {
+    use std::io::BufRead;
+    let d = tmp();
+    let m = tiny_model(d.path(), TinySpec::default());
+    let data = d.path().join("train.jsonl");
+    fraud_jsonl(&data, 8);
+    let out = d.path().join("run");
+    let mut child = bin()
+        .args([
+            "train",
+            "--model",
+            m.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--max-steps",
+            "5000",
+            "--batch",
+            "2",
+            "--grad-accum",
+            "1",
+            "--json",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    assert!(first.contains("\"step\":1"), "{first}");
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    let status = child.wait().unwrap();
+    assert!(
+        status.success(),
+        "a stop signal ends the run cleanly: {status:?}"
+    );
+    let last: serde_json::Value = serde_json::from_str(rest.last().unwrap()).unwrap();
+    assert_eq!(last["finished"]["end"], "stopped");
+    let steps = last["finished"]["steps"].as_u64().unwrap();
+    assert!(steps < 5000);
+    assert!(out.join("adapter/adapter_model.safetensors").exists());
+    assert!(out
+        .join(format!("checkpoints/step-{steps}/trainer_state.json"))
+        .exists());
+    // and it resumes from there
+    let mut again = bin()
+        .args([
+            "train",
+            "--model",
+            m.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--max-steps",
+            "5000",
+            "--batch",
+            "2",
+            "--grad-accum",
+            "1",
+            "--json",
+            "--resume",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(again.stdout.take().unwrap()).lines();
+    let first: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(
+        first["step"].as_u64().unwrap(),
+        steps + 1,
+        "resumes after the checkpoint"
+    );
+    unsafe { libc::kill(again.id() as i32, libc::SIGTERM) };
+    for _ in lines {}
+    assert!(again.wait().unwrap().success());
+}

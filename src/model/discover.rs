@@ -243,9 +243,10 @@ pub fn discover(extra: &[PathBuf]) -> Vec<ModelInfo> {
 /// typical batch (4 x 512 tokens), f32 weights. Estimates for the Models pane.
 pub fn ram_estimates(info: &ModelInfo) -> (u64, u64, u64) {
     let w = info.parameters * 4;
-    let act = 4 * 512 * info.hidden.max(1) as u64 * info.layers.max(1) as u64 * 4 * 24;
+    // activations kept for the backward pass, about 30 floats per hidden unit per token and layer
+    let act = 4 * 512 * info.hidden.max(1) as u64 * info.layers.max(1) as u64 * 4 * 30;
     let inference = w + w / 10 + (256 << 20);
-    let lora = w + act + (512 << 20);
+    let lora = inference + act;
     let full = w * 4 + act + (512 << 20); // weights, grads, Adam m and v
     (inference, lora, full)
 }
