@@ -163,3 +163,49 @@ fn cli_eval_side_by_side_json_and_predictions() {
         "unparseable answers count as not fraud in the matrix"
     );
 }
+
+#[test]
+fn kfold_cross_validation_trains_and_scores_each_fold() {
+    let d = tmp();
+    let m = tiny_model(d.path(), TinySpec::default());
+    let data = d.path().join("d.jsonl");
+    fraud_jsonl(&data, 8);
+    let sessions = d.path().join("sessions");
+    let o = bin()
+        .env("FRAUDLAB_SESSIONS", &sessions)
+        .args([
+            "eval",
+            "--model",
+            m.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--folds",
+            "2",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3, "two folds and the mean");
+    for f in &lines[..2] {
+        assert_eq!(
+            f["metrics"]["n"], 4,
+            "each held-out fold has half the samples"
+        );
+    }
+    assert_eq!(lines[2]["folds"], 2);
+    let evals = std::fs::read_dir(sessions.join("default/evals"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    assert!(evals.join("kfold.json").exists());
+    assert!(evals
+        .join("fold-0/run/adapter/adapter_model.safetensors")
+        .exists());
+}
