@@ -78,6 +78,8 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Download a model by hub id (e.g. Qwen/Qwen2-0.5B-Instruct) into the Hugging Face cache.
+    Download { id: String },
     /// Write a tiny random demo model (offline, seconds) to try every pane.
     DemoModel {
         #[arg(long, default_value = "models/fraudlab-demo-tiny")]
@@ -358,6 +360,24 @@ pub fn run(cli: Cli) -> Result<()> {
         Some(Command::Sessions { json }) => crate::cli_data::sessions(json),
         Some(Command::Convert { gguf, out }) => cmd_convert(&gguf, &out),
         Some(Command::DemoModel { out, gguf }) => cmd_demo(&out, gguf),
+        Some(Command::Download { id }) => {
+            install_stop_signals();
+            let cancel = AtomicBool::new(false);
+            let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            let path = model::download::download(&id, &cancel, &mut |p| {
+                if STOP_SIGNAL.load(std::sync::atomic::Ordering::SeqCst) {
+                    cancel.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+                if tty {
+                    eprint!("\r{}\x1b[K", model::download::bar(p, 30));
+                }
+            });
+            if tty {
+                eprintln!();
+            }
+            println!("downloaded {id} to {}", path?.display());
+            Ok(())
+        }
     }
 }
 

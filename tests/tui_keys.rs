@@ -165,12 +165,32 @@ fn hub_download_explains_network() {
     assert!(matches!(app.modal, Some(Modal::Input(_))));
     type_text(&mut app, "Nobody/NoSuchModel-0.5B");
     let a = press(&mut app, &[code(KeyCode::Enter)]);
-    assert!(a.is_empty());
+    assert!(
+        a.iter().any(|x| matches!(x, Action::Engine(fraudlab::engine::Command::Download { id }) if id == "Nobody/NoSuchModel-0.5B")),
+        "an unknown hub id is downloaded by the engine: {a:?}"
+    );
     let t = &app.message.as_ref().unwrap().text;
     assert!(
-        t.contains("network") && t.contains("huggingface-cli download Nobody/NoSuchModel-0.5B"),
+        t.contains("downloading") && t.contains("huggingface-cli download Nobody/NoSuchModel-0.5B"),
         "{t}"
     );
+    // the engine's progress and its failure reach the message line
+    app.on_engine_event(fraudlab::engine::Event::DownloadProgress {
+        id: "Nobody/NoSuchModel-0.5B".into(),
+        progress: fraudlab::model::download::DownloadProgress {
+            file: "model.safetensors".into(),
+            done: 50,
+            total: Some(100),
+            files_done: 2,
+            files_total: 5,
+        },
+    });
+    assert!(app.message.as_ref().unwrap().text.contains("50%"));
+    app.on_engine_event(fraudlab::engine::Event::Error {
+        context: "download Nobody/NoSuchModel-0.5B".into(),
+        message: "cannot reach the model hub".into(),
+    });
+    assert!(app.message.as_ref().unwrap().text.contains("cannot reach"));
 }
 
 #[test]

@@ -57,6 +57,10 @@ pub enum Command {
     },
     Train(Box<TrainConfig>),
     Evaluate(Box<EvalConfig>),
+    /// Download a model by hub id into the Hugging Face cache.
+    Download {
+        id: String,
+    },
     Shutdown,
 }
 
@@ -68,6 +72,7 @@ pub enum EngineState {
     Scoring,
     Training,
     Evaluating,
+    Downloading,
 }
 
 #[derive(Debug, Clone)]
@@ -100,6 +105,14 @@ pub enum Event {
         total: usize,
     },
     EvalDone(Vec<EvalResult>),
+    DownloadProgress {
+        id: String,
+        progress: crate::model::download::DownloadProgress,
+    },
+    Downloaded {
+        id: String,
+        path: PathBuf,
+    },
     /// `context` says what failed (e.g. "load Qwen/Qwen2-0.5B"), `message` why.
     Error {
         context: String,
@@ -354,6 +367,23 @@ impl Worker {
                         context: "training".into(),
                         message: format!("{e:#}"),
                     });
+                }
+            }
+            Command::Download { id } => {
+                self.emit(Event::State(EngineState::Downloading));
+                let events = self.events.clone();
+                let r = crate::model::download::download(&id, &self.cancel, &mut |p| {
+                    let _ = events.try_send(Event::DownloadProgress {
+                        id: id.clone(),
+                        progress: p.clone(),
+                    });
+                });
+                match r {
+                    Ok(path) => self.emit(Event::Downloaded { id, path }),
+                    Err(e) => self.emit(Event::Error {
+                        context: format!("download {id}"),
+                        message: format!("{e:#}"),
+                    }),
                 }
             }
             Command::Evaluate(cfg) => {

@@ -16,4 +16,5 @@ pub use tokenizer::{ChatMessage, TextTokenizer};
 pub use crate::data::fsutil::write_atomic as write_file_atomic;
 pub mod adapter;
 pub mod convert;
+pub mod download;
 pub mod tiny;

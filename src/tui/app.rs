@@ -792,6 +792,16 @@ impl App {
             Event::Train(e) => self.train_on_event(e),
             Event::EvalProgress { model, done, total } => self.eval_on_progress(model, done, total),
             Event::EvalDone(results) => self.eval_on_done(results),
+            Event::DownloadProgress { id, progress } => {
+                self.info(format!(
+                    "downloading {id} {}",
+                    crate::model::download::bar(&progress, 20)
+                ));
+            }
+            Event::Downloaded { id, path } => {
+                self.ok(format!("downloaded {id} to {}", path.display()));
+                self.rescan_models();
+            }
             Event::Error { context, message } => self.on_engine_error(context, message),
         }
     }
@@ -870,6 +880,7 @@ impl App {
             EngineState::Loading => (format!("{spin} loading"), Level::Warn),
             EngineState::Generating => (format!("{spin} generating"), Level::Warn),
             EngineState::Scoring => (format!("{spin} scoring"), Level::Warn),
+            EngineState::Downloading => (format!("{spin} downloading"), Level::Warn),
             EngineState::Training => {
                 let t = &self.train;
                 let step = t

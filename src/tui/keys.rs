@@ -259,9 +259,9 @@ pub mod strings {
         "no run of this session has an adapter yet (train one in the Train pane)";
     pub const ADVICE_NONE: &str = "Open a dataset (Data pane) for advice on base vs instruct.";
 
-    pub fn hub_download_needs_network(id: &str) -> String {
+    pub fn hub_download_started(id: &str) -> String {
         format!(
-            "Downloading needs network access, which fraudlab does not use. Fetch it elsewhere with `huggingface-cli download {id}` (or `modelscope download --model {id}`), then press r to rescan."
+            "downloading {id} into the Hugging Face cache (Esc cancels; offline, fetch it elsewhere with `huggingface-cli download {id}` and press r)"
         )
     }
 

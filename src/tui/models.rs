@@ -265,7 +265,12 @@ impl App {
                 self.load_model(spec, None, out);
                 self.info(format!("{text} is in the local cache; loading it"));
             }
-            Err(_) => self.warn(strings::hub_download_needs_network(text)),
+            Err(_) => {
+                out.push(Action::Engine(crate::engine::Command::Download {
+                    id: text.to_string(),
+                }));
+                self.info(strings::hub_download_started(text));
+            }
         }
     }
 }
