@@ -830,7 +830,7 @@ fn cmd_eval(a: EvalArgs, session: &str) -> Result<()> {
         out_dir: Some(sess.eval_dir(&sess.new_eval_id()?)),
     };
     if let Some(k) = a.folds {
-        return crate::cli_data::kfold_eval(&cfg, k, &sess, a.json);
+        return crate::cli_data::kfold_eval(&cfg, k, a.json);
     }
     let cancel = AtomicBool::new(false);
     let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());

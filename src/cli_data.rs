@@ -327,12 +327,7 @@ pub fn sessions(json: bool) -> Result<()> {
 
 /// k-fold cross-validation: for each fold, train a LoRA adapter (recipe defaults) on the other
 /// folds with the first target model, then evaluate it on the held-out fold.
-pub fn kfold_eval(
-    cfg: &crate::engine::eval::EvalConfig,
-    k: usize,
-    sess: &data::Session,
-    json: bool,
-) -> Result<()> {
+pub fn kfold_eval(cfg: &crate::engine::eval::EvalConfig, k: usize, json: bool) -> Result<()> {
     use crate::engine::eval::{evaluate_loaded, load_labelled};
     use crate::engine::train::{train_loaded, TrainConfig, TrainControl};
     let (samples, _) = load_labelled(&cfg.data, cfg.limit)?;
@@ -381,6 +376,5 @@ pub fn kfold_eval(
         serde_json::to_string_pretty(&summary)?.as_bytes(),
     )?;
     println!("{summary}");
-    let _ = sess;
     Ok(())
 }

@@ -545,8 +545,8 @@ fn cli_train_stops_cleanly_on_sigterm_and_resumes() {
     let data = d.path().join("train.jsonl");
     fraud_jsonl(&data, 8);
     let out = d.path().join("run");
-    let mut child = bin()
-        .args([
+    let spawn = |resume: bool| {
+        let mut args = vec![
             "train",
             "--model",
             m.to_str().unwrap(),
@@ -554,6 +554,8 @@ fn cli_train_stops_cleanly_on_sigterm_and_resumes() {
             data.to_str().unwrap(),
             "--out",
             out.to_str().unwrap(),
+        ];
+        args.extend([
             "--max-steps",
             "5000",
             "--batch",
@@ -561,11 +563,18 @@ fn cli_train_stops_cleanly_on_sigterm_and_resumes() {
             "--grad-accum",
             "1",
             "--json",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+        ]);
+        if resume {
+            args.push("--resume");
+        }
+        bin()
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut child = spawn(false);
     let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
     let first = lines.next().unwrap().unwrap();
     assert!(first.contains("\"step\":1"), "{first}");
@@ -585,28 +594,7 @@ fn cli_train_stops_cleanly_on_sigterm_and_resumes() {
         .join(format!("checkpoints/step-{steps}/trainer_state.json"))
         .exists());
     // and it resumes from there
-    let mut again = bin()
-        .args([
-            "train",
-            "--model",
-            m.to_str().unwrap(),
-            "--data",
-            data.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--max-steps",
-            "5000",
-            "--batch",
-            "2",
-            "--grad-accum",
-            "1",
-            "--json",
-            "--resume",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut again = spawn(true);
     let mut lines = std::io::BufReader::new(again.stdout.take().unwrap()).lines();
     let first: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
     assert_eq!(

@@ -80,6 +80,17 @@ pub struct Prediction {
     pub predicted: Option<bool>,
 }
 
+impl Prediction {
+    /// The row the metrics are computed from.
+    pub fn row(&self) -> EvalRow {
+        EvalRow {
+            label: self.label,
+            predicted: self.predicted,
+            probability: self.probability,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EvalResult {
     pub model: String,
@@ -100,12 +111,16 @@ pub struct EvalResult {
 /// prompt, instruction) and the rest from its end (the dialogue's last turns), as training
 /// does with samples over `max_len`.
 pub fn trim_middle(ids: &mut Vec<u32>, max: usize) {
-    if ids.len() > max {
-        let head = max / 4;
-        let tail = max - head;
-        let cut_to = ids.len() - tail;
-        ids.drain(head..cut_to);
+    ids.drain(middle_cut(ids.len(), max));
+}
+
+/// The range `trim_middle` removes from `len` tokens to keep `max` (empty when they fit).
+pub fn middle_cut(len: usize, max: usize) -> std::ops::Range<usize> {
+    if len <= max {
+        return 0..0;
     }
+    let head = max / 4;
+    head..len - (max - head)
 }
 
 pub fn score_prompt(tok: &TextTokenizer, s: &Sample) -> Result<(Vec<u32>, u32, u32)> {
@@ -139,6 +154,20 @@ fn common_prefix(seqs: &[Vec<u32>]) -> usize {
     )
 }
 
+/// Runs the token prefix every prompt shares once; returns its length and its (batch-1) cache.
+fn shared_prefix_cache(
+    model: &crate::model::Qwen2,
+    ids: &[Vec<u32>],
+) -> Result<(usize, crate::model::KvCache)> {
+    let lcp = common_prefix(ids);
+    let mut cache = model.new_cache(1);
+    if lcp > 0 {
+        let input = Tensor::new(&ids[0][..lcp], &model.device)?.unsqueeze(0)?;
+        model.forward_hidden(&input, None, Some(&mut cache), crate::model::Mode::Infer)?;
+    }
+    Ok((lcp, cache))
+}
+
 /// P(fraud) of each sample. The prefix every prompt shares runs once; the rest is batched
 /// (sorted by length, left-padded) on copies of that prefix's KV cache.
 pub fn score_samples(
@@ -160,17 +189,7 @@ pub fn score_samples(
     for p in ids.iter_mut() {
         trim_middle(p, ctx - 1);
     }
-    let lcp = common_prefix(&ids);
-    let mut prefix_cache = model.new_cache(1);
-    if lcp > 0 {
-        let input = Tensor::new(&ids[0][..lcp], &model.device)?.unsqueeze(0)?;
-        model.forward_hidden(
-            &input,
-            None,
-            Some(&mut prefix_cache),
-            crate::model::Mode::Infer,
-        )?;
-    }
+    let (lcp, prefix_cache) = shared_prefix_cache(model, &ids)?;
     let mut order: Vec<usize> = (0..samples.len()).collect();
     order.sort_by_key(|&i| ids[i].len());
     let pad = lm.tokenizer.pad_id.unwrap_or(0);
@@ -242,17 +261,7 @@ pub fn generate_answers(
             Ok(ids)
         })
         .collect::<Result<_>>()?;
-    let lcp = common_prefix(&ids);
-    let mut prefix_cache = model.new_cache(1);
-    if lcp > 0 {
-        let input = Tensor::new(&ids[0][..lcp], &model.device)?.unsqueeze(0)?;
-        model.forward_hidden(
-            &input,
-            None,
-            Some(&mut prefix_cache),
-            crate::model::Mode::Infer,
-        )?;
-    }
+    let (lcp, prefix_cache) = shared_prefix_cache(model, &ids)?;
     let params = SamplingParams {
         max_tokens,
         ..Default::default()
@@ -330,14 +339,7 @@ pub fn evaluate_loaded(
         }
     };
     let secs = t0.elapsed().as_secs_f64();
-    let rows: Vec<EvalRow> = preds
-        .iter()
-        .map(|p| EvalRow {
-            label: p.label,
-            predicted: p.predicted,
-            probability: p.probability,
-        })
-        .collect();
+    let rows: Vec<EvalRow> = preds.iter().map(Prediction::row).collect();
     Ok((metrics::compute(&rows), preds, secs))
 }
 

@@ -268,13 +268,10 @@ pub fn make_example(
             ids.truncate(max_len);
             labels.truncate(max_len);
         } else {
-            let room = max_len - answer_len;
-            let head = (room / 4).min(first_target);
-            let tail = room - head;
-            let cut_from = head;
-            let cut_to = first_target - tail.min(first_target - head);
-            ids.drain(cut_from..cut_to);
-            labels.drain(cut_from..cut_to);
+            // the prompt part loses its middle, by the rule scoring uses too
+            let cut = super::eval::middle_cut(first_target, max_len - answer_len);
+            ids.drain(cut.clone());
+            labels.drain(cut);
         }
     }
     if labels.iter().all(|l| l.is_none()) {
@@ -426,7 +423,6 @@ fn make_all_trainable(model: &mut Qwen2) -> Result<Trainable> {
     if tied {
         model.lm_head.weight = LinearWeight::Dense(embed);
     }
-    let mut lin_names = Vec::new();
     {
         let mut lm = if tied { None } else { Some(&mut model.lm_head) };
         let mut all = model_linears(&mut model.layers);
@@ -443,7 +439,6 @@ fn make_all_trainable(model: &mut Qwen2) -> Result<Trainable> {
             if let Some(b) = &mut lin.bias {
                 var_of(format!("{name}.bias"), b)?;
             }
-            lin_names.push(name);
         }
     }
     Ok(Trainable {

@@ -247,7 +247,6 @@ pub fn load_adapter(model: &mut Qwen2, dir: &Path) -> Result<LoraSpec> {
         },
         use_rslora: pc.use_rslora,
     };
-    let dtype = model.dtype;
     let dev: Device = model.device.clone();
     let mut found = 0;
     for (k, (name, lin)) in model.linears_mut().into_iter().enumerate() {
@@ -284,7 +283,6 @@ pub fn load_adapter(model: &mut Qwen2, dir: &Path) -> Result<LoraSpec> {
         } else {
             DType::F32
         };
-        let _ = dtype;
         lin.lora = Some(Lora {
             a: a.to_dtype(dt)?,
             b: b.to_dtype(dt)?,

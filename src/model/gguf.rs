@@ -340,11 +340,3 @@ impl WeightSource for GgufSource {
         self.gguf.path.display().to_string()
     }
 }
-
-/// HF name for a GGUF name (inverse of [`gguf_name`]), for writing GGUF files in tests.
-pub fn hf_to_gguf_all(names: &[String]) -> Vec<(String, String)> {
-    names
-        .iter()
-        .filter_map(|n| gguf_name(n).map(|g| (n.clone(), g)))
-        .collect()
-}

@@ -41,11 +41,7 @@ impl EvalView {
         let rows: Vec<EvalRow> = result
             .predictions
             .iter()
-            .map(|p| EvalRow {
-                label: p.label,
-                predicted: p.predicted,
-                probability: p.probability,
-            })
+            .map(crate::engine::eval::Prediction::row)
             .collect();
         let roc = metrics::roc_curve(&rows)
             .iter()

@@ -328,14 +328,7 @@ pub fn demo_app(root: &Path, n_samples: usize, loss_points: usize) -> Result<App
             }
         })
         .collect();
-    let rows: Vec<EvalRow> = preds
-        .iter()
-        .map(|p| EvalRow {
-            label: p.label,
-            predicted: p.predicted,
-            probability: p.probability,
-        })
-        .collect();
+    let rows: Vec<EvalRow> = preds.iter().map(Prediction::row).collect();
     let result = |model: &PathBuf, adapter: Option<PathBuf>| EvalResult {
         model: model.display().to_string(),
         adapter,
