@@ -1,5 +1,6 @@
 //! Qwen2-family models in Candle: config, weights (safetensors, GGUF), tokenizer, chat template.
 
+pub mod attention;
 pub mod config;
 pub mod discover;
 pub mod gguf;

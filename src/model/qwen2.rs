@@ -11,6 +11,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::quantized::QMatMul;
 use candle_core::{DType, Device, Module, Tensor, D};
 
+use super::attention::{fused_attention, AttnMask};
 use super::config::Qwen2Config;
 
 /// Which kernels the forward uses.
@@ -249,17 +250,6 @@ fn rms_norm(x: &Tensor, w: &Tensor, eps: f64, mode: Mode) -> Result<Tensor> {
     }
 }
 
-fn softmax_last(x: &Tensor, mode: Mode) -> Result<Tensor> {
-    match mode {
-        Mode::Infer => Ok(candle_nn::ops::softmax_last_dim(x)?),
-        Mode::Train { .. } => {
-            let max = x.max_keepdim(D::Minus1)?.detach();
-            let e = x.broadcast_sub(&max)?.exp()?;
-            Ok(e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?)
-        }
-    }
-}
-
 /// Rotary tables, (max_positions, d/2) each.
 #[derive(Debug, Clone)]
 pub struct Rope {
@@ -417,7 +407,7 @@ impl Attention {
         x: &Tensor,
         cos: &Tensor,
         sin: &Tensor,
-        mask: Option<&Tensor>,
+        mask: &AttnMask,
         cache: Option<&mut Option<(Tensor, Tensor)>>,
         mode: Mode,
     ) -> Result<Tensor> {
@@ -452,25 +442,11 @@ impl Attention {
             }
             None => (k, v),
         };
-        let t = k.dim(2)?;
         let rep = nh / nkv;
         // Grouped-query attention without copying K/V: fold the query heads that share a
         // KV head into the row dimension. q: (b, nkv, rep*s, d), k/v: (b, nkv, t, d).
         let q = q.reshape((b, nkv, rep * s, d))?;
-        let scale = 1.0 / (d as f64).sqrt();
-        let mut att = (q.matmul(&k.t()?)? * scale)?;
-        if att.dtype() != compute_dtype(att.dtype()) {
-            att = att.to_dtype(compute_dtype(att.dtype()))?;
-        }
-        if let Some(m) = mask {
-            // m: (b, 1, 1, s, t)
-            att = att
-                .reshape((b, nkv, rep, s, t))?
-                .broadcast_add(m)?
-                .reshape((b, nkv, rep * s, t))?;
-        }
-        let att = softmax_last(&att, mode)?.to_dtype(v.dtype())?;
-        let y = att.matmul(&v)?; // (b, nkv, rep*s, d)
+        let y = fused_attention(&q, &k, &v, mask, rep, 1.0 / (d as f64).sqrt())?;
         let y = y
             .reshape((b, nh, s, d))?
             .transpose(1, 2)?
@@ -670,27 +646,7 @@ impl Qwen2 {
             .zip(&new_valid)
             .map(|(p, n)| [p.as_slice(), n].concat())
             .collect();
-        let any_pad = all.iter().any(|r| r.iter().any(|&x| !x));
-        let t = past + s;
-        let mask = if s == 1 && !any_pad {
-            None
-        } else {
-            let mut m = vec![0f32; b * s * t];
-            for r in 0..b {
-                for i in 0..s {
-                    for j in 0..t {
-                        if j > past + i || !all[r][j] {
-                            m[(r * s + i) * t + j] = -1e30;
-                        }
-                    }
-                }
-            }
-            Some(
-                Tensor::from_vec(m, (b, 1, 1, s, t), &self.device)?
-                    .to_dtype(compute_dtype(self.dtype))?,
-            )
-        };
-
+        let mask = AttnMask::new(b, s, past, all.concat());
         let mut x = self
             .embed_tokens
             .index_select(&ids.flatten_all()?, 0)?
@@ -698,9 +654,7 @@ impl Qwen2 {
         for (li, layer) in self.layers.iter().enumerate() {
             let slot = cache.as_deref_mut().map(|c| &mut c.kv[li]);
             let hn = rms_norm(&x, &layer.input_layernorm, self.cfg.rms_norm_eps, mode)?;
-            let a = layer
-                .attn
-                .forward(&hn, &cos, &sin, mask.as_ref(), slot, mode)?;
+            let a = layer.attn.forward(&hn, &cos, &sin, &mask, slot, mode)?;
             x = (x + a)?;
             let hn = rms_norm(
                 &x,
