@@ -15,6 +15,36 @@ use serde_json::json;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
+/// Counts live heap bytes, so a run can tell memory it holds from memory the allocator keeps.
+struct Counting;
+static LIVE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static PEAK: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+unsafe impl std::alloc::GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: std::alloc::Layout) -> *mut u8 {
+        use std::sync::atomic::Ordering::Relaxed;
+        let n = LIVE.fetch_add(l.size(), Relaxed) + l.size();
+        PEAK.fetch_max(n, Relaxed);
+        std::alloc::System.alloc(l)
+    }
+    unsafe fn alloc_zeroed(&self, l: std::alloc::Layout) -> *mut u8 {
+        use std::sync::atomic::Ordering::Relaxed;
+        let n = LIVE.fetch_add(l.size(), Relaxed) + l.size();
+        PEAK.fetch_max(n, Relaxed);
+        std::alloc::System.alloc_zeroed(l)
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: std::alloc::Layout) {
+        LIVE.fetch_sub(l.size(), std::sync::atomic::Ordering::Relaxed);
+        std::alloc::System.dealloc(p, l)
+    }
+}
+#[global_allocator]
+static ALLOC: Counting = Counting;
+fn heap_mib() -> (f64, f64) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let m = |x: usize| x as f64 / 1048576.0;
+    (m(LIVE.load(Relaxed)), m(PEAK.load(Relaxed)))
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -99,9 +129,19 @@ fn train(model_spec: &str, data: &str, batch: usize, steps: usize) -> Result<()>
     };
     let mut times = Vec::new();
     let mut toks = Vec::new();
+    let loaded_heap = heap_mib().0;
     let control = TrainControl::default();
     train_loaded(lm, &tc, &control, &mut |e| {
         if let TrainEvent::Step(m) = e {
+            if std::env::var_os("BENCH_VERBOSE").is_some() {
+                eprintln!(
+                    "step {} rss {:.0} heap live {:.0} peak {:.0}",
+                    m.step,
+                    rss_mib().0,
+                    heap_mib().0,
+                    heap_mib().1
+                );
+            }
             if m.step > 2 {
                 times.push(m.step_s);
                 toks.push(m.tokens_per_s * m.step_s);
@@ -111,7 +151,8 @@ fn train(model_spec: &str, data: &str, batch: usize, steps: usize) -> Result<()>
     let _ = std::fs::remove_dir_all(&dir);
     println!(
         "{}",
-        json!({"step_s": median(times), "rss_mib": rss_mib().1, "tokens_per_step": median(toks)})
+        json!({"step_s": median(times), "rss_mib": rss_mib().1, "tokens_per_step": median(toks),
+               "heap_after_load_mib": loaded_heap, "heap_peak_mib": heap_mib().1})
     );
     Ok(())
 }

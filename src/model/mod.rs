@@ -5,6 +5,7 @@ pub mod config;
 pub mod discover;
 pub mod gguf;
 pub mod loader;
+pub mod lora_op;
 pub mod qwen2;
 pub mod safetensors_io;
 pub mod tokenizer;

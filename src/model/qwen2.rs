@@ -13,6 +13,7 @@ use candle_core::{DType, Device, Module, Tensor, D};
 
 use super::attention::{fused_attention, AttnMask};
 use super::config::Qwen2Config;
+use super::lora_op::{lora_linear, LoraLinear};
 
 /// Which kernels the forward uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,6 +112,32 @@ impl Linear {
         let dims = x.dims().to_vec();
         let rows: usize = dims[..dims.len() - 1].iter().product();
         let x2 = x.reshape((rows, self.in_features))?;
+        let mut out_dims = dims;
+        *out_dims.last_mut().unwrap() = self.out_features;
+        // Training a LoRA adapter over a frozen weight: one op that leaves only its output in
+        // the autograd graph (see `lora_op`).
+        if let (Some(l), LinearWeight::Dense(w), Mode::Train { dropout_seed }) =
+            (&self.lora, &self.weight, mode)
+        {
+            if !w.is_variable()
+                && self.bias.as_ref().is_none_or(|b| !b.is_variable())
+                && matches!(x2.dtype(), DType::F32 | DType::F64)
+                && w.dtype() == x2.dtype()
+            {
+                let op = LoraLinear {
+                    w: w.clone(),
+                    bias: self.bias.clone(),
+                    scale: l.scale,
+                    dropout: (l.dropout > 0.0).then(|| {
+                        (
+                            l.dropout,
+                            dropout_seed ^ l.id.wrapping_mul(0x9E3779B97F4A7C15),
+                        )
+                    }),
+                };
+                return Ok(lora_linear(&x2, &l.a, &l.b, op)?.reshape(out_dims)?);
+            }
+        }
         let mut y = match &self.weight {
             // Training over a frozen weight: only the input's gradient is needed.
             LinearWeight::Dense(w)
@@ -150,8 +177,6 @@ impl Linear {
             let delta = xin.matmul(&l.a.t()?)?.matmul(&l.b.t()?)?;
             y = (y + (delta * l.scale)?)?;
         }
-        let mut out_dims = dims;
-        *out_dims.last_mut().unwrap() = self.out_features;
         Ok(y.reshape(out_dims)?)
     }
 

@@ -1,0 +1,616 @@
+//! A frozen linear layer with a trainable LoRA adapter as one op, for training:
+//! `y = x Wᵀ + bias + scale · ((x ⊙ mask) Aᵀ) Bᵀ`, inputs x, A, B.
+//!
+//! Composed from Candle ops, this layer leaves five output-sized tensors and, with dropout,
+//! two input-sized ones (the mask and the masked input) in the autograd graph, and each is
+//! kept until the whole backward pass ends. This op leaves only its output: the backward
+//! pass regenerates the dropout mask from its seed and recomputes the rank-r projection
+//! (cheap: r is 8 or 16). W and the bias get no gradient (they are frozen).
+
+use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Shape, Tensor};
+use gemm::Parallelism;
+use rayon::prelude::*;
+use std::sync::Arc;
+
+use super::attention::AttnFloat;
+
+const GOLDEN: u64 = 0x9E3779B97F4A7C15;
+
+/// Whether element `e` (row-major over rows × in) of a dropout mask drawn from `seed` keeps
+/// its value (SplitMix64; the same stream `qwen2::dropout_mask` draws).
+#[inline]
+pub fn keeps(seed: u64, e: usize, keep: f32) -> bool {
+    let mut z = seed.wrapping_add((e as u64 + 1).wrapping_mul(GOLDEN));
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
+    let u = ((z ^ (z >> 31)) >> 40) as f32 / (1u64 << 24) as f32;
+    u < keep
+}
+
+pub struct LoraLinear {
+    /// (out, in), frozen
+    pub w: Tensor,
+    /// (out), frozen
+    pub bias: Option<Tensor>,
+    pub scale: f64,
+    /// dropout probability and the seed of this call's mask (None: no dropout)
+    pub dropout: Option<(f32, u64)>,
+}
+
+/// `x (rows, in) → (rows, out)`; a (r, in), b (out, r).
+pub fn lora_linear(
+    x: &Tensor,
+    a: &Tensor,
+    b: &Tensor,
+    op: LoraLinear,
+) -> candle_core::Result<Tensor> {
+    x.contiguous()?
+        .apply_op3_arc(&a.contiguous()?, &b.contiguous()?, Arc::new(Box::new(op)))
+}
+
+/// The elements of a contiguous CPU tensor, borrowed from its storage guard.
+fn storage_slice<'a, T: AttnFloat>(
+    g: &'a candle_core::Storage,
+    l: &Layout,
+) -> candle_core::Result<&'a [T]> {
+    match g {
+        candle_core::Storage::Cpu(c) => slice(c, l),
+        _ => Err(candle_core::Error::Msg(
+            "lora-linear: CPU tensors only".into(),
+        )),
+    }
+}
+
+/// Runs `f` on the elements of `t` (made contiguous first when it is not).
+fn with<T: AttnFloat, R>(
+    t: &Tensor,
+    f: impl FnOnce(&[T]) -> candle_core::Result<R>,
+) -> candle_core::Result<R> {
+    let t = t.contiguous()?;
+    let (g, l) = t.storage_and_layout();
+    f(storage_slice(&g, l)?)
+}
+
+fn slice<'a, T: AttnFloat>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [T]> {
+    let (a, b) = l
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg("lora-linear: inputs must be contiguous".into()))?;
+    Ok(&T::cpu_slice(s)?[a..b])
+}
+
+/// `dst (m×n) (+)= beta · lhs · rhs` with lhs (m×k) and rhs (k×n) given by strides.
+#[allow(clippy::too_many_arguments)]
+fn mm<T: AttnFloat>(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [T],
+    acc: bool,
+    lhs: &[T],
+    lhs_cs: isize,
+    lhs_rs: isize,
+    rhs: &[T],
+    rhs_cs: isize,
+    rhs_rs: isize,
+    beta: T,
+) {
+    assert!(dst.len() >= m * n);
+    let threads = rayon::current_num_threads();
+    let par = if m * n * k < 32 * 1024 {
+        Parallelism::None
+    } else {
+        Parallelism::Rayon(threads)
+    };
+    // SAFETY: callers pass slices that cover every element the strides reach.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            acc,
+            lhs.as_ptr(),
+            lhs_cs,
+            lhs_rs,
+            rhs.as_ptr(),
+            rhs_cs,
+            rhs_rs,
+            T::ONE,
+            beta,
+            false,
+            false,
+            false,
+            par,
+        )
+    }
+}
+
+impl LoraLinear {
+    /// x ⊙ mask (values kept are scaled by 1/keep), or a copy of x without dropout.
+    fn masked<T: AttnFloat>(&self, x: &[T], cols: usize) -> Vec<T> {
+        let mut out = x.to_vec();
+        if let Some((p, seed)) = self.dropout {
+            let keep = 1.0 - p;
+            let s = T::of(1.0 / keep as f64);
+            out.par_chunks_mut(cols).enumerate().for_each(|(r, row)| {
+                for (c, v) in row.iter_mut().enumerate() {
+                    *v = if keeps(seed, r * cols + c, keep) {
+                        *v * s
+                    } else {
+                        T::ZERO
+                    };
+                }
+            });
+        }
+        out
+    }
+
+    fn forward<T: AttnFloat>(
+        &self,
+        x: &[T],
+        a: &[T],
+        b: &[T],
+        rows: usize,
+        inf: usize,
+        outf: usize,
+        r: usize,
+    ) -> candle_core::Result<Vec<T>> {
+        let mut y = vec![T::ZERO; rows * outf];
+        // y = x Wᵀ
+        with::<T, _>(&self.w, |w| {
+            mm(
+                rows,
+                outf,
+                inf,
+                &mut y,
+                false,
+                x,
+                1,
+                inf as isize,
+                w,
+                inf as isize,
+                1,
+                T::ONE,
+            );
+            Ok(())
+        })?;
+        if let Some(bias) = &self.bias {
+            with::<T, _>(bias, |bias| {
+                y.par_chunks_mut(outf).for_each(|row| {
+                    row.iter_mut().zip(bias).for_each(|(v, b)| *v = *v + *b);
+                });
+                Ok(())
+            })?;
+        }
+        // h = (x ⊙ m) Aᵀ ; y += scale · h Bᵀ
+        let h = self.projection(x, a, rows, inf, r);
+        mm(
+            rows,
+            outf,
+            r,
+            &mut y,
+            true,
+            &h,
+            1,
+            r as isize,
+            b,
+            r as isize,
+            1,
+            T::of(self.scale),
+        );
+        Ok(y)
+    }
+
+    /// (x ⊙ m) Aᵀ: (rows × r)
+    fn projection<T: AttnFloat>(
+        &self,
+        x: &[T],
+        a: &[T],
+        rows: usize,
+        inf: usize,
+        r: usize,
+    ) -> Vec<T> {
+        let mut h = vec![T::ZERO; rows * r];
+        if self.dropout.is_some() {
+            let xm = self.masked(x, inf);
+            mm(
+                rows,
+                r,
+                inf,
+                &mut h,
+                false,
+                &xm,
+                1,
+                inf as isize,
+                a,
+                inf as isize,
+                1,
+                T::ONE,
+            );
+        } else {
+            mm(
+                rows,
+                r,
+                inf,
+                &mut h,
+                false,
+                x,
+                1,
+                inf as isize,
+                a,
+                inf as isize,
+                1,
+                T::ONE,
+            );
+        }
+        h
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn backward<T: AttnFloat>(
+        &self,
+        x: &Tensor,
+        a: &Tensor,
+        b: &Tensor,
+        dy: &Tensor,
+        rows: usize,
+        inf: usize,
+        outf: usize,
+        r: usize,
+    ) -> candle_core::Result<(Vec<T>, Vec<T>, Vec<T>)> {
+        let (x, a, b, dy, w) = (
+            x.contiguous()?,
+            a.contiguous()?,
+            b.contiguous()?,
+            dy.contiguous()?,
+            self.w.contiguous()?,
+        );
+        let guards = [&x, &a, &b, &dy, &w].map(|t| t.storage_and_layout());
+        let [x, a, b, dy, w] =
+            [0, 1, 2, 3, 4].map(|i| storage_slice::<T>(&guards[i].0, guards[i].1));
+        let (x, a, b, dy, w) = (x?, a?, b?, dy?, w?);
+        let scale = T::of(self.scale);
+        let xm = self.masked(x, inf);
+        // h = xm Aᵀ (rows × r)
+        let mut h = vec![T::ZERO; rows * r];
+        mm(
+            rows,
+            r,
+            inf,
+            &mut h,
+            false,
+            &xm,
+            1,
+            inf as isize,
+            a,
+            inf as isize,
+            1,
+            T::ONE,
+        );
+        // dB = scale · dyᵀ h (out × r)
+        let mut db = vec![T::ZERO; outf * r];
+        mm(
+            outf,
+            r,
+            rows,
+            &mut db,
+            false,
+            dy,
+            outf as isize,
+            1,
+            &h,
+            1,
+            r as isize,
+            scale,
+        );
+        // g = dy B (rows × r)
+        let mut g = vec![T::ZERO; rows * r];
+        mm(
+            rows,
+            r,
+            outf,
+            &mut g,
+            false,
+            dy,
+            1,
+            outf as isize,
+            b,
+            1,
+            r as isize,
+            T::ONE,
+        );
+        // dA = scale · gᵀ xm (r × in)
+        let mut da = vec![T::ZERO; r * inf];
+        mm(
+            r,
+            inf,
+            rows,
+            &mut da,
+            false,
+            &g,
+            r as isize,
+            1,
+            &xm,
+            1,
+            inf as isize,
+            scale,
+        );
+        // dx = dy W + (scale · g A) ⊙ m
+        let mut dx = vec![T::ZERO; rows * inf];
+        mm(
+            rows,
+            inf,
+            outf,
+            &mut dx,
+            false,
+            dy,
+            1,
+            outf as isize,
+            w,
+            1,
+            inf as isize,
+            T::ONE,
+        );
+        let mut t = xm; // reuse the buffer
+        mm(
+            rows,
+            inf,
+            r,
+            &mut t,
+            false,
+            &g,
+            1,
+            r as isize,
+            a,
+            1,
+            inf as isize,
+            scale,
+        );
+        match self.dropout {
+            Some((p, seed)) => {
+                let keep = 1.0 - p;
+                let s = T::of(1.0 / keep as f64);
+                dx.par_chunks_mut(inf)
+                    .zip(t.par_chunks(inf))
+                    .enumerate()
+                    .for_each(|(ri, (d, tv))| {
+                        for c in 0..inf {
+                            if keeps(seed, ri * inf + c, keep) {
+                                d[c] = d[c] + tv[c] * s;
+                            }
+                        }
+                    });
+            }
+            None => dx
+                .par_chunks_mut(inf)
+                .zip(t.par_chunks(inf))
+                .for_each(|(d, tv)| d.iter_mut().zip(tv).for_each(|(d, t)| *d = *d + *t)),
+        }
+        Ok((dx, da, db))
+    }
+
+    fn dims(
+        &self,
+        x: &Layout,
+        a: &Layout,
+        b: &Layout,
+    ) -> candle_core::Result<(usize, usize, usize, usize)> {
+        let (outf, inf) = self.w.dims2()?;
+        let xd = x.dims();
+        let (ad, bd) = (a.dims(), b.dims());
+        if xd.len() != 2 || xd[1] != inf || ad.len() != 2 || ad[1] != inf || bd != [outf, ad[0]] {
+            return Err(candle_core::Error::Msg(format!(
+                "lora-linear: shapes x {xd:?} A {ad:?} B {bd:?} do not fit W ({outf}, {inf})"
+            )));
+        }
+        Ok((xd[0], inf, outf, ad[0]))
+    }
+}
+
+impl CustomOp3 for LoraLinear {
+    fn name(&self) -> &'static str {
+        "lora-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (rows, inf, outf, r) = self.dims(l1, l2, l3)?;
+        let shape = Shape::from((rows, outf));
+        match s1 {
+            CpuStorage::F32(_) => Ok((
+                CpuStorage::F32(self.forward::<f32>(
+                    slice(s1, l1)?,
+                    slice(s2, l2)?,
+                    slice(s3, l3)?,
+                    rows,
+                    inf,
+                    outf,
+                    r,
+                )?),
+                shape,
+            )),
+            CpuStorage::F64(_) => Ok((
+                CpuStorage::F64(self.forward::<f64>(
+                    slice(s1, l1)?,
+                    slice(s2, l2)?,
+                    slice(s3, l3)?,
+                    rows,
+                    inf,
+                    outf,
+                    r,
+                )?),
+                shape,
+            )),
+            _ => Err(candle_core::Error::Msg(
+                "lora-linear: f32 or f64 only".into(),
+            )),
+        }
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        a: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        dy: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (rows, inf, outf, r) = self.dims(x.layout(), a.layout(), b.layout())?;
+        let dev = Device::Cpu;
+        macro_rules! run {
+            ($t:ty) => {{
+                let (dx, da, db) = self.backward::<$t>(x, a, b, dy, rows, inf, outf, r)?;
+                Ok((
+                    Some(Tensor::from_vec(dx, (rows, inf), &dev)?),
+                    Some(Tensor::from_vec(da, (r, inf), &dev)?),
+                    Some(Tensor::from_vec(db, (outf, r), &dev)?),
+                ))
+            }};
+        }
+        match x.dtype() {
+            DType::F32 => run!(f32),
+            DType::F64 => run!(f64),
+            dt => Err(candle_core::Error::Msg(format!(
+                "lora-linear: no backward for {dt:?}"
+            ))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Var;
+
+    fn rand(shape: &[usize], seed: u64) -> Tensor {
+        let v = crate::model::tiny::randn(seed, shape.iter().product(), 0.5);
+        Tensor::from_vec(v, shape, &Device::Cpu)
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap()
+    }
+
+    fn op(w: &Tensor, bias: &Tensor) -> LoraLinear {
+        LoraLinear {
+            w: w.clone(),
+            bias: Some(bias.clone()),
+            scale: 1.5,
+            dropout: Some((0.3, 42)),
+        }
+    }
+
+    #[test]
+    fn fused_lora_linear_equals_the_composed_layer_with_dropout() {
+        let (rows, inf, outf, r) = (5, 7, 6, 3);
+        let (x, w, bias) = (
+            rand(&[rows, inf], 1),
+            rand(&[outf, inf], 2),
+            rand(&[outf], 3),
+        );
+        let (a, b) = (rand(&[r, inf], 4), rand(&[outf, r], 5));
+        let got = lora_linear(&x, &a, &b, op(&w, &bias)).unwrap();
+        let mask: Vec<f64> = (0..rows * inf)
+            .map(|e| {
+                if keeps(42, e, 0.7) {
+                    1.0 / 0.7f32 as f64
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let dropped = mask.iter().filter(|m| **m == 0.0).count();
+        assert!(
+            dropped > 3 && dropped < rows * inf - 3,
+            "the mask drops some, keeps most"
+        );
+        let mask = Tensor::from_vec(mask, (rows, inf), &Device::Cpu).unwrap();
+        let want = (x
+            .matmul(&w.t().unwrap())
+            .unwrap()
+            .broadcast_add(&bias)
+            .unwrap()
+            + ((x * mask)
+                .unwrap()
+                .matmul(&a.t().unwrap())
+                .unwrap()
+                .matmul(&b.t().unwrap())
+                .unwrap()
+                * 1.5)
+                .unwrap())
+        .unwrap();
+        let diff = (got - want)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap();
+        assert!(diff < 1e-12, "max difference {diff}");
+    }
+
+    #[test]
+    fn fused_lora_linear_gradients_match_finite_differences() {
+        let (rows, inf, outf, r) = (4, 6, 5, 2);
+        let (x0, w, bias) = (
+            rand(&[rows, inf], 11),
+            rand(&[outf, inf], 12),
+            rand(&[outf], 13),
+        );
+        let (a0, b0) = (rand(&[r, inf], 14), rand(&[outf, r], 15));
+        let wy = rand(&[rows, outf], 16);
+        let loss = |x: &Tensor, a: &Tensor, b: &Tensor| {
+            (lora_linear(x, a, b, op(&w, &bias)).unwrap() * &wy)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+        };
+        let vars = [&x0, &a0, &b0].map(|t| Var::from_tensor(t).unwrap());
+        let grads = loss(
+            vars[0].as_tensor(),
+            vars[1].as_tensor(),
+            vars[2].as_tensor(),
+        )
+        .backward()
+        .unwrap();
+        let eps = 1e-6;
+        for (which, base) in [&x0, &a0, &b0].into_iter().enumerate() {
+            let g = grads.get(vars[which].as_tensor()).unwrap();
+            let g = g.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+            let flat = base.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+            let mut nonzero = 0;
+            for idx in 0..flat.len() {
+                let at = |dx: f64| {
+                    let mut f = flat.clone();
+                    f[idx] += dx;
+                    let t = Tensor::from_vec(f, base.shape(), &Device::Cpu).unwrap();
+                    let mut args = [x0.clone(), a0.clone(), b0.clone()];
+                    args[which] = t;
+                    loss(&args[0], &args[1], &args[2])
+                        .to_scalar::<f64>()
+                        .unwrap()
+                };
+                let fd = (at(eps) - at(-eps)) / (2.0 * eps);
+                assert!(
+                    (fd - g[idx]).abs() < 1e-6 * (1.0 + fd.abs()),
+                    "input {which} element {idx}: autograd {} vs finite difference {fd}",
+                    g[idx]
+                );
+                nonzero += (fd.abs() > 1e-6) as usize;
+            }
+            assert!(
+                nonzero > flat.len() / 3,
+                "input {which}: too few non-zero gradients"
+            );
+        }
+    }
+}
