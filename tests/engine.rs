@@ -67,6 +67,65 @@ fn kv_cached_decoding_equals_full_recomputation() {
 }
 
 #[test]
+fn packed_forward_equals_each_sequence_alone() {
+    let d = tmp();
+    let m = tiny_model(d.path(), TinySpec::default());
+    let lm = model::load(m.to_str().unwrap(), LoadOptions::default()).unwrap();
+    let prefix = lm.tokenizer.encode("共同的前缀 shared prefix").unwrap();
+    let seqs: Vec<Vec<u32>> = [
+        "短的句子",
+        "a somewhat longer sentence, 还有中文",
+        "中等 medium",
+    ]
+    .iter()
+    .map(|t| lm.tokenizer.encode(t).unwrap())
+    .collect();
+    let lens: Vec<usize> = seqs.iter().map(|s| s.len()).collect();
+    let flat = seqs.concat();
+    // with no prefix, and continuing a cached prefix
+    for with_prefix in [false, true] {
+        let mut cache = lm.model.new_cache(1);
+        if with_prefix {
+            let p = Tensor::new(prefix.as_slice(), &lm.model.device)
+                .unwrap()
+                .unsqueeze(0)
+                .unwrap();
+            lm.model
+                .forward_hidden(&p, None, Some(&mut cache), Mode::Infer)
+                .unwrap();
+        }
+        let hidden = lm
+            .model
+            .forward_packed(&flat, &lens, with_prefix.then_some(&cache), Mode::Infer)
+            .unwrap();
+        assert_eq!(
+            cache.len(),
+            if with_prefix { prefix.len() } else { 0 },
+            "prefix left unchanged"
+        );
+        let logits = lm
+            .model
+            .logits(&hidden.squeeze(0).unwrap(), Mode::Infer)
+            .unwrap();
+        let mut end = 0;
+        for s in &seqs {
+            end += s.len();
+            let got: Vec<f32> = logits.get(end - 1).unwrap().to_vec1().unwrap();
+            let whole = if with_prefix {
+                [prefix.clone(), s.clone()].concat()
+            } else {
+                s.clone()
+            };
+            let diff = max_abs_diff(&got, &last_logits(&lm, &whole));
+            assert!(
+                diff < 1e-4,
+                "sequence ending at {end} (prefix {with_prefix}) differs by {diff}"
+            );
+        }
+    }
+}
+
+#[test]
 fn batched_padded_forward_equals_unbatched() {
     let d = tmp();
     let m = tiny_model(d.path(), TinySpec::default());

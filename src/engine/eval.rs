@@ -168,8 +168,9 @@ fn shared_prefix_cache(
     Ok((lcp, cache))
 }
 
-/// P(fraud) of each sample. The prefix every prompt shares runs once; the rest is batched
-/// (sorted by length, left-padded) on copies of that prefix's KV cache.
+/// P(fraud) of each sample. The prefix every prompt shares runs once; the rest goes in
+/// batches packed into one row (no padding), each sample seeing that prefix's KV cache and
+/// itself.
 pub fn score_samples(
     lm: &LoadedModel,
     samples: &[Sample],
@@ -192,7 +193,6 @@ pub fn score_samples(
     let (lcp, prefix_cache) = shared_prefix_cache(model, &ids)?;
     let mut order: Vec<usize> = (0..samples.len()).collect();
     order.sort_by_key(|&i| ids[i].len());
-    let pad = lm.tokenizer.pad_id.unwrap_or(0);
     let mut probs = vec![f64::NAN; samples.len()];
     let mut done = 0;
     for chunk in order.chunks(batch.max(1)) {
@@ -200,28 +200,26 @@ pub fn score_samples(
             bail!("cancelled");
         }
         let b = chunk.len();
-        let max = chunk.iter().map(|&i| ids[i].len() - lcp).max().unwrap_or(1);
-        let mut flat = Vec::with_capacity(b * max);
-        let mut valid = Vec::with_capacity(b);
+        // packed back to back in one row (no padding), each after the shared prefix
+        let mut flat = Vec::new();
+        let mut lens = Vec::with_capacity(b);
+        let mut last = Vec::with_capacity(b);
         for &i in chunk {
             let rest = &ids[i][lcp..];
-            let padn = max - rest.len();
-            flat.extend(std::iter::repeat_n(pad, padn));
             flat.extend_from_slice(rest);
-            valid.push([vec![false; padn], vec![true; rest.len()]].concat());
+            lens.push(rest.len());
+            last.push(flat.len() as u32 - 1);
         }
-        let input = Tensor::from_vec(flat, (b, max), &model.device)?;
-        let mut cache = if lcp > 0 {
-            prefix_cache.expand(b)?
-        } else {
-            model.new_cache(b)
-        };
-        let any_pad = valid.iter().any(|v| v.iter().any(|x| !x));
-        let logits = model.forward_last(
-            &input,
-            if any_pad { Some(&valid) } else { None },
-            Some(&mut cache),
+        let hidden = model.forward_packed(
+            &flat,
+            &lens,
+            (lcp > 0).then_some(&prefix_cache),
+            crate::model::Mode::Infer,
         )?;
+        let h = hidden.dim(2)?;
+        let last = Tensor::new(last.as_slice(), &model.device)?;
+        let sel = hidden.reshape((flat.len(), h))?.index_select(&last, 0)?;
+        let logits = model.logits(&sel, crate::model::Mode::Infer)?;
         let logits: Vec<Vec<f32>> = logits.to_vec2()?;
         for (row, &i) in chunk.iter().enumerate() {
             let (_, t, f) = prompts[i];

@@ -301,40 +301,38 @@ pub fn lr_at(cfg: &TrainConfig, step: usize, total: usize, warmup: usize) -> f64
     }
 }
 
-/// A padded batch: ids (b, s), attention mask, and the flat positions (row * s + col) whose
-/// next token is a target, with those targets.
+/// A batch packed into one row: the examples' ids back to back (no padding; each attends
+/// only to itself), their lengths, and the flat positions whose next token is a target, with
+/// those targets.
 struct Batch {
-    ids: Tensor,
-    valid: Vec<Vec<bool>>,
+    ids: Vec<u32>,
+    lens: Vec<usize>,
     positions: Vec<u32>,
     targets: Vec<u32>,
     tokens: usize,
 }
 
-fn make_batch(examples: &[&Example], pad: u32, device: &candle_core::Device) -> Result<Batch> {
-    let b = examples.len();
-    let s = examples.iter().map(|e| e.ids.len()).max().unwrap_or(1);
-    let mut flat = Vec::with_capacity(b * s);
-    let mut valid = Vec::with_capacity(b);
+fn make_batch(examples: &[&Example], _pad: u32, _device: &candle_core::Device) -> Result<Batch> {
+    let mut ids = Vec::new();
+    let mut lens = Vec::with_capacity(examples.len());
     let mut positions = Vec::new();
     let mut targets = Vec::new();
-    let mut tokens = 0;
-    for (r, e) in examples.iter().enumerate() {
-        flat.extend_from_slice(&e.ids);
-        flat.extend(std::iter::repeat_n(pad, s - e.ids.len()));
-        valid.push([vec![true; e.ids.len()], vec![false; s - e.ids.len()]].concat());
-        tokens += e.ids.len();
+    for e in examples {
+        let o = ids.len();
+        ids.extend_from_slice(&e.ids);
+        lens.push(e.ids.len());
         // position t predicts token t+1
         for t in 0..e.ids.len().saturating_sub(1) {
             if let Some(y) = e.labels[t + 1] {
-                positions.push((r * s + t) as u32);
+                positions.push((o + t) as u32);
                 targets.push(y);
             }
         }
     }
+    let tokens = ids.len();
     Ok(Batch {
-        ids: Tensor::from_vec(flat, (b, s), device)?,
-        valid,
+        ids,
+        lens,
         positions,
         targets,
         tokens,
@@ -343,13 +341,7 @@ fn make_batch(examples: &[&Example], pad: u32, device: &candle_core::Device) -> 
 
 /// Summed negative log-likelihood of a batch's targets (logits computed only where needed).
 fn batch_nll(model: &Qwen2, batch: &Batch, mode: Mode) -> Result<Tensor> {
-    let any_pad = batch.valid.iter().any(|r| r.iter().any(|x| !x));
-    let hidden = model.forward_hidden(
-        &batch.ids,
-        if any_pad { Some(&batch.valid) } else { None },
-        None,
-        mode,
-    )?;
+    let hidden = model.forward_packed(&batch.ids, &batch.lens, None, mode)?;
     let (b, s, h) = hidden.dims3()?;
     let dev = hidden.device();
     let pos = Tensor::new(batch.positions.as_slice(), dev)?;
@@ -934,7 +926,7 @@ pub fn train_loaded(
             });
             window_loss += scalar(&loss)?;
             window_tokens += batch.tokens;
-            window_samples += batch.valid.len();
+            window_samples += batch.lens.len();
             st.micro += 1;
             if !window_batches.is_empty() {
                 continue;

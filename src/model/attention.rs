@@ -9,14 +9,31 @@
 //! recomputes them from q and k (as flash attention does).
 //!
 //! Layout (grouped-query attention folded into rows, as the model passes it):
-//! q (b, n_kv, rep·s, d), k and v (b, n_kv, t, d), output like q. Query row `r` of a block
-//! is new token `r % s`, at absolute index `past + r % s`; it sees key `j` when
-//! `j <= past + r % s` and key `j` of its batch row is a real token.
+//! q (b, n_kv, rep·s, d), k and v (b, n_kv, t, d), output like q. Query row `r` of a head is
+//! new token `i = r % s`, at absolute key index `past + i`.
+//!
+//! What a query sees is described by blocks: a block is a run of new tokens and the key
+//! ranges they may look at; within them a query sees key `j` when `j <= past + i` and key `j`
+//! of its batch row is a real token. Only those ranges are multiplied, so
+//! - a long causal prompt is cut into blocks of rows that skip the keys after them;
+//! - packed sequences (several samples in one row, no padding) see only their own tokens
+//!   and, when they share a cached prompt prefix, that prefix.
 
 use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 use std::sync::Arc;
+
+/// Rows of queries per block of a causal prompt.
+pub const QUERY_BLOCK: usize = 128;
+
+/// New tokens `q0..q1` and the key ranges they may look at.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Block {
+    pub q0: usize,
+    pub q1: usize,
+    pub keys: Vec<(usize, usize)>,
+}
 
 /// Which keys each query may see.
 #[derive(Debug, Clone)]
@@ -30,10 +47,56 @@ pub struct AttnMask {
     pub valid: Arc<Vec<bool>>,
     /// whether any entry of `valid` is false
     pub any_pad: bool,
+    /// the same for every batch row and head
+    pub blocks: Arc<Vec<Block>>,
 }
 
 impl AttnMask {
-    pub fn new(batch: usize, s: usize, past: usize, valid: Vec<bool>) -> Self {
+    /// Causal attention over `past` cached and `s` new tokens, in blocks of `block` queries.
+    pub fn causal(batch: usize, s: usize, past: usize, valid: Vec<bool>, block: usize) -> Self {
+        let block = block.max(1);
+        let blocks = (0..s)
+            .step_by(block)
+            .map(|q0| {
+                let q1 = (q0 + block).min(s);
+                Block {
+                    q0,
+                    q1,
+                    keys: vec![(0, past + q1)],
+                }
+            })
+            .collect();
+        Self::with_blocks(batch, s, past, valid, blocks)
+    }
+
+    /// One row holding sequences of `lens` tokens back to back, each after the same `past`
+    /// cached tokens (a shared prompt prefix; 0 for none), seeing the prefix and itself.
+    pub fn packed(past: usize, lens: &[usize]) -> Self {
+        let mut blocks = Vec::with_capacity(lens.len());
+        let mut o = 0;
+        for &n in lens.iter().filter(|&&n| n > 0) {
+            let mut keys = Vec::with_capacity(2);
+            if past > 0 {
+                keys.push((0, past));
+            }
+            keys.push((past + o, past + o + n));
+            blocks.push(Block {
+                q0: o,
+                q1: o + n,
+                keys,
+            });
+            o += n;
+        }
+        Self::with_blocks(1, o, past, vec![true; past + o], blocks)
+    }
+
+    fn with_blocks(
+        batch: usize,
+        s: usize,
+        past: usize,
+        valid: Vec<bool>,
+        blocks: Vec<Block>,
+    ) -> Self {
         debug_assert_eq!(valid.len(), batch * (past + s));
         let any_pad = valid.iter().any(|v| !v);
         Self {
@@ -42,6 +105,7 @@ impl AttnMask {
             past,
             valid: Arc::new(valid),
             any_pad,
+            blocks: Arc::new(blocks),
         }
     }
 
@@ -151,37 +215,40 @@ impl AttnFloat for f64 {
     }
 }
 
-/// `dst (m×n) = beta · a (m×k, row stride lda) · bᵀ-or-b`, written (not accumulated) unless
-/// `acc`. `b_t`: b is given as (n×k) rows (so the product uses its transpose).
+/// `dst (m×n, row stride dst_rs) (+)= beta · lhs · rhs`, lhs (m×k) and rhs (k×n) given by
+/// their column and row strides; written unless `acc`.
 #[allow(clippy::too_many_arguments)]
-fn mm<T: AttnFloat>(
+pub(crate) fn mm<T: AttnFloat>(
     m: usize,
     n: usize,
     k: usize,
     dst: &mut [T],
+    dst_rs: usize,
     acc: bool,
-    a: &[T],
-    a_trans: bool,
-    b: &[T],
-    b_trans: bool,
+    lhs: &[T],
+    (lhs_cs, lhs_rs): (usize, usize),
+    rhs: &[T],
+    (rhs_cs, rhs_rs): (usize, usize),
     beta: T,
     par: Parallelism,
 ) {
-    debug_assert!(dst.len() >= m * n);
-    // a: (m×k) row-major, or given as (k×m) row-major when a_trans
-    let (a_cs, a_rs) = if a_trans {
-        (m as isize, 1)
-    } else {
-        (1, k as isize)
-    };
-    // b: (k×n) row-major, or given as (n×k) row-major when b_trans
-    let (b_cs, b_rs) = if b_trans {
-        (k as isize, 1)
-    } else {
-        (1, n as isize)
-    };
-    debug_assert!(a.len() >= m * k && b.len() >= k * n);
-    // SAFETY: the slices cover every element the strides above reach (checked in debug).
+    if m == 0 || n == 0 {
+        return;
+    }
+    let end = |cs: usize, rs: usize, r: usize, c: usize| (r - 1) * rs + (c - 1) * cs + 1;
+    assert!(dst.len() >= end(1, dst_rs, m, n));
+    if k > 0 {
+        assert!(lhs.len() >= end(lhs_cs, lhs_rs, m, k) && rhs.len() >= end(rhs_cs, rhs_rs, k, n));
+    }
+    if k == 0 {
+        if !acc {
+            dst.chunks_mut(dst_rs)
+                .take(m)
+                .for_each(|r| r[..n].iter_mut().for_each(|x| *x = T::ZERO));
+        }
+        return;
+    }
+    // SAFETY: the asserts above check that every element the strides reach is in the slices.
     unsafe {
         gemm::gemm(
             m,
@@ -189,14 +256,14 @@ fn mm<T: AttnFloat>(
             k,
             dst.as_mut_ptr(),
             1,
-            n as isize,
+            dst_rs as isize,
             acc,
-            a.as_ptr(),
-            a_cs,
-            a_rs,
-            b.as_ptr(),
-            b_cs,
-            b_rs,
+            lhs.as_ptr(),
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs.as_ptr(),
+            rhs_cs as isize,
+            rhs_rs as isize,
             T::ONE,
             beta,
             false,
@@ -228,103 +295,117 @@ impl FusedAttention {
         }
     }
 
-    /// Keys visible to new token `i` of batch row `bi`: `0..limit`, minus padding.
-    fn limit(&self, i: usize) -> usize {
-        self.mask.past + i + 1
-    }
-
-    /// In place: scores (s×t) of one head → probabilities; masked entries 0.
-    /// Rows with no visible key (padding queries) become all zeros.
-    fn softmax_rows<T: AttnFloat>(&self, bi: usize, p: &mut [T]) {
-        let t = self.mask.t();
-        let valid = &self.mask.valid[bi * t..(bi + 1) * t];
+    /// Probabilities (m×w, w = the block's key count) of one block of head `h` of batch row
+    /// `bi`; masked entries and rows with no visible key are 0.
+    #[allow(clippy::too_many_arguments)]
+    fn block_probs<T: AttnFloat>(
+        &self,
+        dm: &Dims,
+        blk: &Block,
+        q: &[T],
+        k: &[T],
+        bi: usize,
+        h: usize,
+        par: Parallelism,
+    ) -> (Vec<T>, usize) {
+        let (m, d) = (blk.q1 - blk.q0, dm.d);
+        let w: usize = blk.keys.iter().map(|(a, b)| b - a).sum();
+        let qb = &q[((bi * dm.n_kv * dm.rep + h) * dm.s + blk.q0) * d..];
+        let kg = &k[(bi * dm.n_kv + h / dm.rep) * dm.t * d..][..dm.t * d];
+        let mut p = vec![T::ZERO; m * w];
+        let mut col = 0;
+        for &(k0, k1) in &blk.keys {
+            mm(
+                m,
+                k1 - k0,
+                d,
+                &mut p[col..],
+                w,
+                false,
+                qb,
+                (1, d),
+                &kg[k0 * d..],
+                (d, 1),
+                T::of(self.scale),
+                par,
+            );
+            col += k1 - k0;
+        }
+        let valid = &self.mask.valid[bi * dm.t..(bi + 1) * dm.t];
         let pad = self.mask.any_pad;
-        for (i, row) in p.chunks_mut(t).enumerate() {
-            let lim = self.limit(i);
+        for (r, row) in p.chunks_mut(w).enumerate() {
+            let lim = self.mask.past + blk.q0 + r + 1; // keys j < lim are not in the future
+            let visible = |j: usize| j < lim && (!pad || valid[j]);
             let mut mx = T::NEG_INF;
-            for j in 0..lim {
-                if (!pad || valid[j]) && row[j] > mx {
-                    mx = row[j];
+            let mut col = 0;
+            for &(k0, k1) in &blk.keys {
+                for j in k0..k1 {
+                    if visible(j) && row[col + j - k0] > mx {
+                        mx = row[col + j - k0];
+                    }
                 }
+                col += k1 - k0;
             }
             if mx == T::NEG_INF {
                 row.iter_mut().for_each(|x| *x = T::ZERO);
                 continue;
             }
             let mut sum = T::ZERO;
-            for j in 0..lim {
-                let e = if !pad || valid[j] {
-                    (row[j] - mx).exp_()
-                } else {
-                    T::ZERO
-                };
-                row[j] = e;
-                sum = sum + e;
+            let mut col = 0;
+            for &(k0, k1) in &blk.keys {
+                for j in k0..k1 {
+                    let x = &mut row[col + j - k0];
+                    *x = if visible(j) {
+                        (*x - mx).exp_()
+                    } else {
+                        T::ZERO
+                    };
+                    sum = sum + *x;
+                }
+                col += k1 - k0;
             }
             let inv = T::ONE / sum;
-            row[..lim].iter_mut().for_each(|x| *x = *x * inv);
-            row[lim..].iter_mut().for_each(|x| *x = T::ZERO);
+            row.iter_mut().for_each(|x| *x = *x * inv);
         }
-    }
-
-    /// Probabilities (s×t) of head `h` of batch row `bi`.
-    fn probs<T: AttnFloat>(
-        &self,
-        dm: &Dims,
-        q: &[T],
-        k: &[T],
-        bi: usize,
-        h: usize,
-        par: Parallelism,
-    ) -> Vec<T> {
-        let g = h / dm.rep;
-        let qh = &q[(bi * dm.n_kv * dm.rep + h) * dm.s * dm.d..][..dm.s * dm.d];
-        let kg = &k[(bi * dm.n_kv + g) * dm.t * dm.d..][..dm.t * dm.d];
-        let mut p = vec![T::ZERO; dm.s * dm.t];
-        mm(
-            dm.s,
-            dm.t,
-            dm.d,
-            &mut p,
-            false,
-            qh,
-            false,
-            kg,
-            true,
-            T::of(self.scale),
-            par,
-        );
-        self.softmax_rows(bi, &mut p);
-        p
+        (p, w)
     }
 
     fn forward<T: AttnFloat>(&self, q: &[T], k: &[T], v: &[T]) -> Vec<T> {
         let dm = self.dims();
+        let d = dm.d;
         let heads = dm.b * dm.n_kv * dm.rep;
-        let mut out = vec![T::ZERO; heads * dm.s * dm.d];
+        let mut out = vec![T::ZERO; heads * dm.s * d];
         let par = inner_parallelism(heads);
         let run = |(bh, o): (usize, &mut [T])| {
             let (bi, h) = (bh / (dm.n_kv * dm.rep), bh % (dm.n_kv * dm.rep));
-            let p = self.probs(&dm, q, k, bi, h, par);
-            let vg = &v[(bi * dm.n_kv + h / dm.rep) * dm.t * dm.d..][..dm.t * dm.d];
-            mm(
-                dm.s,
-                dm.d,
-                dm.t,
-                o,
-                false,
-                &p,
-                false,
-                vg,
-                false,
-                T::ONE,
-                par,
-            );
+            let vg = &v[(bi * dm.n_kv + h / dm.rep) * dm.t * d..][..dm.t * d];
+            for blk in self.mask.blocks.iter() {
+                let (p, w) = self.block_probs(&dm, blk, q, k, bi, h, par);
+                let m = blk.q1 - blk.q0;
+                let mut col = 0;
+                for (i, &(k0, k1)) in blk.keys.iter().enumerate() {
+                    mm(
+                        m,
+                        d,
+                        k1 - k0,
+                        &mut o[blk.q0 * d..],
+                        d,
+                        i > 0,
+                        &p[col..],
+                        (1, w),
+                        &vg[k0 * d..],
+                        (1, d),
+                        T::ONE,
+                        par,
+                    );
+                    col += k1 - k0;
+                }
+            }
         };
         if matches!(par, Parallelism::None) {
-            out.par_chunks_mut(dm.s * dm.d).enumerate().for_each(run);
+            out.par_chunks_mut(dm.s * d).enumerate().for_each(run);
         } else {
-            out.chunks_mut(dm.s * dm.d).enumerate().for_each(run);
+            out.chunks_mut(dm.s * d).enumerate().for_each(run);
         }
         out
     }
@@ -339,9 +420,10 @@ impl FusedAttention {
         dout: &[T],
     ) -> (Vec<T>, Vec<T>, Vec<T>) {
         let dm = self.dims();
+        let d = dm.d;
         let groups = dm.b * dm.n_kv;
-        let qn = dm.rep * dm.s * dm.d;
-        let kn = dm.t * dm.d;
+        let qn = dm.rep * dm.s * d;
+        let kn = dm.t * d;
         let mut dq = vec![T::ZERO; groups * qn];
         let mut dk = vec![T::ZERO; groups * kn];
         let mut dv = vec![T::ZERO; groups * kn];
@@ -354,67 +436,95 @@ impl FusedAttention {
             let vg = &v[bg * kn..][..kn];
             for r in 0..dm.rep {
                 let h = (bg % dm.n_kv) * dm.rep + r;
-                let off = r * dm.s * dm.d;
-                let qh = &q[bg * qn + off..][..dm.s * dm.d];
-                let oh = &o[bg * qn + off..][..dm.s * dm.d];
-                let doh = &dout[bg * qn + off..][..dm.s * dm.d];
-                let p = self.probs(&dm, q, k, bi, h, par);
-                // dP = dO · vᵀ  (s×t)
-                let mut ds = vec![T::ZERO; dm.s * dm.t];
-                mm(
-                    dm.s,
-                    dm.t,
-                    dm.d,
-                    &mut ds,
-                    false,
-                    doh,
-                    false,
-                    vg,
-                    true,
-                    T::ONE,
-                    par,
-                );
-                // dS = P ⊙ (dP − rowsum(dO ⊙ O))
-                for i in 0..dm.s {
-                    let mut dsum = T::ZERO;
-                    for c in 0..dm.d {
-                        dsum = dsum + doh[i * dm.d + c] * oh[i * dm.d + c];
+                for blk in self.mask.blocks.iter() {
+                    let m = blk.q1 - blk.q0;
+                    let off = (r * dm.s + blk.q0) * d;
+                    let (qb, ob, dob) = (
+                        &q[bg * qn + off..],
+                        &o[bg * qn + off..],
+                        &dout[bg * qn + off..],
+                    );
+                    let (p, w) = self.block_probs(&dm, blk, q, k, bi, h, par);
+                    // dP = dO · vᵀ over the block's keys (m×w)
+                    let mut ds = vec![T::ZERO; m * w];
+                    let mut col = 0;
+                    for &(k0, k1) in &blk.keys {
+                        mm(
+                            m,
+                            k1 - k0,
+                            d,
+                            &mut ds[col..],
+                            w,
+                            false,
+                            dob,
+                            (1, d),
+                            &vg[k0 * d..],
+                            (d, 1),
+                            T::ONE,
+                            par,
+                        );
+                        col += k1 - k0;
                     }
-                    let (pr, dr) = (&p[i * dm.t..][..dm.t], &mut ds[i * dm.t..][..dm.t]);
-                    for j in 0..dm.t {
-                        dr[j] = pr[j] * (dr[j] - dsum);
+                    // dS = P ⊙ (dP − rowsum(dO ⊙ O))
+                    for i in 0..m {
+                        let mut dsum = T::ZERO;
+                        for c in 0..d {
+                            dsum = dsum + dob[i * d + c] * ob[i * d + c];
+                        }
+                        let (pr, dr) = (&p[i * w..][..w], &mut ds[i * w..][..w]);
+                        for j in 0..w {
+                            dr[j] = pr[j] * (dr[j] - dsum);
+                        }
+                    }
+                    // dq = scale · dS · k ; dk += scale · dSᵀ · q ; dv += Pᵀ · dO
+                    let mut col = 0;
+                    for (i, &(k0, k1)) in blk.keys.iter().enumerate() {
+                        let n = k1 - k0;
+                        mm(
+                            m,
+                            d,
+                            n,
+                            &mut dqg[off..],
+                            d,
+                            i > 0,
+                            &ds[col..],
+                            (1, w),
+                            &kg[k0 * d..],
+                            (1, d),
+                            scale,
+                            par,
+                        );
+                        mm(
+                            n,
+                            d,
+                            m,
+                            &mut dkg[k0 * d..],
+                            d,
+                            true,
+                            &ds[col..],
+                            (w, 1),
+                            qb,
+                            (1, d),
+                            scale,
+                            par,
+                        );
+                        mm(
+                            n,
+                            d,
+                            m,
+                            &mut dvg[k0 * d..],
+                            d,
+                            true,
+                            &p[col..],
+                            (w, 1),
+                            dob,
+                            (1, d),
+                            T::ONE,
+                            par,
+                        );
+                        col += n;
                     }
                 }
-                // dq = scale · dS · k ; dk += scale · dSᵀ · q ; dv += Pᵀ · dO
-                mm(
-                    dm.s,
-                    dm.d,
-                    dm.t,
-                    &mut dqg[off..off + dm.s * dm.d],
-                    false,
-                    &ds,
-                    false,
-                    kg,
-                    false,
-                    scale,
-                    par,
-                );
-                mm(
-                    dm.t, dm.d, dm.s, dkg, true, &ds, true, qh, false, scale, par,
-                );
-                mm(
-                    dm.t,
-                    dm.d,
-                    dm.s,
-                    dvg,
-                    true,
-                    &p,
-                    true,
-                    doh,
-                    false,
-                    T::ONE,
-                    par,
-                );
             }
         };
         let it = dq
@@ -579,7 +689,7 @@ mod tests {
         valid[5] = false;
         valid[6] = false;
         valid[7] = false;
-        (AttnMask::new(b, s, past, valid), 2, 2, 4, past + s)
+        (AttnMask::causal(b, s, past, valid, 2), 2, 2, 4, past + s)
     }
 
     /// The composed form: scores + additive mask, softmax, times v.
@@ -639,12 +749,18 @@ mod tests {
     #[test]
     fn fused_attention_gradients_match_finite_differences() {
         let (m, nkv, rep, d, t) = setup();
+        grad_check(&m, nkv, rep, d, t);
+        // packed: two sequences (3 and 2 tokens) after a shared 2-token prefix
+        grad_check(&AttnMask::packed(2, &[3, 2]), nkv, rep, d, 7);
+    }
+
+    fn grad_check(m: &AttnMask, nkv: usize, rep: usize, d: usize, t: usize) {
         let qs = [m.batch, nkv, rep * m.s, d];
         let ks = [m.batch, nkv, t, d];
         let (q0, k0, v0) = (rand(&qs, 4), rand(&ks, 5), rand(&ks, 6));
         let w = rand(&qs, 7);
         let loss = |q: &Tensor, k: &Tensor, v: &Tensor| -> Tensor {
-            (fused_attention(q, k, v, &m, rep, 0.7).unwrap() * &w)
+            (fused_attention(q, k, v, m, rep, 0.7).unwrap() * &w)
                 .unwrap()
                 .sum_all()
                 .unwrap()
@@ -694,6 +810,53 @@ mod tests {
                 nonzero > 5,
                 "input {which}: too few non-zero gradients to check"
             );
+        }
+    }
+
+    /// Select rows (of every head) of a (1, nkv, rows, d) tensor.
+    fn rows(x: &Tensor, per_head: usize, r0: usize, r1: usize) -> Tensor {
+        let parts: Vec<Tensor> = (0..x.dim(2).unwrap() / per_head)
+            .map(|h| x.narrow(2, h * per_head + r0, r1 - r0).unwrap())
+            .collect();
+        Tensor::cat(&parts, 2).unwrap()
+    }
+
+    #[test]
+    fn packed_sequences_see_only_the_prefix_and_themselves() {
+        let (nkv, rep, d, past) = (2, 2, 4, 2);
+        let lens = [3usize, 2];
+        let s: usize = lens.iter().sum();
+        let m = AttnMask::packed(past, &lens);
+        let q = rand(&[1, nkv, rep * s, d], 21);
+        let k = rand(&[1, nkv, past + s, d], 22);
+        let v = rand(&[1, nkv, past + s, d], 23);
+        let got = fused_attention(&q, &k, &v, &m, rep, 0.6).unwrap();
+        let mut o = 0;
+        for &n in &lens {
+            // the same sequence alone, causal, after the prefix
+            let qs = rows(&q, s, o, o + n);
+            let cat = |x: &Tensor| {
+                Tensor::cat(
+                    &[
+                        x.narrow(2, 0, past).unwrap(),
+                        x.narrow(2, past + o, n).unwrap(),
+                    ],
+                    2,
+                )
+                .unwrap()
+            };
+            let alone = AttnMask::causal(1, n, past, vec![true; past + n], QUERY_BLOCK);
+            let want = fused_attention(&qs, &cat(&k), &cat(&v), &alone, rep, 0.6).unwrap();
+            let diff = (rows(&got, s, o, o + n) - want)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap();
+            assert!(diff < 1e-12, "sequence at {o}: max difference {diff}");
+            o += n;
         }
     }
 }

@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::quantized::QMatMul;
 use candle_core::{DType, Device, Module, Tensor, D};
 
-use super::attention::{fused_attention, AttnMask};
+use super::attention::{fused_attention, AttnMask, QUERY_BLOCK};
 use super::config::Qwen2Config;
 use super::lora_op::{lora_linear, LoraLinear};
 
@@ -671,15 +671,40 @@ impl Qwen2 {
             .zip(&new_valid)
             .map(|(p, n)| [p.as_slice(), n].concat())
             .collect();
-        let mask = AttnMask::new(b, s, past, all.concat());
+        let mask = AttnMask::causal(b, s, past, all.concat(), QUERY_BLOCK);
+        let hidden = self.run_layers(
+            ids,
+            &cos,
+            &sin,
+            &mask,
+            cache.as_deref_mut().map(|c| c.kv.as_mut_slice()),
+            mode,
+        )?;
+        if let Some(c) = cache {
+            c.valid = all;
+        }
+        Ok(hidden)
+    }
+
+    /// The decoder layers and the final norm over ids (b, s).
+    fn run_layers(
+        &self,
+        ids: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: &AttnMask,
+        mut kv: Option<&mut [Option<(Tensor, Tensor)>]>,
+        mode: Mode,
+    ) -> Result<Tensor> {
+        let (b, s) = ids.dims2()?;
         let mut x = self
             .embed_tokens
             .index_select(&ids.flatten_all()?, 0)?
             .reshape((b, s, ()))?;
         for (li, layer) in self.layers.iter().enumerate() {
-            let slot = cache.as_deref_mut().map(|c| &mut c.kv[li]);
+            let slot = kv.as_deref_mut().map(|k| &mut k[li]);
             let hn = rms_norm(&x, &layer.input_layernorm, self.cfg.rms_norm_eps, mode)?;
-            let a = layer.attn.forward(&hn, &cos, &sin, &mask, slot, mode)?;
+            let a = layer.attn.forward(&hn, cos, sin, mask, slot, mode)?;
             x = (x + a)?;
             let hn = rms_norm(
                 &x,
@@ -689,10 +714,62 @@ impl Qwen2 {
             )?;
             x = (&x + layer.mlp.forward(&hn, mode)?)?;
         }
-        if let Some(c) = cache {
-            c.valid = all;
-        }
         rms_norm(&x, &self.norm, self.cfg.rms_norm_eps, mode)
+    }
+
+    /// Sequences of `lens` tokens packed back to back in one row (`ids` holds them all, no
+    /// padding), each seeing only itself and, when given, the tokens of `prefix` (a batch-1
+    /// cache of real tokens they all continue; left unchanged). Returns the final-normed
+    /// hidden states (1, Σ lens, h). Equal to running each sequence on its own, without the
+    /// compute that padding a batch would waste.
+    pub fn forward_packed(
+        &self,
+        ids: &[u32],
+        lens: &[usize],
+        prefix: Option<&KvCache>,
+        mode: Mode,
+    ) -> Result<Tensor> {
+        let total: usize = lens.iter().sum();
+        if total != ids.len() || total == 0 {
+            bail!(
+                "packed lengths add up to {total}, the ids are {}",
+                ids.len()
+            );
+        }
+        let (past, mut kv) = match prefix {
+            Some(c) if !c.is_empty() => {
+                if c.batch() != 1 || c.valid[0].iter().any(|v| !v) {
+                    bail!("a packed forward continues a one-row prefix of real tokens");
+                }
+                (c.len(), c.kv.clone())
+            }
+            _ => (0, vec![None; self.layers.len()]),
+        };
+        let longest = lens.iter().copied().max().unwrap_or(0);
+        if past + longest > self.cfg.max_position_embeddings {
+            bail!(
+                "{} tokens exceed the model's context of {} tokens",
+                past + longest,
+                self.cfg.max_position_embeddings
+            );
+        }
+        let pos: Vec<u32> = lens
+            .iter()
+            .flat_map(|&n| (past..past + n).map(|p| p as u32))
+            .collect();
+        let positions = Positions::PerRow(Tensor::from_vec(pos, (1, total), &self.device)?);
+        let (cos, sin) = self.rope.tables(&positions)?;
+        let mask = AttnMask::packed(past, lens);
+        let input = Tensor::new(ids, &self.device)?.unsqueeze(0)?;
+        let use_kv = past > 0;
+        self.run_layers(
+            &input,
+            &cos,
+            &sin,
+            &mask,
+            use_kv.then_some(kv.as_mut_slice()),
+            mode,
+        )
     }
 
     /// Vocabulary logits for hidden states (..., h): f32 (f64 for an f64 model).
