@@ -2,7 +2,7 @@
 # Side-by-side benchmarks: fraudlab next to the Python reference stack (PyTorch + transformers
 # + peft, ../shared/reference/bench/), on the same machine, same model, same inputs, one run.
 #
-#   bench/compare.sh [speed|train|score|all]      (default: all)
+#   bench/compare.sh [speed|train|score|generate|all]      (default: all)
 #
 # Needs ../shared/reference (setup.sh fetches the real model and builds the Python venv once).
 # Prints one JSON line per measurement and a ratio line per workload (fraudlab / Python, so
@@ -48,6 +48,13 @@ if [[ $what == score || $what == all ]]; then
   us=$("$B" score "$REF_HF" "$data" 200 score 8)
   echo "score python   $(echo "$py" | cut -c1-200)"; echo "score fraudlab $(echo "$us" | cut -c1-200)"
   ratio "$us" "$py" "score fraudlab/python" samples_per_s
-  gen=$("$B" score "$REF_HF" "$data" 20 generate)
-  echo "generate fraudlab (20 samples) $(echo "$gen" | cut -c1-200)"
+fi
+if [[ $what == generate || $what == all ]]; then
+  # GEN_N samples (default 200; the Python side takes ~10 s a sample on 2 cores)
+  n=${GEN_N:-200}
+  py=$("$REF_PY" "$here/bench/py_generate.py" "$REF_HF" "$data" "$n" 2>/dev/null)
+  us=$("$B" score "$REF_HF" "$data" "$n" generate 8)
+  echo "generate python   $(echo "$py" | cut -c1-200)"; echo "generate fraudlab $(echo "$us" | cut -c1-200)"
+  ratio "$us" "$py" "generate fraudlab/python" samples_per_s
+  python3 -c "import json,sys; a=json.loads(sys.argv[1])['answers']; b=json.loads(sys.argv[2])['answers']; print('  same answers', sum(x==y for x,y in zip(a,b)), 'of', len(a))" "$us" "$py"
 fi

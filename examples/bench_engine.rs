@@ -172,10 +172,11 @@ fn score(model_spec: &str, data: &str, n: usize, mode: &str, batch: usize) -> Re
     let cancel = AtomicBool::new(false);
     let (m, preds, secs) = evaluate_loaded(&lm, &samples, &cfg, &cancel, &mut |_, _| {})?;
     let probs: Vec<f64> = preds.iter().filter_map(|p| p.probability).collect();
+    let answers: Vec<&str> = preds.iter().filter_map(|p| p.answer.as_deref()).collect();
     println!(
         "{}",
         json!({"n": m.n, "precision": m.precision, "recall": m.recall, "f1": m.f1, "unparseable": m.unparseable,
-               "samples_per_s": samples.len() as f64 / secs, "probs": probs})
+               "samples_per_s": samples.len() as f64 / secs, "probs": probs, "answers": answers})
     );
     Ok(())
 }

@@ -5,7 +5,7 @@ mod common;
 use common::*;
 
 use candle_core::Tensor;
-use fraudlab::engine::eval::{score_prompt, score_samples};
+use fraudlab::engine::eval::{generate_answers, score_prompt, score_samples};
 use fraudlab::model::tiny::TinySpec;
 use fraudlab::model::{self, LoadOptions};
 use std::sync::atomic::AtomicBool;
@@ -55,6 +55,35 @@ fn prefix_cached_batched_scoring_equals_full_recomputation() {
         " true".starts_with(dt.as_str()) && " false".starts_with(df.as_str()),
         "{dt:?} {df:?}"
     );
+}
+
+#[test]
+fn batched_greedy_answers_equal_one_by_one_generation() {
+    let d = tmp();
+    let m = tiny_model(d.path(), TinySpec::default());
+    let data = d.path().join("d.jsonl");
+    fraud_jsonl(&data, 5);
+    let (samples, _) = fraudlab::engine::eval::load_labelled(&data, None).unwrap();
+    let lm = model::load(m.to_str().unwrap(), LoadOptions::default()).unwrap();
+    let cancel = AtomicBool::new(false);
+    let batched = generate_answers(&lm, &samples, 12, 4, &cancel, &mut |_, _| {}).unwrap();
+    let params = fraudlab::engine::generate::SamplingParams {
+        max_tokens: 12,
+        ..Default::default()
+    };
+    let mut nonempty = 0;
+    for (s, got) in samples.iter().zip(&batched) {
+        let msgs = s.to_chat_messages(fraudlab::data::DEFAULT_SYSTEM, false, false);
+        let ids = lm
+            .tokenizer
+            .encode(&lm.tokenizer.apply_chat_template(&msgs, true).unwrap())
+            .unwrap();
+        let want =
+            fraudlab::engine::generate::generate(&lm, &ids, &params, &cancel, &mut |_| {}).unwrap();
+        assert_eq!(got, &want.text, "sample {}", s.id);
+        nonempty += !got.is_empty() as usize;
+    }
+    assert!(nonempty > 0, "the tiny model says something");
 }
 
 #[test]

@@ -9,7 +9,6 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use super::generate::{generate_with_cache, SamplingParams};
 use crate::data::metrics::{self, EvalRow, Metrics};
 use crate::data::{self, answer_json, parse_answer, Sample, DEFAULT_SYSTEM};
 use crate::model::{self, LoadOptions, LoadedModel, TextTokenizer};
@@ -232,11 +231,14 @@ pub fn score_samples(
     Ok(probs)
 }
 
-/// Greedy answers, the shared prompt prefix computed once.
+/// Greedy answers, the shared prompt prefix computed once, `batch` samples decoded together
+/// (sorted by length, left-padded on copies of the prefix cache; a row that has finished
+/// rides along masked out until the last one stops).
 pub fn generate_answers(
     lm: &LoadedModel,
     samples: &[Sample],
     max_tokens: usize,
+    batch: usize,
     cancel: &AtomicBool,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Vec<String>> {
@@ -260,21 +262,93 @@ pub fn generate_answers(
         })
         .collect::<Result<_>>()?;
     let (lcp, prefix_cache) = shared_prefix_cache(model, &ids)?;
-    let params = SamplingParams {
-        max_tokens,
-        ..Default::default()
-    };
-    let mut out = Vec::with_capacity(samples.len());
-    for (i, s) in ids.iter().enumerate() {
+    let mut order: Vec<usize> = (0..samples.len()).collect();
+    order.sort_by_key(|&i| ids[i].len());
+    let pad = lm.tokenizer.pad_id.unwrap_or(0);
+    let mut out = vec![String::new(); samples.len()];
+    let mut done = 0;
+    for chunk in order.chunks(batch.max(1)) {
+        let rows: Vec<&[u32]> = chunk.iter().map(|&i| &ids[i][lcp..]).collect();
+        let cache = if lcp > 0 {
+            prefix_cache.expand(rows.len())?
+        } else {
+            model.new_cache(rows.len())
+        };
+        let answers = greedy_batch(lm, cache, &rows, pad, max_tokens, cancel)?;
+        for (&i, a) in chunk.iter().zip(answers) {
+            out[i] = a;
+        }
+        done += chunk.len();
+        progress(done, samples.len());
+    }
+    Ok(out)
+}
+
+/// Greedy continuations of `rows` (each continuing `cache`, one cache row per prompt row),
+/// decoded together until every row has met an end-of-sequence token or `max_tokens`.
+fn greedy_batch(
+    lm: &LoadedModel,
+    mut cache: crate::model::KvCache,
+    rows: &[&[u32]],
+    pad: u32,
+    max_tokens: usize,
+    cancel: &AtomicBool,
+) -> Result<Vec<String>> {
+    let model = &lm.model;
+    let b = rows.len();
+    let max = rows.iter().map(|r| r.len()).max().unwrap_or(0);
+    if max == 0 {
+        bail!("an empty prompt");
+    }
+    let mut flat = Vec::with_capacity(b * max);
+    let mut valid = Vec::with_capacity(b);
+    for r in rows {
+        let padn = max - r.len();
+        flat.extend(std::iter::repeat_n(pad, padn));
+        flat.extend_from_slice(r);
+        valid.push([vec![false; padn], vec![true; r.len()]].concat());
+    }
+    let input = Tensor::from_vec(flat, (b, max), &model.device)?;
+    let any_pad = valid.iter().any(|v| v.iter().any(|x| !x));
+    let mut logits = model.forward_last(
+        &input,
+        if any_pad { Some(&valid) } else { None },
+        Some(&mut cache),
+    )?;
+    let ctx = model.cfg.max_position_embeddings;
+    let steps = max_tokens.min(ctx.saturating_sub(cache.len()));
+    let mut outs: Vec<Vec<u32>> = vec![Vec::new(); b];
+    let mut running = vec![true; b];
+    for step in 0..steps {
         if cancel.load(Ordering::Relaxed) {
             bail!("cancelled");
         }
-        let mut cache = prefix_cache.clone();
-        let g = generate_with_cache(lm, &mut cache, &s[lcp..], &params, cancel, &mut |_| {})?;
-        out.push(g.text);
-        progress(i + 1, samples.len());
+        let next: Vec<u32> = logits.argmax(candle_core::D::Minus1)?.to_vec1()?;
+        for r in 0..b {
+            if running[r] {
+                if lm.tokenizer.eos_ids.contains(&next[r]) {
+                    running[r] = false;
+                } else {
+                    outs[r].push(next[r]);
+                }
+            }
+        }
+        if step + 1 == steps || !running.iter().any(|&x| x) {
+            break;
+        }
+        let feed: Vec<u32> = (0..b)
+            .map(|r| if running[r] { next[r] } else { pad })
+            .collect();
+        let input = Tensor::from_vec(feed, (b, 1), &model.device)?;
+        let all_run = running.iter().all(|&x| x);
+        let v: Vec<Vec<bool>> = running.iter().map(|&x| vec![x]).collect();
+        logits = model.forward_last(
+            &input,
+            if all_run { None } else { Some(&v) },
+            Some(&mut cache),
+        )?;
     }
-    Ok(out)
+    outs.iter().map(|o| lm.tokenizer.decode(o, true)).collect()
 }
 
 /// Loads the labelled samples of a dataset (unlabelled ones are left out).
@@ -322,7 +396,8 @@ pub fn evaluate_loaded(
                 .collect()
         }
         EvalMode::Generate => {
-            let answers = generate_answers(lm, samples, cfg.max_tokens, cancel, progress)?;
+            let answers =
+                generate_answers(lm, samples, cfg.max_tokens, cfg.batch, cancel, progress)?;
             samples
                 .iter()
                 .zip(answers)
