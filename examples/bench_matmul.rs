@@ -8,6 +8,8 @@ use std::time::Instant;
 fn main() -> anyhow::Result<()> {
     let dev = Device::Cpu;
     for (m, k, n) in [
+        (1800, 896, 4864),
+        (1800, 4864, 896),
         (800, 896, 4864),
         (800, 4864, 896),
         (800, 896, 896),

@@ -202,22 +202,18 @@ pub fn score_samples(
         // packed back to back in one row (no padding), each after the shared prefix
         let mut flat = Vec::new();
         let mut lens = Vec::with_capacity(b);
-        let mut last = Vec::with_capacity(b);
         for &i in chunk {
             let rest = &ids[i][lcp..];
             flat.extend_from_slice(rest);
             lens.push(rest.len());
-            last.push(flat.len() as u32 - 1);
         }
-        let hidden = model.forward_packed(
+        let hidden = model.forward_packed_ends(
             &flat,
             &lens,
             (lcp > 0).then_some(&prefix_cache),
             crate::model::Mode::Infer,
         )?;
-        let h = hidden.dim(2)?;
-        let last = Tensor::new(last.as_slice(), &model.device)?;
-        let sel = hidden.reshape((flat.len(), h))?.index_select(&last, 0)?;
+        let sel = hidden.squeeze(0)?;
         let logits = model.logits(&sel, crate::model::Mode::Infer)?;
         let logits: Vec<Vec<f32>> = logits.to_vec2()?;
         for (row, &i) in chunk.iter().enumerate() {

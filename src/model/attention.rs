@@ -27,11 +27,13 @@ use std::sync::Arc;
 /// Rows of queries per block of a causal prompt.
 pub const QUERY_BLOCK: usize = 128;
 
-/// New tokens `q0..q1` and the key ranges they may look at.
+/// Query rows `q0..q1` (the first at absolute key index `at`, the next ones after it) and
+/// the key ranges they may look at.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Block {
     pub q0: usize,
     pub q1: usize,
+    pub at: usize,
     pub keys: Vec<(usize, usize)>,
 }
 
@@ -43,7 +45,9 @@ pub struct AttnMask {
     pub s: usize,
     /// cached tokens before them
     pub past: usize,
-    /// (batch, past + s): true for a real token, false for padding
+    /// keys: cached and new tokens (past + s, unless only some queries were kept)
+    pub t: usize,
+    /// (batch, t): true for a real token, false for padding
     pub valid: Arc<Vec<bool>>,
     /// whether any entry of `valid` is false
     pub any_pad: bool,
@@ -62,6 +66,7 @@ impl AttnMask {
                 Block {
                     q0,
                     q1,
+                    at: past + q0,
                     keys: vec![(0, past + q1)],
                 }
             })
@@ -83,11 +88,44 @@ impl AttnMask {
             blocks.push(Block {
                 q0: o,
                 q1: o + n,
+                at: past + o,
                 keys,
             });
             o += n;
         }
         Self::with_blocks(1, o, past, vec![true; past + o], blocks)
+    }
+
+    /// The same keys, seen only by the queries at absolute indices `at[k]` (one block
+    /// each, in this order): the rows a model's last layer needs when only some outputs
+    /// are read (the last token of each row or of each packed sequence).
+    pub fn only(&self, at: &[usize]) -> Self {
+        let blocks = at
+            .iter()
+            .enumerate()
+            .map(|(k, &a)| {
+                let old = self
+                    .blocks
+                    .iter()
+                    .find(|b| a >= b.at && a < b.at + (b.q1 - b.q0))
+                    .expect("a query of the mask");
+                Block {
+                    q0: k,
+                    q1: k + 1,
+                    at: a,
+                    keys: old.keys.clone(),
+                }
+            })
+            .collect();
+        Self {
+            batch: self.batch,
+            s: at.len(),
+            past: self.past,
+            t: self.t,
+            valid: self.valid.clone(),
+            any_pad: self.any_pad,
+            blocks: Arc::new(blocks),
+        }
     }
 
     fn with_blocks(
@@ -103,14 +141,11 @@ impl AttnMask {
             batch,
             s,
             past,
+            t: past + s,
             valid: Arc::new(valid),
             any_pad,
             blocks: Arc::new(blocks),
         }
-    }
-
-    fn t(&self) -> usize {
-        self.past + self.s
     }
 }
 
@@ -290,7 +325,7 @@ impl FusedAttention {
             n_kv: self.n_kv,
             rep: self.rep,
             s: self.mask.s,
-            t: self.mask.t(),
+            t: self.mask.t,
             d: self.head_dim,
         }
     }
@@ -334,7 +369,7 @@ impl FusedAttention {
         let valid = &self.mask.valid[bi * dm.t..(bi + 1) * dm.t];
         let pad = self.mask.any_pad;
         for (r, row) in p.chunks_mut(w).enumerate() {
-            let lim = self.mask.past + blk.q0 + r + 1; // keys j < lim are not in the future
+            let lim = blk.at + r + 1; // keys j < lim are not in the future
             let visible = |j: usize| j < lim && (!pad || valid[j]);
             let mut mx = T::NEG_INF;
             let mut col = 0;
@@ -695,7 +730,7 @@ mod tests {
     /// The composed form: scores + additive mask, softmax, times v.
     fn naive(q: &Tensor, k: &Tensor, v: &Tensor, m: &AttnMask, rep: usize, scale: f64) -> Tensor {
         let (b, nkv, _, _) = q.dims4().unwrap();
-        let (s, t) = (m.s, m.t());
+        let (s, t) = (m.s, m.t);
         let mut add = vec![0f64; b * s * t];
         for r in 0..b {
             for i in 0..s {

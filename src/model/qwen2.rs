@@ -426,7 +426,9 @@ fn rep_dims(t: &Tensor, batch: usize) -> Vec<usize> {
 }
 
 impl Attention {
-    /// x: (b, s, h) -> (b, s, h)
+    /// x: (b, s, h) -> (b, s, h); with `queries`, only those rows (b, s', h) ask (with their
+    /// own rotary tables); keys and values still come from all of x.
+    #[allow(clippy::too_many_arguments)]
     fn forward(
         &self,
         x: &Tensor,
@@ -435,13 +437,16 @@ impl Attention {
         mask: &AttnMask,
         cache: Option<&mut Option<(Tensor, Tensor)>>,
         mode: Mode,
+        queries: Option<(&Tensor, &Tensor, &Tensor)>,
     ) -> Result<Tensor> {
         let (b, s, _) = x.dims3()?;
         let (nh, nkv, d) = (self.n_heads, self.n_kv, self.head_dim);
+        let (xq, cos_q, sin_q) = queries.unwrap_or((x, cos, sin));
+        let sq = xq.dim(1)?;
         let q = self
             .q_proj
-            .forward(x, mode)?
-            .reshape((b, s, nh, d))?
+            .forward(xq, mode)?
+            .reshape((b, sq, nh, d))?
             .transpose(1, 2)?;
         let k = self
             .k_proj
@@ -453,7 +458,7 @@ impl Attention {
             .forward(x, mode)?
             .reshape((b, s, nkv, d))?
             .transpose(1, 2)?;
-        let q = apply_rope(&q.contiguous()?, cos, sin, mode)?;
+        let q = apply_rope(&q.contiguous()?, cos_q, sin_q, mode)?;
         let k = apply_rope(&k.contiguous()?, cos, sin, mode)?;
         let v = v.contiguous()?;
         let (k, v) = match cache {
@@ -470,13 +475,13 @@ impl Attention {
         let rep = nh / nkv;
         // Grouped-query attention without copying K/V: fold the query heads that share a
         // KV head into the row dimension. q: (b, nkv, rep*s, d), k/v: (b, nkv, t, d).
-        let q = q.reshape((b, nkv, rep * s, d))?;
+        let q = q.reshape((b, nkv, rep * sq, d))?;
         let y = fused_attention(&q, &k, &v, mask, rep, 1.0 / (d as f64).sqrt())?;
         let y = y
-            .reshape((b, nh, s, d))?
+            .reshape((b, nh, sq, d))?
             .transpose(1, 2)?
             .contiguous()?
-            .reshape((b, s, nh * d))?;
+            .reshape((b, sq, nh * d))?;
         self.o_proj.forward(&y, mode)
     }
 }
@@ -611,8 +616,20 @@ impl Qwen2 {
         &self,
         ids: &Tensor,
         valid: Option<&[Vec<bool>]>,
+        cache: Option<&mut KvCache>,
+        mode: Mode,
+    ) -> Result<Tensor> {
+        self.forward_rows(ids, valid, cache, mode, false)
+    }
+
+    /// `forward_hidden`, or with `last_only` the last position of each row only (b, 1, h).
+    fn forward_rows(
+        &self,
+        ids: &Tensor,
+        valid: Option<&[Vec<bool>]>,
         mut cache: Option<&mut KvCache>,
         mode: Mode,
+        last_only: bool,
     ) -> Result<Tensor> {
         let (b, s) = ids.dims2()?;
         let past_valid: Vec<Vec<bool>> = match &cache {
@@ -679,6 +696,7 @@ impl Qwen2 {
             &mask,
             cache.as_deref_mut().map(|c| c.kv.as_mut_slice()),
             mode,
+            last_only.then_some((&[s as u32 - 1][..], &[past + s - 1][..])),
         )?;
         if let Some(c) = cache {
             c.valid = all;
@@ -686,7 +704,12 @@ impl Qwen2 {
         Ok(hidden)
     }
 
-    /// The decoder layers and the final norm over ids (b, s).
+    /// The decoder layers and the final norm over ids (b, s). With `only` (column indices
+    /// into each row, the same for every row, and the absolute key index of each), the last
+    /// layer computes just those rows (b, s', h): the keys and values of every token still
+    /// go into the cache, but queries, the output projection and the MLP of the tokens
+    /// nobody reads are skipped.
+    #[allow(clippy::too_many_arguments)]
     fn run_layers(
         &self,
         ids: &Tensor,
@@ -695,16 +718,35 @@ impl Qwen2 {
         mask: &AttnMask,
         mut kv: Option<&mut [Option<(Tensor, Tensor)>]>,
         mode: Mode,
+        only: Option<(&[u32], &[usize])>,
     ) -> Result<Tensor> {
         let (b, s) = ids.dims2()?;
         let mut x = self
             .embed_tokens
             .index_select(&ids.flatten_all()?, 0)?
             .reshape((b, s, ()))?;
+        let n = self.layers.len();
         for (li, layer) in self.layers.iter().enumerate() {
             let slot = kv.as_deref_mut().map(|k| &mut k[li]);
             let hn = rms_norm(&x, &layer.input_layernorm, self.cfg.rms_norm_eps, mode)?;
-            let a = layer.attn.forward(&hn, cos, sin, mask, slot, mode)?;
+            let a = match only {
+                Some((cols, at)) if li + 1 == n && cols.len() < s => {
+                    let idx = Tensor::new(cols, &self.device)?;
+                    let pick = |t: &Tensor| -> Result<Tensor> { Ok(t.index_select(&idx, 1)?) };
+                    let (cq, sq) = if cos.rank() == 2 {
+                        (cos.index_select(&idx, 0)?, sin.index_select(&idx, 0)?)
+                    } else {
+                        (pick(cos)?, pick(sin)?)
+                    };
+                    let hq = pick(&hn)?;
+                    x = pick(&x)?;
+                    let m = mask.only(at);
+                    layer
+                        .attn
+                        .forward(&hn, cos, sin, &m, slot, mode, Some((&hq, &cq, &sq)))?
+                }
+                _ => layer.attn.forward(&hn, cos, sin, mask, slot, mode, None)?,
+            };
             x = (x + a)?;
             let hn = rms_norm(
                 &x,
@@ -728,6 +770,28 @@ impl Qwen2 {
         lens: &[usize],
         prefix: Option<&KvCache>,
         mode: Mode,
+    ) -> Result<Tensor> {
+        self.packed(ids, lens, prefix, mode, false)
+    }
+
+    /// `forward_packed` returning only the last token of each sequence (1, sequences, h).
+    pub fn forward_packed_ends(
+        &self,
+        ids: &[u32],
+        lens: &[usize],
+        prefix: Option<&KvCache>,
+        mode: Mode,
+    ) -> Result<Tensor> {
+        self.packed(ids, lens, prefix, mode, true)
+    }
+
+    fn packed(
+        &self,
+        ids: &[u32],
+        lens: &[usize],
+        prefix: Option<&KvCache>,
+        mode: Mode,
+        ends_only: bool,
     ) -> Result<Tensor> {
         let total: usize = lens.iter().sum();
         if total != ids.len() || total == 0 {
@@ -762,6 +826,16 @@ impl Qwen2 {
         let mask = AttnMask::packed(past, lens);
         let input = Tensor::new(ids, &self.device)?.unsqueeze(0)?;
         let use_kv = past > 0;
+        let ends = ends_only.then(|| {
+            let mut cols = Vec::new();
+            let mut end = 0;
+            for &n in lens.iter().filter(|&&n| n > 0) {
+                end += n;
+                cols.push(end as u32 - 1);
+            }
+            let at: Vec<usize> = cols.iter().map(|&c| past + c as usize).collect();
+            (cols, at)
+        });
         self.run_layers(
             &input,
             &cos,
@@ -769,6 +843,7 @@ impl Qwen2 {
             &mask,
             use_kv.then_some(kv.as_mut_slice()),
             mode,
+            ends.as_ref().map(|(c, a)| (c.as_slice(), a.as_slice())),
         )
     }
 
@@ -785,9 +860,8 @@ impl Qwen2 {
         valid: Option<&[Vec<bool>]>,
         cache: Option<&mut KvCache>,
     ) -> Result<Tensor> {
-        let hidden = self.forward_hidden(ids, valid, cache, Mode::Infer)?;
-        let s = hidden.dim(1)?;
-        let last = hidden.narrow(1, s - 1, 1)?.squeeze(1)?;
+        let hidden = self.forward_rows(ids, valid, cache, Mode::Infer, true)?;
+        let last = hidden.squeeze(1)?;
         self.logits(&last, Mode::Infer)
     }
 
