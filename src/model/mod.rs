@@ -6,6 +6,7 @@ pub mod discover;
 pub mod gguf;
 pub mod loader;
 pub mod lora_op;
+pub mod ops;
 pub mod qwen2;
 pub mod safetensors_io;
 pub mod tokenizer;

@@ -266,6 +266,9 @@ fn rms_norm(x: &Tensor, w: &Tensor, eps: f64, mode: Mode) -> Result<Tensor> {
     match mode {
         Mode::Infer => Ok(candle_nn::ops::rms_norm(&x.contiguous()?, w, eps as f32)?),
         Mode::Train { .. } => {
+            if let Some(y) = super::ops::rms_norm_trainable(x, w, eps) {
+                return Ok(y?);
+            }
             let dt = x.dtype();
             let x = x.to_dtype(compute_dtype(dt))?;
             let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
@@ -488,9 +491,9 @@ impl Attention {
 
 impl Mlp {
     fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        let g = self.gate_proj.forward(x, mode)?.silu()?;
+        let g = self.gate_proj.forward(x, mode)?;
         let u = self.up_proj.forward(x, mode)?;
-        self.down_proj.forward(&(g * u)?, mode)
+        self.down_proj.forward(&super::ops::silu_mul(&g, &u)?, mode)
     }
 }
 
