@@ -14,17 +14,28 @@ use std::sync::Arc;
 
 use super::attention::AttnFloat;
 
-const GOLDEN: u64 = 0x9E3779B97F4A7C15;
+#[inline(always)]
+fn fmix32(mut h: u32) -> u32 {
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
+}
 
-/// Whether element `e` (row-major over rows × in) of a dropout mask drawn from `seed` keeps
-/// its value (SplitMix64; the same stream `qwen2::dropout_mask` draws).
+/// The integer below which an element's hash keeps it (keep probability `keep`).
 #[inline]
-pub fn keeps(seed: u64, e: usize, keep: f32) -> bool {
-    let mut z = seed.wrapping_add((e as u64 + 1).wrapping_mul(GOLDEN));
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
-    let u = ((z ^ (z >> 31)) >> 40) as f32 / (1u64 << 24) as f32;
-    u < keep
+pub fn keep_threshold(keep: f32) -> u32 {
+    ((keep as f64) * 4294967296.0).min(u32::MAX as f64) as u32
+}
+
+/// Whether element `e` (row-major over rows × in) of the dropout mask drawn from `seed` keeps
+/// its value: a 32-bit hash of the element index and the seed (all 32-bit integer steps, so
+/// the mask loops vectorise), compared with `keep_threshold`.
+#[inline(always)]
+pub fn keeps(seed: u64, e: usize, threshold: u32) -> bool {
+    let s = (seed as u32) ^ fmix32((seed >> 32) as u32 ^ 0x9e37_79b9);
+    fmix32((e as u32) ^ s).wrapping_add(s) < threshold
 }
 
 pub struct LoraLinear {
@@ -133,10 +144,12 @@ impl LoraLinear {
         let mut out = x.to_vec();
         if let Some((p, seed)) = self.dropout {
             let keep = 1.0 - p;
+            let th = keep_threshold(keep);
             let s = T::of(1.0 / keep as f64);
             out.par_chunks_mut(cols).enumerate().for_each(|(r, row)| {
+                let base = r * cols;
                 for (c, v) in row.iter_mut().enumerate() {
-                    *v = if keeps(seed, r * cols + c, keep) {
+                    *v = if keeps(seed, base + c, th) {
                         *v * s
                     } else {
                         T::ZERO
@@ -371,15 +384,20 @@ impl LoraLinear {
         match self.dropout {
             Some((p, seed)) => {
                 let keep = 1.0 - p;
+                let th = keep_threshold(keep);
                 let s = T::of(1.0 / keep as f64);
                 dx.par_chunks_mut(inf)
                     .zip(t.par_chunks(inf))
                     .enumerate()
                     .for_each(|(ri, (d, tv))| {
+                        let base = ri * inf;
                         for c in 0..inf {
-                            if keeps(seed, ri * inf + c, keep) {
-                                d[c] = d[c] + tv[c] * s;
-                            }
+                            let m = if keeps(seed, base + c, th) {
+                                s
+                            } else {
+                                T::ZERO
+                            };
+                            d[c] = d[c] + tv[c] * m;
                         }
                     });
             }
@@ -509,6 +527,24 @@ mod tests {
     }
 
     #[test]
+    fn dropout_masks_keep_the_right_share_and_differ_by_seed() {
+        let th = keep_threshold(0.95);
+        let n = 200_000;
+        for seed in [0u64, 1, 0xdead_beef_0000_0001] {
+            let kept = (0..n).filter(|&e| keeps(seed, e, th)).count() as f64 / n as f64;
+            assert!((kept - 0.95).abs() < 0.003, "seed {seed}: kept {kept}");
+        }
+        let same = (0..n)
+            .filter(|&e| keeps(1, e, keep_threshold(0.5)) == keeps(2, e, keep_threshold(0.5)))
+            .count() as f64
+            / n as f64;
+        assert!(
+            (same - 0.5).abs() < 0.01,
+            "masks of two seeds agree on {same}"
+        );
+    }
+
+    #[test]
     fn fused_lora_linear_equals_the_composed_layer_with_dropout() {
         let (rows, inf, outf, r) = (5, 7, 6, 3);
         let (x, w, bias) = (
@@ -520,7 +556,7 @@ mod tests {
         let got = lora_linear(&x, &a, &b, op(&w, &bias)).unwrap();
         let mask: Vec<f64> = (0..rows * inf)
             .map(|e| {
-                if keeps(42, e, 0.7) {
+                if keeps(42, e, keep_threshold(0.7)) {
                     1.0 / 0.7f32 as f64
                 } else {
                     0.0

@@ -34,7 +34,8 @@ impl Mode {
 /// From this many input rows on, a quantized layer is dequantized for the matmul.
 const QUANT_DEQUANT_ROWS: usize = 16;
 
-/// A dropout mask (rows, cols) scaled by 1/(1-p), from a seed (SplitMix64).
+/// A dropout mask (rows, cols) scaled by 1/(1-p), from a seed: the mask the fused LoRA op
+/// draws (`lora_op::keeps`).
 fn dropout_mask(
     seed: u64,
     rows: usize,
@@ -44,16 +45,11 @@ fn dropout_mask(
     device: &Device,
 ) -> Result<Tensor> {
     let keep = 1.0 - p;
+    let th = super::lora_op::keep_threshold(keep);
     let scale = 1.0 / keep;
-    let mut s = seed;
     let v: Vec<f32> = (0..rows * cols)
-        .map(|_| {
-            s = s.wrapping_add(0x9E3779B97F4A7C15);
-            let mut z = s;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
-            let u = ((z ^ (z >> 31)) >> 40) as f32 / (1u64 << 24) as f32;
-            if u < keep {
+        .map(|e| {
+            if super::lora_op::keeps(seed, e, th) {
                 scale
             } else {
                 0.0
