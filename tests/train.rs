@@ -27,6 +27,91 @@ fn examples(
 }
 
 #[test]
+fn packed_batch_with_shared_prefix_equals_examples_one_by_one() {
+    let d = tmp();
+    let m = tiny_model(d.path(), TinySpec::default());
+    let mut lm = model::load(
+        m.to_str().unwrap(),
+        LoadOptions {
+            dtype: DType::F64,
+            quantized: false,
+        },
+    )
+    .unwrap();
+    let ex = examples(&lm, 3, d.path());
+    let common = ex[0]
+        .ids
+        .iter()
+        .zip(&ex[1].ids)
+        .take_while(|(a, b)| a == b)
+        .count();
+    assert!(
+        common >= 8,
+        "the examples share their prompt prefix ({common} tokens)"
+    );
+    let spec = LoraSpec {
+        lora_dropout: 0.0,
+        ..Default::default()
+    };
+    let vars = attach_lora(&mut lm.model, &spec, 3).unwrap();
+    for (i, v) in vars.iter().enumerate() {
+        let vals = fraudlab::model::tiny::randn(50 + i as u64, v.b.elem_count(), 0.05);
+        let t = Tensor::from_vec(vals, v.b.shape(), &lm.model.device).unwrap();
+        v.b.set(&t.to_dtype(DType::F64).unwrap()).unwrap();
+    }
+    let pad = lm.tokenizer.pad_id.unwrap();
+    let mode = Mode::Train { dropout_seed: 0 };
+    let n_targets = |e: &fraudlab::engine::train::Example| e.labels.iter().flatten().count() as f64;
+    // the batch: one forward, the prefix computed once
+    let batch = mean_loss(&lm.model, &ex, pad, mode).unwrap();
+    let gb = batch.backward().unwrap();
+    // one by one, weighted as the batch weighs them
+    let total: f64 = ex.iter().map(n_targets).sum();
+    let mut sum = 0.0;
+    let mut grads_one: Vec<Vec<f64>> = vec![];
+    for e in &ex {
+        let l = (mean_loss(&lm.model, std::slice::from_ref(e), pad, mode).unwrap()
+            * (n_targets(e) / total))
+            .unwrap();
+        sum += l.to_scalar::<f64>().unwrap();
+        let g = l.backward().unwrap();
+        let flat: Vec<f64> = g
+            .get(vars[0].a.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        grads_one.push(flat);
+    }
+    let b = batch.to_scalar::<f64>().unwrap();
+    assert!(
+        (b - sum).abs() < 1e-10 * b.abs().max(1.0),
+        "batch loss {b} vs one by one {sum}"
+    );
+    let want: Vec<f64> = (0..grads_one[0].len())
+        .map(|k| grads_one.iter().map(|g| g[k]).sum())
+        .collect();
+    let got: Vec<f64> = gb
+        .get(vars[0].a.as_tensor())
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let worst = got
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    let scale = want.iter().map(|x| x.abs()).fold(0.0, f64::max);
+    assert!(
+        scale > 0.0 && worst < 1e-9 * scale.max(1.0),
+        "gradient differs by {worst} (scale {scale})"
+    );
+}
+
+#[test]
 fn example_masks_everything_but_the_answer() {
     let d = tmp();
     let m = tiny_model(d.path(), TinySpec::default());

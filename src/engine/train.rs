@@ -301,37 +301,73 @@ pub fn lr_at(cfg: &TrainConfig, step: usize, total: usize, warmup: usize) -> f64
     }
 }
 
-/// A batch packed into one row: the examples' ids back to back (no padding; each attends
-/// only to itself), their lengths, and the flat positions whose next token is a target, with
-/// those targets.
+/// A batch packed into one row: the prompt prefix all its examples share (once), then the
+/// rest of each example back to back (no padding; each sees the prefix and itself), the
+/// lengths of those rests, and the flat positions whose next token is a target, with those
+/// targets.
 struct Batch {
     ids: Vec<u32>,
+    shared: usize,
     lens: Vec<usize>,
     positions: Vec<u32>,
     targets: Vec<u32>,
+    /// tokens of the examples (the shared prefix counted for each)
     tokens: usize,
 }
 
+/// How many leading tokens every example of a batch can share: their common prefix, leaving
+/// each at least one token and no target inside it (a target there would be counted once
+/// instead of once per example; the prefix's last position may predict, as each example
+/// reads its own target from it).
+fn shared_prefix(examples: &[&Example]) -> usize {
+    if examples.len() < 2 {
+        return 0;
+    }
+    let first = &examples[0].ids;
+    let mut n = first.len();
+    for e in examples {
+        n = n.min(e.ids.iter().zip(first).take_while(|(a, b)| a == b).count());
+        n = n.min(e.ids.len().saturating_sub(1));
+        // position t predicts token t + 1: keep every target-predicting position at or
+        // after the prefix's last one
+        if let Some(t) = (0..e.ids.len().saturating_sub(1)).find(|&t| e.labels[t + 1].is_some()) {
+            n = n.min(t + 1);
+        }
+    }
+    if n < 8 {
+        0
+    } else {
+        n
+    }
+}
+
 fn make_batch(examples: &[&Example], _pad: u32, _device: &candle_core::Device) -> Result<Batch> {
-    let mut ids = Vec::new();
+    let shared = shared_prefix(examples);
+    let mut ids = examples
+        .first()
+        .map(|e| e.ids[..shared].to_vec())
+        .unwrap_or_default();
     let mut lens = Vec::with_capacity(examples.len());
     let mut positions = Vec::new();
     let mut targets = Vec::new();
+    let mut tokens = 0;
     for e in examples {
         let o = ids.len();
-        ids.extend_from_slice(&e.ids);
-        lens.push(e.ids.len());
-        // position t predicts token t+1
+        ids.extend_from_slice(&e.ids[shared..]);
+        lens.push(e.ids.len() - shared);
+        tokens += e.ids.len();
+        // position t predicts token t+1; positions in the prefix are its shared rows
         for t in 0..e.ids.len().saturating_sub(1) {
             if let Some(y) = e.labels[t + 1] {
-                positions.push((o + t) as u32);
+                let row = if t < shared { t } else { o + t - shared };
+                positions.push(row as u32);
                 targets.push(y);
             }
         }
     }
-    let tokens = ids.len();
     Ok(Batch {
         ids,
+        shared,
         lens,
         positions,
         targets,
@@ -341,7 +377,7 @@ fn make_batch(examples: &[&Example], _pad: u32, _device: &candle_core::Device) -
 
 /// Summed negative log-likelihood of a batch's targets (logits computed only where needed).
 fn batch_nll(model: &Qwen2, batch: &Batch, mode: Mode) -> Result<Tensor> {
-    let hidden = model.forward_packed(&batch.ids, &batch.lens, None, mode)?;
+    let hidden = model.forward_packed_shared(&batch.ids, batch.shared, &batch.lens, mode)?;
     let (b, s, h) = hidden.dims3()?;
     let dev = hidden.device();
     let pos = Tensor::new(batch.positions.as_slice(), dev)?;

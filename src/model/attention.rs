@@ -75,14 +75,24 @@ impl AttnMask {
     }
 
     /// One row holding sequences of `lens` tokens back to back, each after the same `past`
-    /// cached tokens (a shared prompt prefix; 0 for none), seeing the prefix and itself.
-    pub fn packed(past: usize, lens: &[usize]) -> Self {
-        let mut blocks = Vec::with_capacity(lens.len());
-        let mut o = 0;
+    /// cached tokens and `shared` new tokens at the start of the row (a prompt prefix they
+    /// all continue; 0 for none), each seeing that prefix and itself.
+    pub fn packed(past: usize, shared: usize, lens: &[usize]) -> Self {
+        let mut blocks = Vec::with_capacity(lens.len() + 1);
+        let pre = past + shared;
+        if shared > 0 {
+            blocks.push(Block {
+                q0: 0,
+                q1: shared,
+                at: past,
+                keys: vec![(0, pre)],
+            });
+        }
+        let mut o = shared;
         for &n in lens.iter().filter(|&&n| n > 0) {
             let mut keys = Vec::with_capacity(2);
-            if past > 0 {
-                keys.push((0, past));
+            if pre > 0 {
+                keys.push((0, pre));
             }
             keys.push((past + o, past + o + n));
             blocks.push(Block {
@@ -786,7 +796,7 @@ mod tests {
         let (m, nkv, rep, d, t) = setup();
         grad_check(&m, nkv, rep, d, t);
         // packed: two sequences (3 and 2 tokens) after a shared 2-token prefix
-        grad_check(&AttnMask::packed(2, &[3, 2]), nkv, rep, d, 7);
+        grad_check(&AttnMask::packed(2, 0, &[3, 2]), nkv, rep, d, 7);
     }
 
     fn grad_check(m: &AttnMask, nkv: usize, rep: usize, d: usize, t: usize) {
@@ -861,7 +871,7 @@ mod tests {
         let (nkv, rep, d, past) = (2, 2, 4, 2);
         let lens = [3usize, 2];
         let s: usize = lens.iter().sum();
-        let m = AttnMask::packed(past, &lens);
+        let m = AttnMask::packed(past, 0, &lens);
         let q = rand(&[1, nkv, rep * s, d], 21);
         let k = rand(&[1, nkv, past + s, d], 22);
         let v = rand(&[1, nkv, past + s, d], 23);

@@ -770,7 +770,20 @@ impl Qwen2 {
         prefix: Option<&KvCache>,
         mode: Mode,
     ) -> Result<Tensor> {
-        self.packed(ids, lens, prefix, mode, false)
+        self.packed(ids, 0, lens, prefix, mode, false)
+    }
+
+    /// `forward_packed` where the first `shared` ids are a prefix every sequence continues
+    /// (computed once; the sequences' `lens` follow it). Equal to running prefix + sequence
+    /// for each sequence on its own; returns (1, shared + Σ lens, h).
+    pub fn forward_packed_shared(
+        &self,
+        ids: &[u32],
+        shared: usize,
+        lens: &[usize],
+        mode: Mode,
+    ) -> Result<Tensor> {
+        self.packed(ids, shared, lens, None, mode, false)
     }
 
     /// `forward_packed` returning only the last token of each sequence (1, sequences, h).
@@ -781,18 +794,19 @@ impl Qwen2 {
         prefix: Option<&KvCache>,
         mode: Mode,
     ) -> Result<Tensor> {
-        self.packed(ids, lens, prefix, mode, true)
+        self.packed(ids, 0, lens, prefix, mode, true)
     }
 
     fn packed(
         &self,
         ids: &[u32],
+        shared: usize,
         lens: &[usize],
         prefix: Option<&KvCache>,
         mode: Mode,
         ends_only: bool,
     ) -> Result<Tensor> {
-        let total: usize = lens.iter().sum();
+        let total: usize = shared + lens.iter().sum::<usize>();
         if total != ids.len() || total == 0 {
             bail!(
                 "packed lengths add up to {total}, the ids are {}",
@@ -808,7 +822,7 @@ impl Qwen2 {
             }
             _ => (0, vec![None; self.layers.len()]),
         };
-        let longest = lens.iter().copied().max().unwrap_or(0);
+        let longest = shared + lens.iter().copied().max().unwrap_or(0);
         if past + longest > self.cfg.max_position_embeddings {
             bail!(
                 "{} tokens exceed the model's context of {} tokens",
@@ -816,18 +830,19 @@ impl Qwen2 {
                 self.cfg.max_position_embeddings
             );
         }
-        let pos: Vec<u32> = lens
-            .iter()
-            .flat_map(|&n| (past..past + n).map(|p| p as u32))
+        let pre = past + shared;
+        let pos: Vec<u32> = (past..pre)
+            .chain(lens.iter().flat_map(|&n| pre..pre + n))
+            .map(|p| p as u32)
             .collect();
         let positions = Positions::PerRow(Tensor::from_vec(pos, (1, total), &self.device)?);
         let (cos, sin) = self.rope.tables(&positions)?;
-        let mask = AttnMask::packed(past, lens);
+        let mask = AttnMask::packed(past, shared, lens);
         let input = Tensor::new(ids, &self.device)?.unsqueeze(0)?;
         let use_kv = past > 0;
         let ends = ends_only.then(|| {
             let mut cols = Vec::new();
-            let mut end = 0;
+            let mut end = shared;
             for &n in lens.iter().filter(|&&n| n > 0) {
                 end += n;
                 cols.push(end as u32 - 1);
