@@ -59,18 +59,17 @@ fn packed_batch_with_shared_prefix_equals_examples_one_by_one() {
         let t = Tensor::from_vec(vals, v.b.shape(), &lm.model.device).unwrap();
         v.b.set(&t.to_dtype(DType::F64).unwrap()).unwrap();
     }
-    let pad = lm.tokenizer.pad_id.unwrap();
     let mode = Mode::Train { dropout_seed: 0 };
     let n_targets = |e: &fraudlab::engine::train::Example| e.labels.iter().flatten().count() as f64;
     // the batch: one forward, the prefix computed once
-    let batch = mean_loss(&lm.model, &ex, pad, mode).unwrap();
+    let batch = mean_loss(&lm.model, &ex, mode).unwrap();
     let gb = batch.backward().unwrap();
     // one by one, weighted as the batch weighs them
     let total: f64 = ex.iter().map(n_targets).sum();
     let mut sum = 0.0;
     let mut grads_one: Vec<Vec<f64>> = vec![];
     for e in &ex {
-        let l = (mean_loss(&lm.model, std::slice::from_ref(e), pad, mode).unwrap()
+        let l = (mean_loss(&lm.model, std::slice::from_ref(e), mode).unwrap()
             * (n_targets(e) / total))
             .unwrap();
         sum += l.to_scalar::<f64>().unwrap();
@@ -213,9 +212,8 @@ fn lora_gradients_match_finite_differences() {
             .unwrap();
         v.b.set(&t).unwrap();
     }
-    let pad = lm.tokenizer.pad_id.unwrap();
     let mode = Mode::Train { dropout_seed: 0 };
-    let loss = mean_loss(&lm.model, &ex, pad, mode).unwrap();
+    let loss = mean_loss(&lm.model, &ex, mode).unwrap();
     let grads = loss.backward().unwrap();
     let eps = 1e-5;
     let mut checked = 0;
@@ -235,12 +233,12 @@ fn lora_gradients_match_finite_differences() {
                 .to_vec1::<f64>()
                 .unwrap();
             for k in [0, base.len() / 3, base.len() - 1] {
-                let mut at = |delta: f64| {
+                let at = |delta: f64| {
                     let mut p = base.clone();
                     p[k] += delta;
                     var.set(&Tensor::from_vec(p, var.shape(), &lm.model.device).unwrap())
                         .unwrap();
-                    mean_loss(&lm.model, &ex, pad, mode)
+                    mean_loss(&lm.model, &ex, mode)
                         .unwrap()
                         .to_scalar::<f64>()
                         .unwrap()

@@ -137,16 +137,25 @@ pub fn score_prompt(tok: &TextTokenizer, s: &Sample) -> Result<(Vec<u32>, u32, u
     Ok((t[..p].to_vec(), t[p], f[p]))
 }
 
-fn common_prefix(seqs: &[Vec<u32>]) -> usize {
-    let Some(first) = seqs.first() else { return 0 };
+/// Tokens every sequence starts with, leaving each at least one token of its own.
+pub(crate) fn common_prefix<S: AsRef<[u32]>>(seqs: &[S]) -> usize {
+    let Some(first) = seqs.first().map(|s| s.as_ref()) else {
+        return 0;
+    };
     let mut n = first.len();
     for s in &seqs[1..] {
-        n = n.min(s.iter().zip(first).take_while(|(a, b)| a == b).count());
+        n = n.min(
+            s.as_ref()
+                .iter()
+                .zip(first)
+                .take_while(|(a, b)| a == b)
+                .count(),
+        );
     }
     // every row keeps at least one token of its own
     n.min(
         seqs.iter()
-            .map(|s| s.len())
+            .map(|s| s.as_ref().len())
             .min()
             .unwrap_or(1)
             .saturating_sub(1),

@@ -323,11 +323,9 @@ fn shared_prefix(examples: &[&Example]) -> usize {
     if examples.len() < 2 {
         return 0;
     }
-    let first = &examples[0].ids;
-    let mut n = first.len();
+    let ids: Vec<&[u32]> = examples.iter().map(|e| e.ids.as_slice()).collect();
+    let mut n = super::eval::common_prefix(&ids);
     for e in examples {
-        n = n.min(e.ids.iter().zip(first).take_while(|(a, b)| a == b).count());
-        n = n.min(e.ids.len().saturating_sub(1));
         // position t predicts token t + 1: keep every target-predicting position at or
         // after the prefix's last one
         if let Some(t) = (0..e.ids.len().saturating_sub(1)).find(|&t| e.labels[t + 1].is_some()) {
@@ -341,7 +339,7 @@ fn shared_prefix(examples: &[&Example]) -> usize {
     }
 }
 
-fn make_batch(examples: &[&Example], _pad: u32, _device: &candle_core::Device) -> Result<Batch> {
+fn make_batch(examples: &[&Example]) -> Result<Batch> {
     let shared = shared_prefix(examples);
     let mut ids = examples
         .first()
@@ -393,20 +391,20 @@ fn scalar(t: &Tensor) -> Result<f64> {
 }
 
 /// Mean loss over the targets of examples, as one tensor (for gradient checks and tools).
-pub fn mean_loss(model: &Qwen2, examples: &[Example], pad: u32, mode: Mode) -> Result<Tensor> {
+pub fn mean_loss(model: &Qwen2, examples: &[Example], mode: Mode) -> Result<Tensor> {
     let refs: Vec<&Example> = examples.iter().collect();
-    let b = make_batch(&refs, pad, &model.device)?;
+    let b = make_batch(&refs)?;
     let n = b.targets.len().max(1);
     Ok((batch_nll(model, &b, mode)? / n as f64)?)
 }
 
 /// Mean loss of examples without gradients (validation).
-pub fn eval_loss(model: &Qwen2, examples: &[Example], batch: usize, pad: u32) -> Result<f64> {
+pub fn eval_loss(model: &Qwen2, examples: &[Example], batch: usize) -> Result<f64> {
     let mut sum = 0.0;
     let mut n = 0usize;
     for chunk in examples.chunks(batch.max(1)) {
         let refs: Vec<&Example> = chunk.iter().collect();
-        let b = make_batch(&refs, pad, &model.device)?;
+        let b = make_batch(&refs)?;
         if b.targets.is_empty() {
             continue;
         }
@@ -834,7 +832,6 @@ pub fn train_loaded(
     let warmup = tc
         .warmup_steps
         .unwrap_or((tc.warmup_ratio * total as f64).ceil() as usize);
-    let pad = tok.pad_id.unwrap_or(0);
     let base_name = tc.model.clone();
     let mut opt = AdamW::new(&tr.vars)?;
     let mut st = TrainerState {
@@ -930,7 +927,7 @@ pub fn train_loaded(
                 for m in st.micro..upto {
                     let idx = &order[m * tc.batch..((m + 1) * tc.batch).min(order.len())];
                     let refs: Vec<&Example> = idx.iter().map(|&i| &train_ex[i]).collect();
-                    window_batches.push(make_batch(&refs, pad, &model.device)?);
+                    window_batches.push(make_batch(&refs)?);
                 }
                 window_targets = window_batches
                     .iter()
@@ -1027,7 +1024,7 @@ pub fn train_loaded(
                     || st.step == total);
             let mut improved = false;
             if want_eval {
-                let el = eval_loss(&model, &val_ex, tc.batch, pad)?;
+                let el = eval_loss(&model, &val_ex, tc.batch)?;
                 m.eval_loss = Some(el);
                 improved = st.best_eval_loss.is_none_or(|b| el < b);
                 if improved {

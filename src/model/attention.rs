@@ -597,15 +597,40 @@ fn inner_parallelism(tasks: usize) -> Parallelism {
     }
 }
 
-fn contiguous<'a, T: AttnFloat>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [T]> {
-    let (a, b) = l.contiguous_offsets().ok_or_else(|| {
-        candle_core::Error::Msg("fused-attention: inputs must be contiguous".into())
-    })?;
+/// The elements of a contiguous CPU storage (the custom ops' inputs).
+pub(crate) fn contiguous<'a, T: AttnFloat>(
+    s: &'a CpuStorage,
+    l: &Layout,
+) -> candle_core::Result<&'a [T]> {
+    let (a, b) = l
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg("fused op: inputs must be contiguous".into()))?;
     Ok(&T::cpu_slice(s)?[a..b])
 }
 
-fn tensor_vec<T: AttnFloat>(t: &Tensor) -> candle_core::Result<Vec<T>> {
+/// The elements of a tensor, copied out (for backward passes).
+pub(crate) fn tensor_vec<T: AttnFloat>(t: &Tensor) -> candle_core::Result<Vec<T>> {
     t.contiguous()?.flatten_all()?.to_vec1::<T>()
+}
+
+/// The elements of a contiguous CPU tensor, borrowed from its storage guard.
+pub(crate) fn storage_slice<'a, T: AttnFloat>(
+    g: &'a candle_core::Storage,
+    l: &Layout,
+) -> candle_core::Result<&'a [T]> {
+    match g {
+        candle_core::Storage::Cpu(c) => contiguous(c, l),
+        _ => Err(candle_core::Error::Msg("fused op: CPU tensors only".into())),
+    }
+}
+
+/// Splits a matmul over the thread pool unless it is too small to be worth it.
+pub(crate) fn parallelism_for(m: usize, n: usize, k: usize) -> Parallelism {
+    if m * n * k < 32 * 1024 {
+        Parallelism::None
+    } else {
+        Parallelism::Rayon(rayon::current_num_threads())
+    }
 }
 
 impl FusedAttention {

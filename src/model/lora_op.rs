@@ -8,11 +8,10 @@
 //! (cheap: r is 8 or 16). W and the bias get no gradient (they are frozen).
 
 use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Shape, Tensor};
-use gemm::Parallelism;
 use rayon::prelude::*;
 use std::sync::Arc;
 
-use super::attention::AttnFloat;
+use super::attention::{self, contiguous as slice, parallelism_for, storage_slice, AttnFloat};
 
 #[inline(always)]
 fn fmix32(mut h: u32) -> u32 {
@@ -59,19 +58,6 @@ pub fn lora_linear(
         .apply_op3_arc(&a.contiguous()?, &b.contiguous()?, Arc::new(Box::new(op)))
 }
 
-/// The elements of a contiguous CPU tensor, borrowed from its storage guard.
-fn storage_slice<'a, T: AttnFloat>(
-    g: &'a candle_core::Storage,
-    l: &Layout,
-) -> candle_core::Result<&'a [T]> {
-    match g {
-        candle_core::Storage::Cpu(c) => slice(c, l),
-        _ => Err(candle_core::Error::Msg(
-            "lora-linear: CPU tensors only".into(),
-        )),
-    }
-}
-
 /// Runs `f` on the elements of `t` (made contiguous first when it is not).
 fn with<T: AttnFloat, R>(
     t: &Tensor,
@@ -82,14 +68,8 @@ fn with<T: AttnFloat, R>(
     f(storage_slice(&g, l)?)
 }
 
-fn slice<'a, T: AttnFloat>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [T]> {
-    let (a, b) = l
-        .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::Msg("lora-linear: inputs must be contiguous".into()))?;
-    Ok(&T::cpu_slice(s)?[a..b])
-}
-
-/// `dst (m×n) (+)= beta · lhs · rhs` with lhs (m×k) and rhs (k×n) given by strides.
+/// `dst (m×n) (+)= beta · lhs · rhs` (lhs, rhs given by column and row strides), on the
+/// thread pool when large enough.
 #[allow(clippy::too_many_arguments)]
 fn mm<T: AttnFloat>(
     m: usize,
@@ -98,44 +78,25 @@ fn mm<T: AttnFloat>(
     dst: &mut [T],
     acc: bool,
     lhs: &[T],
-    lhs_cs: isize,
-    lhs_rs: isize,
+    lhs_strides: (usize, usize),
     rhs: &[T],
-    rhs_cs: isize,
-    rhs_rs: isize,
+    rhs_strides: (usize, usize),
     beta: T,
 ) {
-    assert!(dst.len() >= m * n);
-    let threads = rayon::current_num_threads();
-    let par = if m * n * k < 32 * 1024 {
-        Parallelism::None
-    } else {
-        Parallelism::Rayon(threads)
-    };
-    // SAFETY: callers pass slices that cover every element the strides reach.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            acc,
-            lhs.as_ptr(),
-            lhs_cs,
-            lhs_rs,
-            rhs.as_ptr(),
-            rhs_cs,
-            rhs_rs,
-            T::ONE,
-            beta,
-            false,
-            false,
-            false,
-            par,
-        )
-    }
+    attention::mm(
+        m,
+        n,
+        k,
+        dst,
+        n,
+        acc,
+        lhs,
+        lhs_strides,
+        rhs,
+        rhs_strides,
+        beta,
+        parallelism_for(m, n, k),
+    );
 }
 
 impl LoraLinear {
@@ -180,11 +141,9 @@ impl LoraLinear {
                 &mut y,
                 false,
                 x,
-                1,
-                inf as isize,
+                (1, inf),
                 w,
-                inf as isize,
-                1,
+                (inf, 1),
                 T::ONE,
             );
             Ok(())
@@ -206,11 +165,9 @@ impl LoraLinear {
             &mut y,
             true,
             &h,
-            1,
-            r as isize,
+            (1, r),
             b,
-            r as isize,
-            1,
+            (r, 1),
             T::of(self.scale),
         );
         Ok(y)
@@ -226,38 +183,25 @@ impl LoraLinear {
         r: usize,
     ) -> Vec<T> {
         let mut h = vec![T::ZERO; rows * r];
-        if self.dropout.is_some() {
-            let xm = self.masked(x, inf);
-            mm(
-                rows,
-                r,
-                inf,
-                &mut h,
-                false,
-                &xm,
-                1,
-                inf as isize,
-                a,
-                inf as isize,
-                1,
-                T::ONE,
-            );
+        let masked;
+        let src = if self.dropout.is_some() {
+            masked = self.masked(x, inf);
+            &masked[..]
         } else {
-            mm(
-                rows,
-                r,
-                inf,
-                &mut h,
-                false,
-                x,
-                1,
-                inf as isize,
-                a,
-                inf as isize,
-                1,
-                T::ONE,
-            );
-        }
+            x
+        };
+        mm(
+            rows,
+            r,
+            inf,
+            &mut h,
+            false,
+            src,
+            (1, inf),
+            a,
+            (inf, 1),
+            T::ONE,
+        );
         h
     }
 
@@ -295,11 +239,9 @@ impl LoraLinear {
             &mut h,
             false,
             &xm,
-            1,
-            inf as isize,
+            (1, inf),
             a,
-            inf as isize,
-            1,
+            (inf, 1),
             T::ONE,
         );
         // dB = scale · dyᵀ h (out × r)
@@ -311,11 +253,9 @@ impl LoraLinear {
             &mut db,
             false,
             dy,
-            outf as isize,
-            1,
+            (outf, 1),
             &h,
-            1,
-            r as isize,
+            (1, r),
             scale,
         );
         // g = dy B (rows × r)
@@ -327,11 +267,9 @@ impl LoraLinear {
             &mut g,
             false,
             dy,
-            1,
-            outf as isize,
+            (1, outf),
             b,
-            1,
-            r as isize,
+            (1, r),
             T::ONE,
         );
         // dA = scale · gᵀ xm (r × in)
@@ -343,11 +281,9 @@ impl LoraLinear {
             &mut da,
             false,
             &g,
-            r as isize,
-            1,
+            (r, 1),
             &xm,
-            1,
-            inf as isize,
+            (1, inf),
             scale,
         );
         // dx = dy W + (scale · g A) ⊙ m
@@ -359,28 +295,13 @@ impl LoraLinear {
             &mut dx,
             false,
             dy,
-            1,
-            outf as isize,
+            (1, outf),
             w,
-            1,
-            inf as isize,
+            (1, inf),
             T::ONE,
         );
         let mut t = xm; // reuse the buffer
-        mm(
-            rows,
-            inf,
-            r,
-            &mut t,
-            false,
-            &g,
-            1,
-            r as isize,
-            a,
-            1,
-            inf as isize,
-            scale,
-        );
+        mm(rows, inf, r, &mut t, false, &g, (1, r), a, (1, inf), scale);
         match self.dropout {
             Some((p, seed)) => {
                 let keep = 1.0 - p;

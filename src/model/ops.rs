@@ -8,7 +8,7 @@ use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::Arc;
 
-use super::attention::AttnFloat;
+use super::attention::{contiguous as slice, tensor_vec as vec_of, AttnFloat};
 
 /// exp(x) for f32, vectorisable (no library call): x = n ln 2 + r with |r| <= ln 2 / 2
 /// (ln 2 split in two parts so r stays exact), e^r from its Taylor series to degree 7, and
@@ -42,17 +42,6 @@ impl FastExp for f64 {
     fn fast_exp(self) -> Self {
         self.exp()
     }
-}
-
-fn slice<'a, T: AttnFloat>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [T]> {
-    let (a, b) = l
-        .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::Msg("fused op: inputs must be contiguous".into()))?;
-    Ok(&T::cpu_slice(s)?[a..b])
-}
-
-fn vec_of<T: AttnFloat>(t: &Tensor) -> candle_core::Result<Vec<T>> {
-    t.contiguous()?.flatten_all()?.to_vec1::<T>()
 }
 
 const CHUNK: usize = 4096;
