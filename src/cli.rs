@@ -80,6 +80,11 @@ pub enum Command {
     },
     /// Download a model by hub id (e.g. Qwen/Qwen2-0.5B-Instruct) into the Hugging Face cache.
     Download { id: String },
+    /// Follow live conversations turn by turn from standard input and warn in time: one line
+    /// (or JSON object) per turn with P(fraud) and the alert state.
+    Monitor(MonitorArgs),
+    /// Serve the classifier over HTTP: classify, conversation turns, OpenAI-style chat.
+    Serve(ServeArgs),
     /// Write a tiny random demo model (offline, seconds) to try every pane.
     DemoModel {
         #[arg(long, default_value = "models/fraudlab-demo-tiny")]
@@ -88,6 +93,102 @@ pub enum Command {
         #[arg(long)]
         gguf: bool,
     },
+}
+
+/// How a live conversation is followed (monitor and serve).
+#[derive(Args, Debug, Clone)]
+pub struct LiveArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// LoRA adapter folder (its fraudlab.json gives the prompt and thresholds).
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
+    /// Per-turn alert threshold on P(fraud). Default: the adapter's streaming threshold, else
+    /// its whole-dialogue threshold, else 0.5.
+    #[arg(long)]
+    pub threshold: Option<f64>,
+    /// Alert once this many turns in a row are at or above the threshold. Default: the
+    /// adapter's streaming K, else 1.
+    #[arg(long)]
+    pub consecutive: Option<usize>,
+    /// Most tokens a conversation's prompt holds; past it the oldest turns leave the prompt
+    /// (system prompt and instruction stay), re-prefilled once per slide.
+    #[arg(long, default_value_t = crate::engine::monitor::DEFAULT_WINDOW)]
+    pub window: usize,
+    /// File with the instruction put before the dialogue. Default: the adapter's, else the
+    /// standard fraud-dialogue instruction.
+    #[arg(long = "instruction-file")]
+    pub instruction_file: Option<PathBuf>,
+    /// Conversations whose caches are kept at once (the least recently used is evicted).
+    #[arg(long = "max-conversations", default_value_t = 8)]
+    pub max_conversations: usize,
+}
+
+impl LiveArgs {
+    /// The monitor settings these options and the adapter's metadata give, and where the
+    /// threshold came from.
+    pub fn monitor_config(
+        &self,
+    ) -> Result<(
+        crate::engine::monitor::MonitorConfig,
+        crate::engine::monitor::ThresholdSource,
+    )> {
+        use crate::engine::monitor::{MonitorConfig, ThresholdSource};
+        let meta = crate::model::adapter::AdapterMeta::for_adapter(self.adapter.as_deref())?;
+        let mut cfg = MonitorConfig::from_meta(&meta);
+        let mut source = MonitorConfig::meta_threshold(&meta).1;
+        if let Some(t) = self.threshold {
+            cfg.threshold = t;
+            source = ThresholdSource::Given;
+        }
+        if let Some(k) = self.consecutive {
+            cfg.consecutive = k;
+        }
+        cfg.window = self.window;
+        cfg.max_conversations = self.max_conversations;
+        if let Some(f) = &self.instruction_file {
+            cfg.instruction = std::fs::read_to_string(f)
+                .with_context(|| format!("{}: cannot read the instruction", f.display()))?;
+        }
+        cfg.validate().context("monitor settings")?;
+        Ok((cfg, source))
+    }
+
+    /// Loads the model (and adapter).
+    pub fn load(&self) -> Result<crate::model::LoadedModel> {
+        let mut lm = model::load(&self.model.model, self.model.options()?)?;
+        if let Some(a) = &self.adapter {
+            crate::model::adapter::load_adapter(&mut lm.model, a)?;
+        }
+        Ok(lm)
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct MonitorArgs {
+    #[command(flatten)]
+    pub live: LiveArgs,
+    /// Once a conversation's alert fires, ask the model who the fraudster is and why.
+    #[arg(long)]
+    pub explain: bool,
+    /// One JSON object per turn instead of a readable line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub live: LiveArgs,
+    /// Address to listen on (loopback by default).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub addr: String,
+    /// Requests waiting for the engine at once; more get 503.
+    #[arg(long = "queue", default_value_t = 64)]
+    pub queue: usize,
+    /// Largest request body accepted, in bytes.
+    #[arg(long = "max-body", default_value_t = 1 << 20)]
+    pub max_body: usize,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -360,6 +461,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Some(Command::Sessions { json }) => crate::cli_data::sessions(json),
         Some(Command::Convert { gguf, out }) => cmd_convert(&gguf, &out),
         Some(Command::DemoModel { out, gguf }) => cmd_demo(&out, gguf),
+        Some(Command::Monitor(a)) => crate::cli_live::monitor(a),
+        Some(Command::Serve(a)) => crate::serve::run(a),
         Some(Command::Download { id }) => {
             install_stop_signals();
             let cancel = AtomicBool::new(false);

@@ -6,9 +6,11 @@
 
 pub mod cli;
 pub mod cli_data;
+pub mod cli_live;
 pub mod data;
 pub mod engine;
 pub mod model;
+pub mod serve;
 pub mod tui;
 
 /// Keeps freed memory in the process for reuse. Tensors are allocated and freed at a high

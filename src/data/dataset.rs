@@ -242,32 +242,102 @@ pub struct Answer {
     pub reason: Option<String>,
 }
 
-/// Parse an answer: the text (trimmed; or else its outermost `{...}`) as a JSON
-/// object with `is_fraud` a bool (the strings `"true"`/`"false"` are accepted
-/// too). `fraud_speaker` / `reason` are taken when they are strings.
+/// Parse an answer as models really write it: a JSON object with `is_fraud` (a bool, or the
+/// strings `"true"`/`"false"`), alone or inside a code fence or other text; or an object cut
+/// off by the token limit, whose fields are taken as far as they are complete (`is_fraud`
+/// when its value was written; a string field up to where it was cut). `fraud_speaker` /
+/// `reason` are taken when they are strings. `None`: no decision can be read.
+/// The one parser for answers: evaluation, the probe suite and the monitor use it.
 pub fn parse_answer(text: &str) -> Option<Answer> {
     let t = text.trim();
-    let v: Value = serde_json::from_str(t).ok().or_else(|| {
-        let start = t.find('{')?;
-        let end = t.rfind('}')?;
-        if end <= start {
-            return None;
+    let whole = |o: &serde_json::Map<String, Value>| -> Option<Answer> {
+        let is_fraud = json_decision(o.get("is_fraud")?)?;
+        let s = |k: &str| o.get(k).and_then(Value::as_str).map(str::to_string);
+        Some(Answer {
+            is_fraud,
+            fraud_speaker: s("fraud_speaker"),
+            reason: s("reason"),
+        })
+    };
+    // every `{` from the first: the first complete object with a decision wins
+    for (i, _) in t.match_indices('{') {
+        let mut it = serde_json::Deserializer::from_str(&t[i..]).into_iter::<Value>();
+        if let Some(Ok(Value::Object(o))) = it.next() {
+            if let Some(a) = whole(&o) {
+                return Some(a);
+            }
         }
-        serde_json::from_str(&t[start..=end]).ok()
-    })?;
-    let o = v.as_object()?;
-    let is_fraud = match o.get("is_fraud")? {
-        Value::Bool(b) => *b,
-        Value::String(s) if s.eq_ignore_ascii_case("true") => true,
-        Value::String(s) if s.eq_ignore_ascii_case("false") => false,
+    }
+    // a cut-off object: read its fields one by one
+    let start = t.find('{')?;
+    let body = &t[start..];
+    let is_fraud = match partial_field(body, "is_fraud")? {
+        Partial::Bool(b) => b,
+        Partial::Str(s, true) if s.eq_ignore_ascii_case("true") => true,
+        Partial::Str(s, true) if s.eq_ignore_ascii_case("false") => false,
         _ => return None,
     };
-    let s = |k: &str| o.get(k).and_then(Value::as_str).map(str::to_string);
+    let s = |k: &str| match partial_field(body, k) {
+        Some(Partial::Str(s, _)) => Some(s),
+        _ => None,
+    };
     Some(Answer {
         is_fraud,
         fraud_speaker: s("fraud_speaker"),
         reason: s("reason"),
     })
+}
+
+fn json_decision(v: &Value) -> Option<bool> {
+    match v {
+        Value::Bool(b) => Some(*b),
+        Value::String(s) if s.eq_ignore_ascii_case("true") => Some(true),
+        Value::String(s) if s.eq_ignore_ascii_case("false") => Some(false),
+        _ => None,
+    }
+}
+
+/// A field value read from possibly cut-off JSON: a bool, or a string and whether it was
+/// closed.
+enum Partial {
+    Bool(bool),
+    Str(String, bool),
+}
+
+/// The value of `"key": …` in JSON text that may end anywhere.
+fn partial_field(body: &str, key: &str) -> Option<Partial> {
+    let pat = format!("\"{key}\"");
+    let at = body.find(&pat)? + pat.len();
+    let rest = body[at..].trim_start().strip_prefix(':')?.trim_start();
+    if rest.starts_with("true") {
+        return Some(Partial::Bool(true));
+    }
+    if rest.starts_with("false") {
+        return Some(Partial::Bool(false));
+    }
+    let mut chars = rest.strip_prefix('"')?.chars();
+    let mut out = String::new();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => return Some(Partial::Str(out, true)),
+            '\\' => match chars.next() {
+                Some('n') => out.push('\n'),
+                Some('t') => out.push('\t'),
+                Some('r') => out.push('\r'),
+                Some('u') => {
+                    let hex: String = chars.by_ref().take(4).collect();
+                    match u32::from_str_radix(&hex, 16).ok().and_then(char::from_u32) {
+                        Some(c) if hex.len() == 4 => out.push(c),
+                        _ => break,
+                    }
+                }
+                Some(c) => out.push(c),
+                None => break,
+            },
+            c => out.push(c),
+        }
+    }
+    Some(Partial::Str(out, false))
 }
 
 /// The answer JSON exactly as Python's `json.dumps({...}, ensure_ascii=False)`
@@ -1715,6 +1785,17 @@ mod tests {
             Some(false)
         );
         assert_eq!(parse_answer("{\"is_fraud\": 1}"), None);
+        // text around the object, and objects cut off by the token limit
+        let a = parse_answer("答案如下：{\"is_fraud\": true, \"fraud_speaker\": \"张三\"} 以上").unwrap();
+        assert!(a.is_fraud);
+        assert_eq!(a.fraud_speaker.as_deref(), Some("张三"));
+        let a = parse_answer("{\"is_fraud\": true, \"fraud_speaker\": \"李\\\"四\", \"reason\": \"冒充客服索要验证").unwrap();
+        assert!(a.is_fraud);
+        assert_eq!(a.fraud_speaker.as_deref(), Some("李\"四"));
+        assert_eq!(a.reason.as_deref(), Some("冒充客服索要验证"));
+        assert_eq!(parse_answer("{\"is_fraud\": fa"), None);
+        assert_eq!(parse_answer("{\"is_fraud\""), None);
+        assert_eq!(parse_answer("no json here"), None);
     }
 
     #[test]

@@ -4,7 +4,8 @@
 
 pub mod eval;
 pub mod generate;
+pub mod monitor;
 pub mod train;
 pub mod worker;
 
-pub use worker::{Command, Engine, EngineState, Event, LoadedInfo};
+pub use worker::{Command, Engine, EngineHandle, EngineState, Event, LoadedInfo, RequestId, Subject};

@@ -1,17 +1,59 @@
 //! The engine worker: one thread that owns every loaded model. The UI sends `Command`s and
-//! drains `Event`s each frame; it never touches a tensor. Cancel, pause and stop act through
-//! shared flags, so they take effect between tokens, steps or batches even while the worker
-//! is busy.
+//! drains `Event`s each frame; it never touches a tensor. Every event names what it belongs
+//! to ([`Subject`]: a request id, a model key, the training run…), never a string to parse.
+//! Each command gets its own cancel flag when it is sent, so cancelling request R (or
+//! everything in flight) reaches exactly the commands sent before, between tokens, steps or
+//! batches, even while the worker is busy; pause and stop of training act the same way.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, Sender, SyncSender, TrySendError};
-use std::sync::Arc;
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
+use std::sync::{Arc, Mutex, Weak};
 use std::thread::JoinHandle;
 
+/// The id of a request (a generation, a scoring, a monitored turn…), chosen by the sender.
+pub type RequestId = u64;
+
+/// What an event or an error belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Subject {
+    /// The engine itself (an internal error while running some command).
+    Engine,
+    Load { key: String, spec: String },
+    Generate { request: RequestId, key: String },
+    Score { request: RequestId, key: String },
+    Train,
+    Eval,
+    Download { id: String },
+    Monitor {
+        request: RequestId,
+        key: String,
+        conversation: String,
+    },
+}
+
+impl std::fmt::Display for Subject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Engine => write!(f, "engine"),
+            Self::Load { spec, .. } => write!(f, "load {spec}"),
+            Self::Generate { key, .. } => write!(f, "generate with {key}"),
+            Self::Score { key, .. } => write!(f, "score with {key}"),
+            Self::Train => write!(f, "training"),
+            Self::Eval => write!(f, "evaluation"),
+            Self::Download { id } => write!(f, "download {id}"),
+            Self::Monitor {
+                key, conversation, ..
+            } => write!(f, "monitor {conversation} with {key}"),
+        }
+    }
+}
+
 use super::eval::{evaluate, EvalConfig, EvalResult};
+use super::monitor::{Explanation, Monitor, MonitorConfig, TurnResult};
 use super::generate::{build_prompt, generate, Generation, SamplingParams};
 use super::train::{train, TrainConfig, TrainControl, TrainEvent};
 use crate::model::{self, LoadOptions, LoadedModel};
@@ -61,7 +103,45 @@ pub enum Command {
     Download {
         id: String,
     },
+    /// Sets how the model under `key` monitors conversations (forgets the ones it follows).
+    /// Without it a model monitors with its adapter's `fraudlab.json`, else the defaults.
+    MonitorConfigure {
+        key: String,
+        cfg: MonitorConfig,
+    },
+    /// One more turn of a live conversation, scored incrementally.
+    MonitorTurn {
+        request: RequestId,
+        key: String,
+        conversation: String,
+        speaker: String,
+        text: String,
+    },
+    /// Who the fraudster is and why, asked of the model for a followed conversation.
+    MonitorExplain {
+        request: RequestId,
+        key: String,
+        conversation: String,
+        max_tokens: usize,
+    },
+    MonitorEnd {
+        key: String,
+        conversation: String,
+    },
     Shutdown,
+}
+
+impl Command {
+    /// The request id a command carries, if it has one.
+    pub fn request(&self) -> Option<RequestId> {
+        match self {
+            Self::Generate { request, .. }
+            | Self::Score { request, .. }
+            | Self::MonitorTurn { request, .. }
+            | Self::MonitorExplain { request, .. } => Some(*request),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -73,6 +153,7 @@ pub enum EngineState {
     Training,
     Evaluating,
     Downloading,
+    Monitoring,
 }
 
 #[derive(Debug, Clone)]
@@ -113,38 +194,107 @@ pub enum Event {
         id: String,
         path: PathBuf,
     },
-    /// `context` says what failed (e.g. "load Qwen/Qwen2-0.5B"), `message` why.
+    MonitorTurn {
+        request: RequestId,
+        key: String,
+        result: TurnResult,
+    },
+    Explained {
+        request: RequestId,
+        key: String,
+        explanation: Explanation,
+    },
+    /// `subject` says what failed, `message` why ("cancelled" when it was cancelled).
     Error {
-        context: String,
+        subject: Subject,
         message: String,
     },
 }
 
+impl Event {
+    /// Whether the event may be dropped when the queue is full (a streamed piece of text, a
+    /// progress report); results, errors and states never are.
+    pub fn droppable(&self) -> bool {
+        matches!(
+            self,
+            Self::Token { .. } | Self::EvalProgress { .. } | Self::DownloadProgress { .. }
+        )
+    }
+}
+
+/// A command and the cancel flag it was given when sent.
+struct Job {
+    cmd: Command,
+    cancel: Arc<AtomicBool>,
+}
+
+/// Cancel flags of the commands sent and not finished, by request id when they have one.
+type InFlight = Arc<Mutex<Vec<(Option<RequestId>, Weak<AtomicBool>)>>>;
+
 /// The UI's side of the engine.
 pub struct Engine {
-    tx: Sender<Command>,
+    tx: Sender<Job>,
     pub events: Receiver<Event>,
-    cancel: Arc<AtomicBool>,
+    in_flight: InFlight,
     pub train_control: Arc<TrainControl>,
     thread: Option<JoinHandle<()>>,
+}
+
+/// A handle that sends commands and cancels them from any thread (the HTTP server's).
+#[derive(Clone)]
+pub struct EngineHandle {
+    tx: Sender<Job>,
+    in_flight: InFlight,
+}
+
+impl EngineHandle {
+    pub fn send(&self, c: Command) {
+        send_job(&self.tx, &self.in_flight, c)
+    }
+    pub fn cancel_request(&self, request: RequestId) {
+        cancel_where(&self.in_flight, |r| r == Some(request))
+    }
+}
+
+fn send_job(tx: &Sender<Job>, in_flight: &InFlight, cmd: Command) {
+    let cancel = Arc::new(AtomicBool::new(false));
+    {
+        let mut g = in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        g.retain(|(_, w)| w.strong_count() > 0);
+        g.push((cmd.request(), Arc::downgrade(&cancel)));
+    }
+    let _ = tx.send(Job { cmd, cancel });
+}
+
+fn cancel_where(in_flight: &InFlight, pick: impl Fn(Option<RequestId>) -> bool) {
+    let g = in_flight.lock().unwrap_or_else(|e| e.into_inner());
+    for (r, w) in g.iter() {
+        if pick(*r) {
+            if let Some(f) = w.upgrade() {
+                f.store(true, Ordering::SeqCst);
+            }
+        }
+    }
 }
 
 impl Engine {
     /// Starts the worker thread. `event_capacity` bounds the event queue (tokens and steps
     /// can flood); when full, streamed tokens wait for the UI to drain.
     pub fn spawn(event_capacity: usize) -> Self {
-        let (tx, rx) = mpsc::channel::<Command>();
+        let (tx, rx) = mpsc::channel::<Job>();
         let (etx, erx) = mpsc::sync_channel::<Event>(event_capacity);
-        let cancel = Arc::new(AtomicBool::new(false));
         let control = Arc::new(TrainControl::default());
-        let (c2, ctl2) = (cancel.clone(), control.clone());
+        let ctl2 = control.clone();
+        let idle = Arc::new(AtomicBool::new(false));
         let thread = std::thread::Builder::new()
             .name("fraudlab-engine".into())
             .spawn(move || {
                 Worker {
                     models: BTreeMap::new(),
+                    adapters: BTreeMap::new(),
+                    monitors: BTreeMap::new(),
                     events: etx,
-                    cancel: c2,
+                    cancel: idle,
                     control: ctl2,
                 }
                 .run(rx)
@@ -153,21 +303,34 @@ impl Engine {
         Self {
             tx,
             events: erx,
-            cancel,
+            in_flight: Arc::new(Mutex::new(Vec::new())),
             train_control: control,
             thread: Some(thread),
         }
     }
 
-    pub fn send(&self, c: Command) {
-        // A new request clears an old cancel.
-        self.cancel.store(false, Ordering::SeqCst);
-        let _ = self.tx.send(c);
+    /// A handle for other threads.
+    pub fn handle(&self) -> EngineHandle {
+        EngineHandle {
+            tx: self.tx.clone(),
+            in_flight: self.in_flight.clone(),
+        }
     }
 
-    /// Stops the current generation, scoring or evaluation between tokens / batches.
+    pub fn send(&self, c: Command) {
+        send_job(&self.tx, &self.in_flight, c)
+    }
+
+    /// Cancels every command sent so far (generation, scoring, evaluation, download, monitor
+    /// turns) between tokens / batches; commands sent afterwards are not affected. Training
+    /// has its own stop.
     pub fn cancel(&self) {
-        self.cancel.store(true, Ordering::SeqCst);
+        cancel_where(&self.in_flight, |_| true)
+    }
+
+    /// Cancels the commands of one request.
+    pub fn cancel_request(&self, request: RequestId) {
+        cancel_where(&self.in_flight, |r| r == Some(request))
     }
 
     pub fn pause_training(&self) {
@@ -189,9 +352,12 @@ impl Engine {
 
 impl Drop for Engine {
     fn drop(&mut self) {
-        self.cancel.store(true, Ordering::SeqCst);
+        self.cancel();
         self.train_control.stop.store(true, Ordering::SeqCst);
-        let _ = self.tx.send(Command::Shutdown);
+        let _ = self.tx.send(Job {
+            cmd: Command::Shutdown,
+            cancel: Arc::new(AtomicBool::new(true)),
+        });
         // Drain so a worker blocked on a full event queue can finish.
         if let Some(t) = self.thread.take() {
             while !t.is_finished() {
@@ -205,7 +371,11 @@ impl Drop for Engine {
 
 struct Worker {
     models: BTreeMap<String, LoadedModel>,
+    /// the adapter each model was loaded with
+    adapters: BTreeMap<String, PathBuf>,
+    monitors: BTreeMap<String, Monitor>,
     events: SyncSender<Event>,
+    /// the running command's cancel flag
     cancel: Arc<AtomicBool>,
     control: Arc<TrainControl>,
 }
@@ -216,28 +386,49 @@ impl Worker {
         let _ = self.events.send(e);
     }
 
-    /// For high-rate events: skipped when the queue is full rather than stalling work.
-    fn emit_lossy(&self, e: Event) {
-        if let Err(TrySendError::Full(e)) = self.events.try_send(e) {
-            let _ = self.events.send(e);
+
+    /// Streamed text: pieces the full queue cannot take now are coalesced into the next
+    /// `Token` event (and the final `Generated` event carries the whole text anyway).
+    fn emit_text(&self, pending: &mut String, request: RequestId, key: &str, piece: &str) {
+        pending.push_str(piece);
+        let e = Event::Token {
+            request,
+            key: key.to_string(),
+            text: std::mem::take(pending),
+        };
+        if let Err(mpsc::TrySendError::Full(Event::Token { text, .. })) = self.events.try_send(e) {
+            *pending = text;
         }
     }
 
-    fn run(mut self, rx: Receiver<Command>) {
-        while let Ok(cmd) = rx.recv() {
-            if matches!(cmd, Command::Shutdown) {
+    fn run(mut self, rx: Receiver<Job>) {
+        while let Ok(job) = rx.recv() {
+            if matches!(job.cmd, Command::Shutdown) {
                 break;
             }
+            self.cancel = job.cancel;
+            let cmd = job.cmd;
             let result =
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.handle(cmd)));
             if result.is_err() {
                 self.emit(Event::Error {
-                    context: "engine".into(),
+                    subject: Subject::Engine,
                     message: "internal error (panic) in the engine; see stderr".into(),
                 });
             }
             self.emit(Event::State(EngineState::Idle));
         }
+    }
+
+    /// The monitor of model `key` (made from its adapter's metadata on first use).
+    fn monitor(&mut self, key: &str) -> anyhow::Result<&mut Monitor> {
+        if !self.monitors.contains_key(key) {
+            let adapter = self.adapters.get(key);
+            let meta = crate::model::adapter::AdapterMeta::for_adapter(adapter.map(|p| p.as_path()))?;
+            let m = Monitor::new(MonitorConfig::from_meta(&meta))?;
+            self.monitors.insert(key.to_string(), m);
+        }
+        Ok(self.monitors.get_mut(key).expect("inserted"))
     }
 
     fn handle(&mut self, cmd: Command) {
@@ -265,20 +456,30 @@ impl Worker {
                             parameters: lm.model.cfg.parameter_count(),
                             layers: lm.model.cfg.num_hidden_layers,
                             quantized: lm.quantized,
-                            adapter,
+                            adapter: adapter.clone(),
                             load_s: lm.load_s,
                         };
-                        self.models.insert(key, lm);
+                        self.models.insert(key.clone(), lm);
+                        self.monitors.remove(&key);
+                        match adapter {
+                            Some(a) => self.adapters.insert(key, a),
+                            None => self.adapters.remove(&key),
+                        };
                         self.emit(Event::Loaded(info));
                     }
                     Err(e) => self.emit(Event::Error {
-                        context: format!("load {spec}"),
+                        subject: Subject::Load {
+                            key: key.clone(),
+                            spec: spec.clone(),
+                        },
                         message: format!("{e:#}"),
                     }),
                 }
             }
             Command::Unload { key } => {
                 self.models.remove(&key);
+                self.monitors.remove(&key);
+                self.adapters.remove(&key);
                 self.emit(Event::Unloaded { key });
             }
             Command::Generate {
@@ -296,7 +497,10 @@ impl Worker {
                     }
                     let Some(lm) = self.models.get(&key) else {
                         self.emit(Event::Error {
-                            context: format!("generate with {key}"),
+                            subject: Subject::Generate {
+                                request,
+                                key: key.clone(),
+                            },
                             message: "model is not loaded".into(),
                         });
                         continue;
@@ -304,12 +508,9 @@ impl Worker {
                     let r = (|| -> anyhow::Result<Generation> {
                         let text = build_prompt(&lm.tokenizer, system.as_deref(), &prompt, raw)?;
                         let ids = lm.tokenizer.encode(&text)?;
+                        let mut pending = String::new();
                         generate(lm, &ids, &params, &self.cancel, &mut |piece| {
-                            self.emit_lossy(Event::Token {
-                                request,
-                                key: key.clone(),
-                                text: piece.to_string(),
-                            })
+                            self.emit_text(&mut pending, request, &key, piece)
                         })
                     })();
                     match r {
@@ -319,7 +520,10 @@ impl Worker {
                             generation,
                         }),
                         Err(e) => self.emit(Event::Error {
-                            context: format!("generate with {key}"),
+                            subject: Subject::Generate {
+                                request,
+                                key: key.clone(),
+                            },
                             message: format!("{e:#}"),
                         }),
                     }
@@ -333,7 +537,10 @@ impl Worker {
                 self.emit(Event::State(EngineState::Scoring));
                 let Some(lm) = self.models.get(&key) else {
                     self.emit(Event::Error {
-                        context: format!("score with {key}"),
+                        subject: Subject::Score {
+                            request,
+                            key: key.clone(),
+                        },
                         message: "model is not loaded".into(),
                     });
                     return;
@@ -349,7 +556,10 @@ impl Worker {
                         })
                     }
                     Err(e) => self.emit(Event::Error {
-                        context: format!("score with {key}"),
+                        subject: Subject::Score {
+                            request,
+                            key: key.clone(),
+                        },
                         message: format!("{e:#}"),
                     }),
                 }
@@ -364,7 +574,7 @@ impl Worker {
                 });
                 if let Err(e) = r {
                     self.emit(Event::Error {
-                        context: "training".into(),
+                        subject: Subject::Train,
                         message: format!("{e:#}"),
                     });
                 }
@@ -381,7 +591,96 @@ impl Worker {
                 match r {
                     Ok(path) => self.emit(Event::Downloaded { id, path }),
                     Err(e) => self.emit(Event::Error {
-                        context: format!("download {id}"),
+                        subject: Subject::Download { id: id.clone() },
+                        message: format!("{e:#}"),
+                    }),
+                }
+            }
+            Command::MonitorConfigure { key, cfg } => match Monitor::new(cfg) {
+                Ok(m) => {
+                    self.monitors.insert(key, m);
+                }
+                Err(e) => self.emit(Event::Error {
+                    subject: Subject::Monitor {
+                        request: 0,
+                        key,
+                        conversation: String::new(),
+                    },
+                    message: format!("{e:#}"),
+                }),
+            },
+            Command::MonitorEnd { key, conversation } => {
+                if let Some(m) = self.monitors.get_mut(&key) {
+                    m.end(&conversation);
+                }
+            }
+            Command::MonitorTurn {
+                request,
+                key,
+                conversation,
+                speaker,
+                text,
+            } => {
+                self.emit(Event::State(EngineState::Monitoring));
+                let subject = Subject::Monitor {
+                    request,
+                    key: key.clone(),
+                    conversation: conversation.clone(),
+                };
+                let r = (|| -> anyhow::Result<TurnResult> {
+                    if self.cancel.load(Ordering::SeqCst) {
+                        anyhow::bail!("cancelled");
+                    }
+                    if !self.models.contains_key(&key) {
+                        anyhow::bail!("model is not loaded");
+                    }
+                    self.monitor(&key)?;
+                    let lm = &self.models[&key];
+                    let m = self.monitors.get_mut(&key).expect("monitor");
+                    m.turn(lm, &conversation, &speaker, &text)
+                })();
+                match r {
+                    Ok(result) => self.emit(Event::MonitorTurn {
+                        request,
+                        key,
+                        result,
+                    }),
+                    Err(e) => self.emit(Event::Error {
+                        subject,
+                        message: format!("{e:#}"),
+                    }),
+                }
+            }
+            Command::MonitorExplain {
+                request,
+                key,
+                conversation,
+                max_tokens,
+            } => {
+                self.emit(Event::State(EngineState::Monitoring));
+                let subject = Subject::Monitor {
+                    request,
+                    key: key.clone(),
+                    conversation: conversation.clone(),
+                };
+                let cancel = self.cancel.clone();
+                let r = (|| -> anyhow::Result<Explanation> {
+                    if !self.models.contains_key(&key) {
+                        anyhow::bail!("model is not loaded");
+                    }
+                    self.monitor(&key)?;
+                    let lm = &self.models[&key];
+                    let m = self.monitors.get_mut(&key).expect("monitor");
+                    m.explain(lm, &conversation, max_tokens, &cancel)
+                })();
+                match r {
+                    Ok(explanation) => self.emit(Event::Explained {
+                        request,
+                        key,
+                        explanation,
+                    }),
+                    Err(e) => self.emit(Event::Error {
+                        subject,
                         message: format!("{e:#}"),
                     }),
                 }
@@ -399,7 +698,7 @@ impl Worker {
                 match r {
                     Ok(res) => self.emit(Event::EvalDone(res)),
                     Err(e) => self.emit(Event::Error {
-                        context: "evaluation".into(),
+                        subject: Subject::Eval,
                         message: format!("{e:#}"),
                     }),
                 }

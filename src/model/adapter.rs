@@ -317,3 +317,86 @@ pub fn merge_lora(model: &mut Qwen2) -> Result<()> {
     }
     Ok(())
 }
+
+/// File beside `adapter_config.json` with what fraudlab needs to use an adapter as a
+/// classifier (peft ignores it).
+pub const META_FILE: &str = "fraudlab.json";
+
+/// Streaming decision rule: alert once `consecutive` turns in a row score at or above
+/// `threshold`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct StreamRule {
+    pub threshold: f64,
+    pub consecutive: usize,
+}
+
+/// `fraudlab.json`: how the adapter's training prompts were built and the thresholds chosen
+/// for it, so evaluation, the monitor and the server build the same prompt and decide alike.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AdapterMeta {
+    pub instruction: String,
+    pub system: String,
+    #[serde(default)]
+    pub anonymize_speakers: bool,
+    /// Whole-dialogue decision threshold (F1-best on validation), if one was chosen.
+    #[serde(default)]
+    pub threshold: Option<f64>,
+    /// Thresholds reaching a recall on validation, keyed by the recall ("0.95").
+    #[serde(default)]
+    pub threshold_for_recall: std::collections::BTreeMap<String, f64>,
+    /// Streaming rule (per-turn threshold and consecutive turns), if calibrated.
+    #[serde(default)]
+    pub stream: Option<StreamRule>,
+}
+
+impl Default for AdapterMeta {
+    fn default() -> Self {
+        Self {
+            instruction: crate::data::DEFAULT_INSTRUCTION.to_string(),
+            system: crate::data::DEFAULT_SYSTEM.to_string(),
+            anonymize_speakers: false,
+            threshold: None,
+            threshold_for_recall: Default::default(),
+            stream: None,
+        }
+    }
+}
+
+impl AdapterMeta {
+    /// The metadata of the adapter folder `dir`: `None` when it has no `fraudlab.json`.
+    pub fn read(dir: &Path) -> Result<Option<Self>> {
+        let p = dir.join(META_FILE);
+        let text = match std::fs::read_to_string(&p) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("{}: cannot read", p.display())),
+        };
+        let m: Self = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not a valid {META_FILE}", p.display()))?;
+        for (what, t) in [("threshold", m.threshold), ("stream.threshold", m.stream.map(|s| s.threshold))] {
+            if let Some(t) = t {
+                if !(0.0..=1.0).contains(&t) {
+                    bail!("{}: {what} {t} is not a probability", p.display());
+                }
+            }
+        }
+        if m.stream.is_some_and(|s| s.consecutive == 0) {
+            bail!("{}: stream.consecutive must be at least 1", p.display());
+        }
+        Ok(Some(m))
+    }
+
+    /// The metadata of an optional adapter folder, or the defaults.
+    pub fn for_adapter(dir: Option<&Path>) -> Result<Self> {
+        Ok(match dir {
+            Some(d) => Self::read(d)?.unwrap_or_default(),
+            None => Self::default(),
+        })
+    }
+
+    /// Writes `fraudlab.json` into `dir` atomically.
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        let p = dir.join(META_FILE);
+        crate::data::write_atomic(&p, serde_json::to_string_pretty(self)?.as_bytes())
+    }
+}

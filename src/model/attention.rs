@@ -193,10 +193,54 @@ pub fn fused_attention(
         scale,
     };
     let q = q.to_dtype(cdt)?.contiguous()?;
-    let k = k.to_dtype(cdt)?.contiguous()?;
-    let v = v.to_dtype(cdt)?.contiguous()?;
+    let k = head_strided(k.to_dtype(cdt)?)?;
+    let v = head_strided(v.to_dtype(cdt)?)?;
     q.apply_op3_arc(&k, &v, Arc::new(Box::new(op)))?
         .to_dtype(dt)
+}
+
+/// `t` unchanged when each head's rows are contiguous and heads are evenly spaced (a view of
+/// a preallocated KV cache), else a contiguous copy.
+fn head_strided(t: Tensor) -> candle_core::Result<Tensor> {
+    if kv_rows(t.layout()).is_some() {
+        Ok(t)
+    } else {
+        t.contiguous()
+    }
+}
+
+/// For k or v (b, n_kv, t, d) whose heads are `tk ≥ t` rows apart and rows contiguous (a
+/// contiguous tensor, or the first `t` rows of a preallocated cache): the element range
+/// from its first element to the end of its last head, and `tk`.
+fn kv_rows(l: &Layout) -> Option<(usize, usize, usize)> {
+    let dims = l.dims();
+    let st = l.stride();
+    if dims.len() != 4 {
+        return None;
+    }
+    let (b, h, t, d) = (dims[0], dims[1], dims[2], dims[3]);
+    if st[3] != 1 && d > 1 || st[2] != d && t > 1 {
+        return None;
+    }
+    let hs = st[1];
+    if hs % d.max(1) != 0 || hs < t * d || (b > 1 && st[0] != h * hs) {
+        return None;
+    }
+    let tk = if h > 1 || b > 1 { hs / d.max(1) } else { t };
+    let start = l.start_offset();
+    let end = start + (b * h).saturating_sub(1) * tk * d + t * d;
+    Some((start, end, tk))
+}
+
+/// The elements of k or v (see [`kv_rows`]) and their head spacing in rows.
+fn kv_slice<'a, T: AttnFloat>(
+    s: &'a CpuStorage,
+    l: &Layout,
+) -> candle_core::Result<(&'a [T], usize)> {
+    let (a, b, tk) = kv_rows(l).ok_or_else(|| {
+        candle_core::Error::Msg("fused-attention: k and v need contiguous rows".into())
+    })?;
+    Ok((&T::cpu_slice(s)?[a..b], tk))
 }
 
 /// The float types the kernels run in.
@@ -326,6 +370,8 @@ struct Dims {
     s: usize,
     t: usize,
     d: usize,
+    /// key rows between two heads of k and v (`t`, or a preallocated cache's capacity)
+    tk: usize,
 }
 
 impl FusedAttention {
@@ -337,6 +383,7 @@ impl FusedAttention {
             s: self.mask.s,
             t: self.mask.t,
             d: self.head_dim,
+            tk: self.mask.t,
         }
     }
 
@@ -356,7 +403,7 @@ impl FusedAttention {
         let (m, d) = (blk.q1 - blk.q0, dm.d);
         let w: usize = blk.keys.iter().map(|(a, b)| b - a).sum();
         let qb = &q[((bi * dm.n_kv * dm.rep + h) * dm.s + blk.q0) * d..];
-        let kg = &k[(bi * dm.n_kv + h / dm.rep) * dm.t * d..][..dm.t * d];
+        let kg = &k[(bi * dm.n_kv + h / dm.rep) * dm.tk * d..][..dm.t * d];
         let mut p = vec![T::ZERO; m * w];
         let mut col = 0;
         for &(k0, k1) in &blk.keys {
@@ -415,15 +462,17 @@ impl FusedAttention {
         (p, w)
     }
 
-    fn forward<T: AttnFloat>(&self, q: &[T], k: &[T], v: &[T]) -> Vec<T> {
-        let dm = self.dims();
+    /// `tk`: key rows between two heads of `k` and `v` (at least `t`).
+    fn forward<T: AttnFloat>(&self, q: &[T], k: &[T], v: &[T], tk: usize) -> Vec<T> {
+        let mut dm = self.dims();
+        dm.tk = tk;
         let d = dm.d;
         let heads = dm.b * dm.n_kv * dm.rep;
         let mut out = vec![T::ZERO; heads * dm.s * d];
         let par = inner_parallelism(heads);
         let run = |(bh, o): (usize, &mut [T])| {
             let (bi, h) = (bh / (dm.n_kv * dm.rep), bh % (dm.n_kv * dm.rep));
-            let vg = &v[(bi * dm.n_kv + h / dm.rep) * dm.t * d..][..dm.t * d];
+            let vg = &v[(bi * dm.n_kv + h / dm.rep) * dm.tk * d..][..dm.t * d];
             for blk in self.mask.blocks.iter() {
                 let (p, w) = self.block_probs(&dm, blk, q, k, bi, h, par);
                 let m = blk.q1 - blk.q0;
@@ -691,19 +740,25 @@ impl CustomOp3 for FusedAttention {
         let shape = l1.shape().clone();
         match s1 {
             CpuStorage::F32(_) => {
-                let o = self.forward::<f32>(
-                    contiguous(s1, l1)?,
-                    contiguous(s2, l2)?,
-                    contiguous(s3, l3)?,
-                );
+                let (k, tk) = kv_slice::<f32>(s2, l2)?;
+                let (v, tv) = kv_slice::<f32>(s3, l3)?;
+                if tk != tv {
+                    return Err(candle_core::Error::Msg(
+                        "fused-attention: k and v laid out differently".into(),
+                    ));
+                }
+                let o = self.forward::<f32>(contiguous(s1, l1)?, k, v, tk);
                 Ok((CpuStorage::F32(o), shape))
             }
             CpuStorage::F64(_) => {
-                let o = self.forward::<f64>(
-                    contiguous(s1, l1)?,
-                    contiguous(s2, l2)?,
-                    contiguous(s3, l3)?,
-                );
+                let (k, tk) = kv_slice::<f64>(s2, l2)?;
+                let (v, tv) = kv_slice::<f64>(s3, l3)?;
+                if tk != tv {
+                    return Err(candle_core::Error::Msg(
+                        "fused-attention: k and v laid out differently".into(),
+                    ));
+                }
+                let o = self.forward::<f64>(contiguous(s1, l1)?, k, v, tk);
                 Ok((CpuStorage::F64(o), shape))
             }
             _ => Err(candle_core::Error::Msg(

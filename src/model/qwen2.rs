@@ -377,11 +377,41 @@ pub struct Layer {
 }
 
 /// Keys and values of past tokens, per layer, plus which cached positions are real tokens.
-#[derive(Debug, Clone)]
+///
+/// Two kinds: the default grows by concatenation (each append copies what is cached; fine
+/// for short continuations, and cheap to share), and a *reserved* cache
+/// ([`Qwen2::new_reserved_cache`]) that writes new keys and values in place into buffers
+/// that grow geometrically, so a long conversation extended turn by turn copies its
+/// history only when the buffer doubles, and [`KvCache::truncate`] is free.
+#[derive(Debug)]
 pub struct KvCache {
+    /// per layer (b, n_kv, cap, d); `cap` is the cached length unless reserved
     kv: Vec<Option<(Tensor, Tensor)>>,
     /// per row, per cached position: true for a real token, false for padding
     valid: Vec<Vec<bool>>,
+    reserved: bool,
+}
+
+impl Clone for KvCache {
+    /// A reserved cache is written in place, so its clone gets buffers of its own.
+    fn clone(&self) -> Self {
+        let kv = if self.reserved {
+            self.kv
+                .iter()
+                .map(|e| {
+                    e.as_ref()
+                        .map(|(k, v)| (k.copy().expect("copy k"), v.copy().expect("copy v")))
+                })
+                .collect()
+        } else {
+            self.kv.clone()
+        };
+        Self {
+            kv,
+            valid: self.valid.clone(),
+            reserved: self.reserved,
+        }
+    }
 }
 
 impl KvCache {
@@ -394,18 +424,62 @@ impl KvCache {
     pub fn batch(&self) -> usize {
         self.valid.len()
     }
+    /// Whether new keys and values are written in place (see the type's docs).
+    pub fn is_reserved(&self) -> bool {
+        self.reserved
+    }
+    /// Positions the buffers hold before they next grow (the length, unless reserved).
+    pub fn capacity(&self) -> usize {
+        self.kv
+            .iter()
+            .flatten()
+            .next()
+            .map(|(k, _)| k.dim(2).unwrap_or(0))
+            .unwrap_or(0)
+            .max(self.len())
+    }
+    /// Bytes held by the keys and values.
+    pub fn bytes(&self) -> usize {
+        self.kv
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k.elem_count() + v.elem_count()) * k.dtype().size_in_bytes())
+            .sum()
+    }
+    /// Forgets every cached position from `len` on: the next forward continues after
+    /// position `len - 1`. Free for a reserved cache (the buffers stay).
+    pub fn truncate(&mut self, len: usize) -> Result<()> {
+        if len >= self.len() {
+            return Ok(());
+        }
+        for v in self.valid.iter_mut() {
+            v.truncate(len);
+        }
+        if !self.reserved {
+            for e in self.kv.iter_mut() {
+                if let Some((k, v)) = e.take() {
+                    if len > 0 {
+                        *e = Some((k.narrow(2, 0, len)?, v.narrow(2, 0, len)?));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
     /// A cache for `batch` rows that all start from this one (batch 1) prefix.
     pub fn expand(&self, batch: usize) -> Result<Self> {
         if self.batch() != 1 {
             bail!("only a single-row cache can be expanded");
         }
+        let len = self.len();
         let kv = self
             .kv
             .iter()
             .map(|e| match e {
                 Some((k, v)) => {
-                    let k = k.broadcast_as(rep_dims(k, batch))?.contiguous()?;
-                    let v = v.broadcast_as(rep_dims(v, batch))?.contiguous()?;
+                    let (k, v) = (k.narrow(2, 0, len)?, v.narrow(2, 0, len)?);
+                    let k = k.broadcast_as(rep_dims(&k, batch))?.contiguous()?;
+                    let v = v.broadcast_as(rep_dims(&v, batch))?.contiguous()?;
                     Ok(Some((k, v)))
                 }
                 None => Ok(None),
@@ -414,7 +488,64 @@ impl KvCache {
         Ok(Self {
             kv,
             valid: vec![self.valid[0].clone(); batch],
+            reserved: false,
         })
+    }
+
+    /// The keys and values of the cached positions only (a reserved cache's buffers cut to
+    /// its length), as a concatenating cache that packed forwards can continue.
+    fn shared_view(&self) -> Result<Vec<Option<(Tensor, Tensor)>>> {
+        let len = self.len();
+        self.kv
+            .iter()
+            .map(|e| match e {
+                Some((k, v)) if self.reserved => {
+                    Ok(Some((k.narrow(2, 0, len)?, v.narrow(2, 0, len)?)))
+                }
+                other => Ok(other.clone()),
+            })
+            .collect()
+    }
+}
+
+/// One layer's cache as the attention sees it: the tensors, the cached length and whether
+/// new entries are written in place.
+struct KvSlot<'a> {
+    kv: &'a mut Option<(Tensor, Tensor)>,
+    len: usize,
+    reserved: bool,
+}
+
+impl KvSlot<'_> {
+    /// Appends k and v (b, n_kv, s, d); returns every cached position's keys and values.
+    fn append(self, k: Tensor, v: Tensor) -> Result<(Tensor, Tensor)> {
+        if !self.reserved {
+            let (k, v) = match self.kv.take() {
+                Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
+                None => (k, v),
+            };
+            *self.kv = Some((k.clone(), v.clone()));
+            return Ok((k, v));
+        }
+        let (b, nkv, s, d) = k.dims4()?;
+        let need = self.len + s;
+        let cap = self.kv.as_ref().map(|(pk, _)| pk.dim(2)).transpose()?.unwrap_or(0);
+        if cap < need {
+            let new_cap = need.max(cap * 2).max(64);
+            let nk = Tensor::zeros((b, nkv, new_cap, d), k.dtype(), k.device())?;
+            let nv = Tensor::zeros((b, nkv, new_cap, d), v.dtype(), v.device())?;
+            if let Some((pk, pv)) = self.kv.take() {
+                if self.len > 0 {
+                    nk.slice_set(&pk.narrow(2, 0, self.len)?.contiguous()?, 2, 0)?;
+                    nv.slice_set(&pv.narrow(2, 0, self.len)?.contiguous()?, 2, 0)?;
+                }
+            }
+            *self.kv = Some((nk, nv));
+        }
+        let (bk, bv) = self.kv.as_ref().expect("a buffer");
+        bk.slice_set(&k.contiguous()?, 2, self.len)?;
+        bv.slice_set(&v.contiguous()?, 2, self.len)?;
+        Ok((bk.narrow(2, 0, need)?, bv.narrow(2, 0, need)?))
     }
 }
 
@@ -434,7 +565,7 @@ impl Attention {
         cos: &Tensor,
         sin: &Tensor,
         mask: &AttnMask,
-        cache: Option<&mut Option<(Tensor, Tensor)>>,
+        cache: Option<KvSlot<'_>>,
         mode: Mode,
         queries: Option<(&Tensor, &Tensor, &Tensor)>,
     ) -> Result<Tensor> {
@@ -461,14 +592,7 @@ impl Attention {
         let k = apply_rope(&k.contiguous()?, cos, sin, mode)?;
         let v = v.contiguous()?;
         let (k, v) = match cache {
-            Some(slot) => {
-                let (k, v) = match slot.take() {
-                    Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
-                    None => (k, v),
-                };
-                *slot = Some((k.clone(), v.clone()));
-                (k, v)
-            }
+            Some(slot) => slot.append(k, v)?,
             None => (k, v),
         };
         let rep = nh / nkv;
@@ -605,6 +729,17 @@ impl Qwen2 {
         KvCache {
             kv: vec![None; self.layers.len()],
             valid: vec![Vec::new(); batch],
+            reserved: false,
+        }
+    }
+
+    /// A one-row cache written in place (see [`KvCache`]): for conversations that grow
+    /// turn by turn and are cut back to a common prefix.
+    pub fn new_reserved_cache(&self) -> KvCache {
+        KvCache {
+            kv: vec![None; self.layers.len()],
+            valid: vec![Vec::new()],
+            reserved: true,
         }
     }
 
@@ -693,7 +828,10 @@ impl Qwen2 {
             &cos,
             &sin,
             &mask,
-            cache.as_deref_mut().map(|c| c.kv.as_mut_slice()),
+            cache.as_deref_mut().map(|c| {
+                let reserved = c.reserved;
+                (c.kv.as_mut_slice(), past, reserved)
+            }),
             mode,
             last_only.then_some((&[s as u32 - 1][..], &[past + s - 1][..])),
         )?;
@@ -715,7 +853,7 @@ impl Qwen2 {
         cos: &Tensor,
         sin: &Tensor,
         mask: &AttnMask,
-        mut kv: Option<&mut [Option<(Tensor, Tensor)>]>,
+        mut kv: Option<(&mut [Option<(Tensor, Tensor)>], usize, bool)>,
         mode: Mode,
         only: Option<(&[u32], &[usize])>,
     ) -> Result<Tensor> {
@@ -726,7 +864,11 @@ impl Qwen2 {
             .reshape((b, s, ()))?;
         let n = self.layers.len();
         for (li, layer) in self.layers.iter().enumerate() {
-            let slot = kv.as_deref_mut().map(|k| &mut k[li]);
+            let slot = kv.as_mut().map(|(k, len, reserved)| KvSlot {
+                kv: &mut k[li],
+                len: *len,
+                reserved: *reserved,
+            });
             let hn = rms_norm(&x, &layer.input_layernorm, self.cfg.rms_norm_eps, mode)?;
             let a = match only {
                 Some((cols, at)) if li + 1 == n && cols.len() < s => {
@@ -818,7 +960,7 @@ impl Qwen2 {
                 if c.batch() != 1 || c.valid[0].iter().any(|v| !v) {
                     bail!("a packed forward continues a one-row prefix of real tokens");
                 }
-                (c.len(), c.kv.clone())
+                (c.len(), c.shared_view()?)
             }
             _ => (0, vec![None; self.layers.len()]),
         };
@@ -855,7 +997,7 @@ impl Qwen2 {
             &cos,
             &sin,
             &mask,
-            use_kv.then_some(kv.as_mut_slice()),
+            use_kv.then_some((kv.as_mut_slice(), past, false)),
             mode,
             ends.as_ref().map(|(c, a)| (c.as_slice(), a.as_slice())),
         )

@@ -15,7 +15,7 @@ use super::probe::ProbePane;
 use super::train::TrainPane;
 use super::widgets::TextEditor;
 use crate::data::{Session, SessionConfig};
-use crate::engine::{Command, EngineState, Event, LoadedInfo};
+use crate::engine::{Command, EngineState, Event, LoadedInfo, Subject};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tab {
@@ -802,34 +802,45 @@ impl App {
                 self.ok(format!("downloaded {id} to {}", path.display()));
                 self.rescan_models();
             }
-            Event::Error { context, message } => self.on_engine_error(context, message),
+            Event::MonitorTurn {
+                request,
+                key,
+                result,
+            } => self.monitor_on_turn(request, &key, result),
+            Event::Explained {
+                request,
+                key,
+                explanation,
+            } => self.monitor_on_explained(request, &key, explanation),
+            Event::Error { subject, message } => self.on_engine_error(subject, message),
         }
     }
 
-    fn on_engine_error(&mut self, context: String, message: String) {
-        if let Some(spec) = context.strip_prefix("load ") {
-            let before = self.slots.len();
-            self.slots.retain(|s| !(s.spec == spec && !s.is_ready()));
-            if self.slots.len() != before {
-                self.save_session();
+    fn on_engine_error(&mut self, subject: Subject, message: String) {
+        match &subject {
+            Subject::Load { spec, .. } => {
+                let before = self.slots.len();
+                self.slots.retain(|s| !(&s.spec == spec && !s.is_ready()));
+                if self.slots.len() != before {
+                    self.save_session();
+                }
             }
-        } else if let Some(key) = context.strip_prefix("generate with ") {
-            self.probe_on_error(key, &message);
-        } else if context.starts_with("score with ") {
-            self.data.scoring = None;
-        } else if context == "training" {
-            self.train_on_error(&message);
-        } else if context == "evaluation" {
-            self.eval_on_error(&message);
-        } else if context == "engine" {
-            self.data.scoring = None;
-            self.train_on_error(&message);
-            self.eval_on_error(&message);
+            Subject::Generate { key, .. } => self.probe_on_error(key, &message),
+            Subject::Score { .. } => self.data.scoring = None,
+            Subject::Train => self.train_on_error(&message),
+            Subject::Eval => self.eval_on_error(&message),
+            Subject::Engine => {
+                self.data.scoring = None;
+                self.train_on_error(&message);
+                self.eval_on_error(&message);
+            }
+            Subject::Monitor { .. } => self.monitor_on_error(&subject, &message),
+            Subject::Download { .. } => {}
         }
         if message == "cancelled" {
-            self.warn(format!("{context}: cancelled"));
+            self.warn(format!("{subject}: cancelled"));
         } else {
-            self.error(format!("{context}: {message}"));
+            self.error(format!("{subject}: {message}"));
         }
     }
 
@@ -880,6 +891,7 @@ impl App {
             EngineState::Loading => (format!("{spin} loading"), Level::Warn),
             EngineState::Generating => (format!("{spin} generating"), Level::Warn),
             EngineState::Scoring => (format!("{spin} scoring"), Level::Warn),
+            EngineState::Monitoring => (format!("{spin} monitoring"), Level::Warn),
             EngineState::Downloading => (format!("{spin} downloading"), Level::Warn),
             EngineState::Training => {
                 let t = &self.train;

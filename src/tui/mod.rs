@@ -12,6 +12,7 @@ pub mod eval;
 pub mod fixtures;
 pub mod keys;
 pub mod models;
+pub mod monitor;
 pub mod probe;
 pub mod theme;
 pub mod train;
