@@ -302,14 +302,30 @@ pub struct EvalArgs {
     pub data: PathBuf,
     #[arg(long)]
     pub limit: Option<usize>,
+    /// score (P(fraud) of each dialogue), generate (parse a generated answer) or stream
+    /// (replay each dialogue turn by turn: how early a fraud is caught, false alarms).
     #[arg(long, default_value = "score")]
     pub mode: String,
+    /// Samples per batch (score and generate modes).
     #[arg(long, default_value_t = 8)]
     pub batch: usize,
-    #[arg(long, default_value_t = 0.5)]
-    pub threshold: f64,
+    /// P(fraud) at or above this predicts fraud (per turn in stream mode). Default: each
+    /// adapter's saved threshold (fraudlab.json), else 0.5.
+    #[arg(long)]
+    pub threshold: Option<f64>,
+    /// Stream mode: turns in a row at or above the threshold that fire an alert. Default:
+    /// the adapter's saved streaming rule, else 1.
+    #[arg(long)]
+    pub consecutive: Option<usize>,
+    /// Stream mode: choose the threshold and K that keep false alarms per honest dialogue
+    /// at or under this share (e.g. 0.05), and save them in the adapter's fraudlab.json.
+    /// Use a validation split, never a test split.
+    #[arg(long, num_args = 0..=1, default_missing_value = "0.05")]
+    pub calibrate: Option<f64>,
+    /// Generate mode: answer length cap.
     #[arg(long = "max-tokens", default_value_t = 64)]
     pub max_tokens: usize,
+    /// For GGUF: keep weights quantized.
     #[arg(long)]
     pub quantized: bool,
     /// k-fold cross-validation: train on k-1 folds (recipe defaults), evaluate on the held-out one.
@@ -927,7 +943,9 @@ fn cmd_eval(a: EvalArgs, session: &str) -> Result<()> {
         limit: a.limit,
         mode: a.mode.parse()?,
         batch: a.batch,
-        threshold: a.threshold,
+        threshold: a.threshold.unwrap_or(0.5),
+        adapter_thresholds: a.threshold.is_none(),
+        consecutive: a.consecutive.unwrap_or(1),
         max_tokens: a.max_tokens,
         quantized: a.quantized,
         out_dir: Some(sess.eval_dir(&sess.new_eval_id()?)),
@@ -979,8 +997,92 @@ fn cmd_eval(a: EvalArgs, session: &str) -> Result<()> {
                 name, m.n, m.precision, m.recall, m.f1, m.accuracy, opt(m.roc_auc), opt(m.pr_auc), m.tp, m.fp, m.tn, m.fn_, m.unparseable, r.samples_per_s
             );
         }
+        for r in &results {
+            if let Some(st) = &r.stream {
+                print_stream(r, st);
+            }
+        }
         if let Some(d) = &cfg.out_dir {
             println!("predictions in {}", d.display());
+        }
+    }
+    if let Some(target) = a.calibrate {
+        calibrate_stream(&results, target, a.json)?;
+    }
+    Ok(())
+}
+
+fn print_stream(r: &crate::engine::eval::EvalResult, st: &crate::engine::eval::StreamOutcome) {
+    let s = &st.report;
+    let opt = |x: Option<f64>| x.map(|v| format!("{v:.2}")).unwrap_or_else(|| "-".into());
+    let name = match &r.adapter {
+        Some(ad) => format!("{} + {}", r.model, ad.display()),
+        None => r.model.clone(),
+    };
+    println!(
+        "\nstream: {name}\n  rule: alert once {} turn(s) in a row have P(fraud) >= {:.3} ({})",
+        s.consecutive, s.threshold, st.threshold_source
+    );
+    println!(
+        "  detection rate {:.3} ({} of {} fraud dialogues); false alarms {:.3} ({} of {} honest dialogues)",
+        s.detection_rate, s.detected, s.fraud_dialogues, s.false_alarm_rate, s.false_alarms, s.normal_dialogues
+    );
+    println!(
+        "  turns to the alert: mean {} median {}; share of the dialogue: {}; from the fraudster's first turn: {}",
+        opt(s.mean_turns_to_alert),
+        opt(s.median_turns_to_alert),
+        opt(s.mean_share_to_alert),
+        opt(s.mean_turns_from_fraudster)
+    );
+    println!("  {} turns scored, {:.1} turns/s; detection rate by turn:", st.turns_scored, st.turns_per_s);
+    print!("{}", crate::engine::stream_eval::detection_chart(s, 40));
+}
+
+/// `eval --mode stream --calibrate T`: the rule that keeps false alarms under T, saved in
+/// each evaluated adapter's fraudlab.json.
+fn calibrate_stream(results: &[crate::engine::eval::EvalResult], target: f64, json: bool) -> Result<()> {
+    use crate::model::adapter::{AdapterMeta, StreamRule};
+    if !(0.0..=1.0).contains(&target) {
+        bail!("--calibrate {target}: the false-alarm target is a share between 0 and 1");
+    }
+    for r in results {
+        let Some(st) = &r.stream else {
+            bail!("--calibrate needs --mode stream");
+        };
+        let Some(best) = crate::engine::stream_eval::calibrate(&st.risks, target, 4) else {
+            bail!("--calibrate needs honest (label false) dialogues in the data");
+        };
+        let saved = match &r.adapter {
+            Some(dir) => {
+                let mut meta = AdapterMeta::read(dir)?.unwrap_or_default();
+                meta.stream = Some(StreamRule {
+                    threshold: best.threshold,
+                    consecutive: best.consecutive,
+                });
+                meta.write(dir)?;
+                Some(dir.join(crate::model::adapter::META_FILE))
+            }
+            None => None,
+        };
+        if json {
+            println!(
+                "{}",
+                json!({"calibrated": best, "target_false_alarm_rate": target, "saved": saved})
+            );
+        } else {
+            println!(
+                "\ncalibrated (false alarms <= {:.1}%): threshold {:.4}, {} turn(s) in a row -> detection {:.3}, false alarms {:.3}, mean turns to alert {}",
+                target * 100.0,
+                best.threshold,
+                best.consecutive,
+                best.detection_rate,
+                best.false_alarm_rate,
+                best.mean_turns_to_alert.map(|v| format!("{v:.2}")).unwrap_or_else(|| "-".into())
+            );
+            match saved {
+                Some(p) => println!("saved in {}", p.display()),
+                None => println!("no adapter: nothing saved (pass --adapter to store the rule with it)"),
+            }
         }
     }
     Ok(())

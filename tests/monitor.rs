@@ -286,3 +286,104 @@ fn real_tokenizer_incremental_ids() {
     }
     eprintln!("{checked} dialogue prefixes tokenized incrementally, all equal");
 }
+
+/// Opt-in, real model (f32 path: FRAUDLAB_TEST_HF, or FRAUDLAB_TEST_GGUF dequantized): per-turn
+/// P(fraud) equals score mode on each dialogue prefix within 1e-4, on real dialogues.
+#[test]
+fn real_model_turns_equal_score_mode() {
+    let Some(spec) = std::env::var("FRAUDLAB_TEST_HF")
+        .ok()
+        .or_else(|| std::env::var("FRAUDLAB_TEST_GGUF").ok())
+    else {
+        eprintln!("skipped: set FRAUDLAB_TEST_HF or FRAUDLAB_TEST_GGUF to the real model");
+        return;
+    };
+    let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/data/fraud-dialogues/dialogues-dev.jsonl");
+    if !data.exists() {
+        eprintln!("skipped: {} is absent", data.display());
+        return;
+    }
+    let lm = model::load(&spec, LoadOptions::default()).unwrap();
+    let cfg = MonitorConfig::default();
+    let r = fraudlab::data::load(&data).unwrap();
+    let mut mon = Monitor::new(cfg.clone()).unwrap();
+    let mut worst = 0f64;
+    let mut n = 0;
+    for s in r.samples.iter().filter(|s| s.turns().len() >= 4).take(6) {
+        let turns = s.turns();
+        for (i, (sp, tx)) in turns.iter().enumerate() {
+            let got = mon.turn(&lm, &s.id, sp, tx).unwrap().p_fraud;
+            let want = score_prefix(&lm, &cfg, &mon.state(&s.id).unwrap().turns);
+            worst = worst.max((got - want).abs());
+            assert!((got - want).abs() < 1e-4, "{} turn {}: {got} vs {want}", s.id, i + 1);
+            n += 1;
+        }
+        mon.end(&s.id);
+    }
+    eprintln!("{n} turns on the real model; largest |incremental - score mode| = {worst:.2e}");
+}
+
+#[test]
+fn eval_stream_mode_and_calibration_save_the_rule() {
+    let d = tmp();
+    let m = tiny_model(d.path(), TinySpec::default());
+    // a labelled set in the fraud JSONL format, several turns each
+    let data = d.path().join("dev.jsonl");
+    let mut lines = String::new();
+    for i in 0..8 {
+        let input = (0..3 + i % 3)
+            .map(|t| format!("{}: 第{t}句，编号{i}。", if t % 2 == 0 { "甲" } else { "乙" }))
+            .collect::<Vec<_>>()
+            .join("\n");
+        lines.push_str(
+            &serde_json::json!({"instruction": "判断是否诈骗。", "input": input, "label": i % 2 == 0})
+                .to_string(),
+        );
+        lines.push('\n');
+    }
+    std::fs::write(&data, lines).unwrap();
+    // an adapter folder to store the calibrated rule in: train one step
+    let run = d.path().join("run");
+    let out = run_ok(&[
+        "train", "--model", m.to_str().unwrap(), "--data", data.to_str().unwrap(),
+        "--out", run.to_str().unwrap(), "--max-steps", "1", "--batch", "2", "--grad-accum", "1",
+    ]);
+    let adapter = run.join("adapter");
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(adapter.join("fraudlab.json")).unwrap()).unwrap();
+    assert_eq!(meta["instruction"], "判断是否诈骗。", "{out}");
+    assert!(meta["stream"].is_null());
+    let out = run_ok(&[
+        "eval", "--model", m.to_str().unwrap(), "--adapter", adapter.to_str().unwrap(),
+        "--data", data.to_str().unwrap(), "--mode", "stream", "--calibrate", "0.25", "--json",
+    ]);
+    let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let res = &lines[0];
+    assert_eq!(res["mode"], "stream");
+    let st = &res["stream"];
+    assert_eq!(st["fraud_dialogues"], 4);
+    assert_eq!(st["normal_dialogues"], 4);
+    assert!(st["detection_by_turn"].as_array().unwrap().len() >= 3);
+    let cal = &lines[1]["calibrated"];
+    assert!(cal["false_alarm_rate"].as_f64().unwrap() <= 0.25);
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(adapter.join("fraudlab.json")).unwrap()).unwrap();
+    assert_eq!(meta["stream"]["threshold"], cal["threshold"]);
+    assert_eq!(meta["stream"]["consecutive"], cal["consecutive"]);
+    // the saved rule is used by default afterwards, and said so
+    let out = run_ok(&[
+        "eval", "--model", m.to_str().unwrap(), "--adapter", adapter.to_str().unwrap(),
+        "--data", data.to_str().unwrap(), "--mode", "stream", "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    assert_eq!(v["stream"]["threshold"], cal["threshold"]);
+    assert_eq!(v["stream"]["threshold_source"], "the adapter's streaming rule");
+}
+
+fn run_ok(args: &[&str]) -> String {
+    let o = run(args);
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(o.status.success(), "fraudlab {args:?} failed: {err}");
+    String::from_utf8_lossy(&o.stdout).to_string()
+}

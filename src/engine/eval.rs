@@ -18,6 +18,8 @@ use crate::model::{self, LoadOptions, LoadedModel, TextTokenizer};
 pub enum EvalMode {
     Score,
     Generate,
+    /// Each dialogue replayed turn by turn through the live monitor (early detection).
+    Stream,
 }
 
 impl std::str::FromStr for EvalMode {
@@ -26,7 +28,8 @@ impl std::str::FromStr for EvalMode {
         match s {
             "score" => Ok(Self::Score),
             "generate" => Ok(Self::Generate),
-            _ => bail!("mode `{s}`: use score or generate"),
+            "stream" => Ok(Self::Stream),
+            _ => bail!("mode `{s}`: use score, generate or stream"),
         }
     }
 }
@@ -45,13 +48,24 @@ pub struct EvalConfig {
     pub limit: Option<usize>,
     pub mode: EvalMode,
     pub batch: usize,
-    /// P(fraud) at or above this predicts fraud (score mode).
+    /// P(fraud) at or above this predicts fraud (score mode; per turn in stream mode).
     pub threshold: f64,
+    /// Use each adapter's saved threshold (`fraudlab.json`: the whole-dialogue one in score
+    /// mode, the streaming rule in stream mode) where it has one, instead of `threshold`.
+    #[serde(default)]
+    pub adapter_thresholds: bool,
+    /// Stream mode: turns in a row at or above the threshold that fire an alert.
+    #[serde(default = "one")]
+    pub consecutive: usize,
     /// Generate mode: answer length cap.
     pub max_tokens: usize,
     pub quantized: bool,
     /// Where config.json, metrics.json and predictions.jsonl go (a session's evals/<id>/).
     pub out_dir: Option<PathBuf>,
+}
+
+fn one() -> usize {
+    1
 }
 
 impl Default for EvalConfig {
@@ -63,6 +77,8 @@ impl Default for EvalConfig {
             mode: EvalMode::Score,
             batch: 8,
             threshold: 0.5,
+            adapter_thresholds: false,
+            consecutive: 1,
             max_tokens: 64,
             quantized: false,
             out_dir: None,
@@ -99,8 +115,24 @@ pub struct EvalResult {
     pub metrics: Metrics,
     pub samples_per_s: f64,
     pub seconds: f64,
+    /// Stream mode: early-detection figures and the per-turn risks behind them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<Box<StreamOutcome>>,
     #[serde(skip)]
     pub predictions: Vec<Prediction>,
+}
+
+/// What stream mode adds to a result.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StreamOutcome {
+    #[serde(flatten)]
+    pub report: super::stream_eval::StreamReport,
+    /// Where the threshold came from (given, the adapter's saved rule, the default).
+    pub threshold_source: String,
+    pub turns_scored: usize,
+    pub turns_per_s: f64,
+    #[serde(skip)]
+    pub risks: Vec<super::stream_eval::DialogueRisks>,
 }
 
 /// The scoring prompt of a sample: the chat prompt with the assistant turn pre-filled up to
@@ -361,19 +393,36 @@ pub fn load_labelled(
     path: &std::path::Path,
     limit: Option<usize>,
 ) -> Result<(Vec<Sample>, String)> {
+    let (s, _, summary) = load_labelled_dialogues(path, limit)?;
+    Ok((s, summary))
+}
+
+/// `load_labelled`, with the turn-level dialogue behind each sample where the file has one
+/// (turn-level CSV: per-turn labels), aligned with the samples.
+pub fn load_labelled_dialogues(
+    path: &std::path::Path,
+    limit: Option<usize>,
+) -> Result<(Vec<Sample>, Option<Vec<data::Dialogue>>, String)> {
     let r = data::load(path)?;
-    let mut samples: Vec<Sample> = r
-        .samples
-        .into_iter()
-        .filter(|s| s.label.is_some())
-        .collect();
+    let has_dialogues = r.dialogues.len() == r.samples.len() && !r.dialogues.is_empty();
+    let mut dialogues = Vec::new();
+    let mut samples = Vec::new();
+    for (i, s) in r.samples.into_iter().enumerate() {
+        if s.label.is_some() {
+            if has_dialogues {
+                dialogues.push(r.dialogues[i].clone());
+            }
+            samples.push(s);
+        }
+    }
     if let Some(n) = limit {
         samples.truncate(n);
+        dialogues.truncate(n);
     }
     if samples.is_empty() {
         bail!("{}: no labelled samples to evaluate", path.display());
     }
-    Ok((samples, r.summary))
+    Ok((samples, has_dialogues.then_some(dialogues), r.summary))
 }
 
 /// Evaluates one loaded model on samples.
@@ -400,6 +449,15 @@ pub fn evaluate_loaded(
                 })
                 .collect()
         }
+        EvalMode::Stream => {
+            let mcfg = super::monitor::MonitorConfig {
+                threshold: cfg.threshold,
+                consecutive: cfg.consecutive,
+                ..Default::default()
+            };
+            let risks = super::stream_eval::replay(lm, samples, None, &mcfg, cancel, progress)?;
+            stream_predictions(&risks, cfg.threshold, cfg.consecutive)
+        }
         EvalMode::Generate => {
             let answers =
                 generate_answers(lm, samples, cfg.max_tokens, cfg.batch, cancel, progress)?;
@@ -421,6 +479,53 @@ pub fn evaluate_loaded(
     Ok((metrics::compute(&rows), preds, secs))
 }
 
+/// Dialogue-level predictions of stream mode: fraud when the alert fired at some turn, with
+/// the highest per-turn risk as the probability.
+fn stream_predictions(
+    risks: &[super::stream_eval::DialogueRisks],
+    threshold: f64,
+    k: usize,
+) -> Vec<Prediction> {
+    risks
+        .iter()
+        .map(|d| Prediction {
+            id: d.id.clone(),
+            label: d.label,
+            probability: d.risks.iter().copied().reduce(f64::max),
+            answer: None,
+            predicted: Some(d.alert_turn(threshold, k).is_some()),
+        })
+        .collect()
+}
+
+/// The threshold (and K) a target is evaluated at, and where it came from.
+fn target_rule(cfg: &EvalConfig, adapter: Option<&std::path::Path>) -> Result<(f64, usize, String)> {
+    if cfg.adapter_thresholds {
+        if let Some(m) = crate::model::adapter::AdapterMeta::for_adapter(adapter)
+            .ok()
+            .filter(|_| adapter.is_some())
+        {
+            match cfg.mode {
+                EvalMode::Stream => {
+                    if let Some(r) = m.stream {
+                        return Ok((r.threshold, r.consecutive, "the adapter's streaming rule".into()));
+                    }
+                    if let Some(t) = m.threshold {
+                        return Ok((t, cfg.consecutive, "the adapter's whole-dialogue threshold".into()));
+                    }
+                }
+                _ => {
+                    if let Some(t) = m.threshold {
+                        return Ok((t, cfg.consecutive, "the adapter's calibrated threshold".into()));
+                    }
+                }
+            }
+        }
+        return Ok((cfg.threshold, cfg.consecutive, "the default".into()));
+    }
+    Ok((cfg.threshold, cfg.consecutive, "given".into()))
+}
+
 /// Evaluates every target on the same samples; writes config.json, metrics.json and
 /// predictions.jsonl to `out_dir` when given.
 pub fn evaluate(
@@ -431,7 +536,7 @@ pub fn evaluate(
     if cfg.targets.is_empty() {
         bail!("no model to evaluate");
     }
-    let (samples, _) = load_labelled(&cfg.data, cfg.limit)?;
+    let (samples, dialogues, _) = load_labelled_dialogues(&cfg.data, cfg.limit)?;
     let mut results = Vec::new();
     for t in &cfg.targets {
         let mut lm = model::load(
@@ -445,9 +550,44 @@ pub fn evaluate(
             crate::model::adapter::load_adapter(&mut lm.model, a)?;
         }
         let name = lm.name.clone();
-        let (m, preds, secs) = evaluate_loaded(&lm, &samples, cfg, cancel, &mut |d, n| {
-            progress(&name, d, n)
-        })?;
+        let (threshold, k, source) = target_rule(cfg, t.adapter.as_deref())?;
+        let tcfg = EvalConfig {
+            threshold,
+            consecutive: k,
+            ..cfg.clone()
+        };
+        let mut stream = None;
+        let (m, preds, secs) = if cfg.mode == EvalMode::Stream {
+            let meta = crate::model::adapter::AdapterMeta::for_adapter(t.adapter.as_deref())?;
+            let mcfg = super::monitor::MonitorConfig {
+                threshold,
+                consecutive: k,
+                ..super::monitor::MonitorConfig::from_meta(&meta)
+            };
+            let t0 = Instant::now();
+            let risks = super::stream_eval::replay(
+                &lm,
+                &samples,
+                dialogues.as_deref(),
+                &mcfg,
+                cancel,
+                &mut |d, n| progress(&name, d, n),
+            )?;
+            let secs = t0.elapsed().as_secs_f64();
+            let preds = stream_predictions(&risks, threshold, k);
+            let rows: Vec<EvalRow> = preds.iter().map(Prediction::row).collect();
+            let turns: usize = risks.iter().map(|d| d.risks.len()).sum();
+            stream = Some(Box::new(StreamOutcome {
+                report: super::stream_eval::report(&risks, threshold, k),
+                threshold_source: source,
+                turns_scored: turns,
+                turns_per_s: turns as f64 / secs.max(1e-9),
+                risks,
+            }));
+            (metrics::compute(&rows), preds, secs)
+        } else {
+            evaluate_loaded(&lm, &samples, &tcfg, cancel, &mut |d, n| progress(&name, d, n))?
+        };
         results.push(EvalResult {
             model: t.model.clone(),
             adapter: t.adapter.clone(),
@@ -455,6 +595,7 @@ pub fn evaluate(
             metrics: m,
             samples_per_s: samples.len() as f64 / secs.max(1e-9),
             seconds: secs,
+            stream,
             predictions: preds,
         });
     }

@@ -5,6 +5,7 @@
 pub mod eval;
 pub mod generate;
 pub mod monitor;
+pub mod stream_eval;
 pub mod train;
 pub mod worker;
 

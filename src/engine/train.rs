@@ -616,6 +616,7 @@ fn write_checkpoint(
         save_atomic(&w, &tmp.join("weights.safetensors"))?;
     } else {
         save_adapter(&tmp, &tc.lora, &tr.lora, base)?;
+        adapter_meta(tc).write(&tmp)?;
     }
     let mut o = Vec::new();
     for (i, n) in tr.names.iter().enumerate() {
@@ -717,6 +718,23 @@ fn copy_dir(from: &Path, to: &Path) -> Result<()> {
     }
     std::fs::rename(&tmp, to)?;
     Ok(())
+}
+
+/// `fraudlab.json` for the run's adapter: the prompt it was trained on (the data's
+/// instruction, the recipe's system prompt), so the monitor, the server and evaluation build
+/// the same prompt.
+fn adapter_meta(tc: &TrainConfig) -> crate::model::adapter::AdapterMeta {
+    let instruction = data::load(&tc.data).ok().and_then(|r| {
+        r.samples.iter().find_map(|s| match &s.body {
+            SampleBody::Fraud { instruction, .. } => Some(instruction.clone()),
+            _ => None,
+        })
+    });
+    crate::model::adapter::AdapterMeta {
+        instruction: instruction.unwrap_or_else(|| data::DEFAULT_INSTRUCTION.to_string()),
+        system: DEFAULT_SYSTEM.to_string(),
+        ..Default::default()
+    }
 }
 
 /// Loads training (and validation) examples as the config says.
@@ -1105,6 +1123,7 @@ pub fn train_loaded(
     } else {
         let out = run_dir.join("adapter");
         save_adapter(&out, &tc.lora, &tr.lora, &base_name)?;
+        adapter_meta(tc).write(&out)?;
         out
     };
     let summary = TrainSummary {

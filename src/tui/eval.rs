@@ -266,7 +266,8 @@ impl App {
                 Some('m') => {
                     self.eval.mode = match self.eval.mode {
                         EvalMode::Score => EvalMode::Generate,
-                        EvalMode::Generate => EvalMode::Score,
+                        EvalMode::Generate => EvalMode::Stream,
+                        EvalMode::Stream => EvalMode::Score,
                     };
                     self.save_session();
                 }

@@ -336,6 +336,7 @@ pub fn demo_app(root: &Path, n_samples: usize, loss_points: usize) -> Result<App
         metrics: metrics::compute(&rows),
         samples_per_s: 14.2,
         seconds: 10.0,
+        stream: None,
         predictions: preds.clone(),
     };
     app.eval.results = vec![
