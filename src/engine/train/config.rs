@@ -1,0 +1,184 @@
+//! What a training run is told (config), what it reports (events, metrics, summary) and
+//! how it is steered from another thread (pause, stop).
+
+#[allow(unused_imports)]
+use super::*;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Schedule {
+    Constant,
+    Linear,
+    Cosine,
+}
+
+impl std::str::FromStr for Schedule {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s {
+            "constant" => Self::Constant,
+            "linear" => Self::Linear,
+            "cosine" => Self::Cosine,
+            _ => bail!("schedule `{s}`: use constant, linear or cosine"),
+        })
+    }
+}
+
+/// A training run. Defaults follow the fraud-dialogue recipe (LoRA r 8, alpha 16, dropout
+/// 0.05 on the seven projections, lr 1e-4, 3 epochs, cosine with 10% warmup).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TrainConfig {
+    pub model: String,
+    pub data: PathBuf,
+    pub val: Option<PathBuf>,
+    /// Fraction of `data` held out for validation (stratified by label) when `val` is unset.
+    pub val_split: f64,
+    /// The run folder: config.json, metrics.jsonl, checkpoints/, adapter/.
+    pub out_dir: PathBuf,
+    /// Full fine-tuning instead of LoRA.
+    pub full: bool,
+    pub lora: LoraSpec,
+    pub lr: f64,
+    pub epochs: usize,
+    pub max_steps: Option<usize>,
+    pub batch: usize,
+    pub grad_accum: usize,
+    pub max_len: usize,
+    pub schedule: Schedule,
+    pub warmup_ratio: f64,
+    pub warmup_steps: Option<usize>,
+    pub weight_decay: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub max_grad_norm: f64,
+    pub seed: u64,
+    /// Checkpoint every N optimizer steps (0: only at the end).
+    pub save_every: usize,
+    /// Validation loss every N optimizer steps (0: at the end of each epoch).
+    pub eval_every: usize,
+    /// Stop after this many evaluations without improvement.
+    pub early_stopping: Option<usize>,
+    /// Continue from the newest checkpoint in `out_dir`.
+    pub resume: bool,
+    /// Put `fraud_speaker` and `reason` in the target JSON too.
+    pub answer_fields: bool,
+    /// Use only the first N training samples.
+    pub limit: Option<usize>,
+    /// Checkpoints kept besides the best (oldest removed first).
+    pub keep_checkpoints: usize,
+    /// Shuffle the samples every epoch (seeded); off keeps file order.
+    #[serde(default = "yes")]
+    pub shuffle: bool,
+}
+
+pub(super) fn yes() -> bool {
+    true
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            model: String::new(),
+            data: PathBuf::new(),
+            val: None,
+            val_split: 0.0,
+            out_dir: PathBuf::new(),
+            full: false,
+            lora: LoraSpec::default(),
+            lr: 1e-4,
+            epochs: 3,
+            max_steps: None,
+            batch: 4,
+            grad_accum: 4,
+            max_len: 512,
+            schedule: Schedule::Cosine,
+            warmup_ratio: 0.1,
+            warmup_steps: None,
+            weight_decay: 0.0,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            max_grad_norm: 1.0,
+            seed: 0,
+            save_every: 0,
+            eval_every: 0,
+            early_stopping: None,
+            resume: false,
+            answer_fields: false,
+            limit: None,
+            keep_checkpoints: 2,
+            shuffle: true,
+        }
+    }
+}
+
+/// Pause and stop, set from any thread, read between steps.
+#[derive(Debug, Default)]
+pub struct TrainControl {
+    pub pause: AtomicBool,
+    pub stop: AtomicBool,
+}
+
+/// One optimizer step's figures.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StepMetrics {
+    pub step: usize,
+    pub total_steps: usize,
+    pub epoch: f64,
+    pub loss: f64,
+    pub lr: f64,
+    pub grad_norm: f64,
+    pub step_s: f64,
+    pub tokens_per_s: f64,
+    pub samples_per_s: f64,
+    pub elapsed_s: f64,
+    pub eta_s: f64,
+    pub rss_mib: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eval_loss: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum TrainEvent {
+    Started {
+        run_dir: PathBuf,
+        total_steps: usize,
+        start_step: usize,
+        train_samples: usize,
+        val_samples: usize,
+        estimate_mib: f64,
+    },
+    Step(StepMetrics),
+    Eval {
+        step: usize,
+        eval_loss: f64,
+        best: bool,
+    },
+    Checkpoint {
+        step: usize,
+        path: PathBuf,
+    },
+    Paused {
+        step: usize,
+    },
+    Resumed {
+        step: usize,
+    },
+    Log(String),
+    Finished(TrainSummary),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainSummary {
+    pub run_dir: PathBuf,
+    /// adapter/ (LoRA, PEFT layout) or model/ (full fine-tuning, HF folder)
+    pub output_dir: PathBuf,
+    pub steps: usize,
+    pub final_loss: Option<f64>,
+    pub best_eval_loss: Option<f64>,
+    pub best_step: Option<usize>,
+    /// "completed", "stopped", "early-stopped"
+    pub end: String,
+    pub seconds: f64,
+}
