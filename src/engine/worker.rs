@@ -91,6 +91,14 @@ pub enum Command {
         raw: bool,
         params: SamplingParams,
     },
+    /// Generate with model `key` after a conversation rendered by its chat template (the
+    /// HTTP server's chat completions); the same events as `Generate`.
+    Chat {
+        request: RequestId,
+        key: String,
+        messages: Vec<crate::model::ChatMessage>,
+        params: SamplingParams,
+    },
     /// Fraud probabilities of samples under a loaded model (score mode).
     Score {
         request: u64,
@@ -136,6 +144,7 @@ impl Command {
     pub fn request(&self) -> Option<RequestId> {
         match self {
             Self::Generate { request, .. }
+            | Self::Chat { request, .. }
             | Self::Score { request, .. }
             | Self::MonitorTurn { request, .. }
             | Self::MonitorExplain { request, .. } => Some(*request),
@@ -527,6 +536,43 @@ impl Worker {
                             message: format!("{e:#}"),
                         }),
                     }
+                }
+            }
+            Command::Chat {
+                request,
+                key,
+                messages,
+                params,
+            } => {
+                self.emit(Event::State(EngineState::Generating));
+                let subject = Subject::Generate {
+                    request,
+                    key: key.clone(),
+                };
+                let r = (|| -> anyhow::Result<Generation> {
+                    if self.cancel.load(Ordering::SeqCst) {
+                        anyhow::bail!("cancelled");
+                    }
+                    let Some(lm) = self.models.get(&key) else {
+                        anyhow::bail!("model is not loaded");
+                    };
+                    let text = lm.tokenizer.apply_chat_template(&messages, true)?;
+                    let ids = lm.tokenizer.encode(&text)?;
+                    let mut pending = String::new();
+                    generate(lm, &ids, &params, &self.cancel, &mut |piece| {
+                        self.emit_text(&mut pending, request, &key, piece)
+                    })
+                })();
+                match r {
+                    Ok(generation) => self.emit(Event::Generated {
+                        request,
+                        key,
+                        generation,
+                    }),
+                    Err(e) => self.emit(Event::Error {
+                        subject,
+                        message: format!("{e:#}"),
+                    }),
                 }
             }
             Command::Score {
