@@ -998,6 +998,16 @@ fn cmd_eval(a: EvalArgs, session: &str) -> Result<()> {
             );
         }
         for r in &results {
+            if let Some(rule) = &r.rule {
+                if r.stream.is_none() {
+                    println!(
+                        "{}: threshold {:.4} ({})",
+                        r.adapter.as_ref().map(|a| a.display().to_string()).unwrap_or_else(|| r.model.clone()),
+                        rule.threshold,
+                        rule.source
+                    );
+                }
+            }
             if let Some(st) = &r.stream {
                 print_stream(r, st);
             }

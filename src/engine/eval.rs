@@ -118,8 +118,20 @@ pub struct EvalResult {
     /// Stream mode: early-detection figures and the per-turn risks behind them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream: Option<Box<StreamOutcome>>,
+    /// The decision rule the predictions used, and where it came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<DecisionRule>,
     #[serde(skip)]
     pub predictions: Vec<Prediction>,
+}
+
+/// The threshold (and, in stream mode, the consecutive turns) a result was decided at.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DecisionRule {
+    pub threshold: f64,
+    pub consecutive: usize,
+    /// "given", "the adapter's calibrated threshold", "the adapter's streaming rule"…
+    pub source: String,
 }
 
 /// What stream mode adds to a result.
@@ -218,10 +230,21 @@ pub fn score_samples(
     cancel: &AtomicBool,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Vec<f64>> {
-    let model = &lm.model;
+    score_with(&lm.model, &lm.tokenizer, samples, batch, cancel, progress)
+}
+
+/// [`score_samples`] with a model and tokenizer held apart (a model being trained).
+pub fn score_with(
+    model: &crate::model::Qwen2,
+    tokenizer: &TextTokenizer,
+    samples: &[Sample],
+    batch: usize,
+    cancel: &AtomicBool,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Vec<f64>> {
     let prompts: Vec<(Vec<u32>, u32, u32)> = samples
         .iter()
-        .map(|s| score_prompt(&lm.tokenizer, s))
+        .map(|s| score_prompt(tokenizer, s))
         .collect::<Result<_>>()?;
     let ids: Vec<Vec<u32>> = prompts.iter().map(|p| p.0.clone()).collect();
     // prompts longer than the context lose the middle of their dialogue
@@ -551,6 +574,7 @@ pub fn evaluate(
         }
         let name = lm.name.clone();
         let (threshold, k, source) = target_rule(cfg, t.adapter.as_deref())?;
+        let rule_source = source.clone();
         let tcfg = EvalConfig {
             threshold,
             consecutive: k,
@@ -595,6 +619,11 @@ pub fn evaluate(
             metrics: m,
             samples_per_s: samples.len() as f64 / secs.max(1e-9),
             seconds: secs,
+            rule: (cfg.mode != EvalMode::Generate).then(|| DecisionRule {
+                threshold,
+                consecutive: k,
+                source: rule_source.clone(),
+            }),
             stream,
             predictions: preds,
         });

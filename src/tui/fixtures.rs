@@ -337,6 +337,7 @@ pub fn demo_app(root: &Path, n_samples: usize, loss_points: usize) -> Result<App
         samples_per_s: 14.2,
         seconds: 10.0,
         stream: None,
+        rule: None,
         predictions: preds.clone(),
     };
     app.eval.results = vec![

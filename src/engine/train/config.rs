@@ -181,4 +181,24 @@ pub struct TrainSummary {
     /// "completed", "stopped", "early-stopped"
     pub end: String,
     pub seconds: f64,
+    /// The decision threshold chosen on validation (also saved in the adapter's
+    /// fraudlab.json).
+    #[serde(default)]
+    pub calibration: Option<Calibration>,
+}
+
+/// The whole-dialogue decision threshold a run chose on its validation dialogues.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Calibration {
+    /// F1-best threshold.
+    pub threshold: f64,
+    /// validation dialogues scored
+    pub n: usize,
+    pub precision: f64,
+    pub recall: f64,
+    pub f1: f64,
+    /// F1 at the fixed threshold 0.5, for comparison
+    pub f1_at_half: f64,
+    /// highest threshold keeping recall at 0.95 or more
+    pub threshold_for_recall_95: Option<f64>,
 }

@@ -8,6 +8,14 @@ pub fn load_examples(
     tc: &TrainConfig,
     tok: &TextTokenizer,
 ) -> Result<(Vec<Example>, Vec<Example>, String)> {
+    let (train_s, val_s, summary) = load_split(tc)?;
+    let (train, val) = examples_of(tc, tok, &train_s, &val_s)?;
+    Ok((train, val, summary))
+}
+
+/// The training and validation samples as the config says (a validation file, a stratified
+/// split of the data, or none).
+pub fn load_split(tc: &TrainConfig) -> Result<(Vec<Sample>, Vec<Sample>, String)> {
     let r = data::load(&tc.data)?;
     let mut summary = r.summary.clone();
     let mut samples = r.samples;
@@ -27,6 +35,16 @@ pub fn load_examples(
     } else {
         (samples, vec![])
     };
+    Ok((train_s, val_s, summary))
+}
+
+/// The training and validation examples of samples.
+pub(super) fn examples_of(
+    tc: &TrainConfig,
+    tok: &TextTokenizer,
+    train_s: &[Sample],
+    val_s: &[Sample],
+) -> Result<(Vec<Example>, Vec<Example>)> {
     let conv = |v: &[Sample]| -> Result<Vec<Example>> {
         let mut out = Vec::new();
         for s in v {
@@ -36,13 +54,13 @@ pub fn load_examples(
         }
         Ok(out)
     };
-    let train = conv(&train_s)?;
-    let val = conv(&val_s)?;
+    let train = conv(train_s)?;
+    let val = conv(val_s)?;
     if train.is_empty() {
         bail!(
             "{}: no trainable samples (fraud samples need a label; chat samples an assistant turn)",
             tc.data.display()
         );
     }
-    Ok((train, val, summary))
+    Ok((train, val))
 }

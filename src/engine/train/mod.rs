@@ -31,7 +31,9 @@ mod optim;
 
 pub use batch::{epoch_order, eval_loss, make_example, mean_loss, Example};
 pub use checkpoint::latest_checkpoint;
-pub use config::{Schedule, StepMetrics, TrainConfig, TrainControl, TrainEvent, TrainSummary};
+pub use config::{
+    Calibration, Schedule, StepMetrics, TrainConfig, TrainControl, TrainEvent, TrainSummary,
+};
 pub use load::load_examples;
 pub use memory::{available_mib, estimate_mib, rss_mib};
 pub use optim::lr_at;
@@ -81,6 +83,9 @@ enum Next {
 pub struct Trainer<'a> {
     tc: &'a TrainConfig,
     model: Qwen2,
+    tok: TextTokenizer,
+    /// labelled fraud-format validation samples, for the decision threshold at the end
+    val_samples: Vec<Sample>,
     tr: Trainable,
     opt: AdamW,
     st: TrainerState,
@@ -121,7 +126,13 @@ impl<'a> Trainer<'a> {
             tokenizer: tok,
             ..
         } = lm;
-        let (train_ex, val_ex, summary) = load_examples(tc, &tok)?;
+        let (train_s, val_s, summary) = load::load_split(tc)?;
+        let (train_ex, val_ex) = load::examples_of(tc, &tok, &train_s, &val_s)?;
+        drop(train_s);
+        let val_samples: Vec<Sample> = val_s
+            .into_iter()
+            .filter(|s| s.label.is_some() && matches!(s.body, SampleBody::Fraud { .. }))
+            .collect();
         on_event(TrainEvent::Log(summary));
         let tr = if tc.full {
             make_all_trainable(&mut model)?
@@ -184,6 +195,8 @@ impl<'a> Trainer<'a> {
         Ok(Self {
             tc,
             model,
+            tok,
+            val_samples,
             tr,
             opt,
             start_step: st.step,
@@ -440,9 +453,24 @@ impl<'a> Trainer<'a> {
         } else {
             let out = self.run_dir.join("adapter");
             save_adapter(&out, &tc.lora, &self.tr.lora, &tc.model)?;
-            adapter_meta(tc).write(&out)?;
             out
         };
+        // the decision threshold, chosen on validation (never on test data)
+        let calibration = if end == "stopped" {
+            None
+        } else {
+            self.calibrate(on_event)?
+        };
+        if !tc.full {
+            let mut meta = adapter_meta(tc);
+            if let Some(c) = &calibration {
+                meta.threshold = Some(c.threshold);
+                if let Some(t) = c.threshold_for_recall_95 {
+                    meta.threshold_for_recall.insert("0.95".into(), t);
+                }
+            }
+            meta.write(&output_dir)?;
+        }
         let summary = TrainSummary {
             run_dir: self.run_dir.clone(),
             output_dir,
@@ -452,6 +480,7 @@ impl<'a> Trainer<'a> {
             best_step: self.st.best_step,
             end: end.to_string(),
             seconds: self.t_start.elapsed().as_secs_f64(),
+            calibration,
         };
         data::write_atomic(
             &self.run_dir.join("summary.json"),
@@ -460,6 +489,77 @@ impl<'a> Trainer<'a> {
         on_event(TrainEvent::Finished(summary.clone()));
         Ok(summary)
     }
+}
+
+impl Trainer<'_> {
+    /// The F1-best decision threshold on the labelled validation dialogues (score mode on
+    /// the trained model), with its precision and recall and the threshold that keeps recall
+    /// at 0.95; `None` without a validation set holding both labels.
+    fn calibrate(&self, on_event: &mut dyn FnMut(TrainEvent)) -> Result<Option<Calibration>> {
+        let v = &self.val_samples;
+        let pos = v.iter().filter(|s| s.label == Some(true)).count();
+        if pos == 0 || pos == v.len() {
+            return Ok(None);
+        }
+        let t0 = Instant::now();
+        let cancel = AtomicBool::new(false);
+        let probs = crate::engine::eval::score_with(
+            &self.model,
+            &self.tok,
+            v,
+            self.tc.batch.max(1),
+            &cancel,
+            &mut |_, _| {},
+        )?;
+        let rows: Vec<data::EvalRow> = v
+            .iter()
+            .zip(&probs)
+            .map(|(s, &p)| data::EvalRow {
+                label: s.label == Some(true),
+                predicted: Some(p >= 0.5),
+                probability: Some(p),
+            })
+            .collect();
+        let Some((threshold, m)) = data::metrics::best_f1_threshold(&rows) else {
+            return Ok(None);
+        };
+        let at_half = data::metrics::at_threshold(&rows, 0.5);
+        let c = Calibration {
+            threshold,
+            n: v.len(),
+            precision: m.precision,
+            recall: m.recall,
+            f1: m.f1,
+            f1_at_half: at_half.f1,
+            threshold_for_recall_95: threshold_for_recall(&rows, 0.95),
+        };
+        on_event(TrainEvent::Log(format!(
+            "decision threshold {:.4} (F1-best on {} validation dialogues, {:.0}s): precision {:.3} recall {:.3} F1 {:.3} (F1 {:.3} at 0.5)",
+            c.threshold,
+            c.n,
+            t0.elapsed().as_secs_f64(),
+            c.precision,
+            c.recall,
+            c.f1,
+            c.f1_at_half
+        )));
+        Ok(Some(c))
+    }
+}
+
+/// The highest threshold whose recall on `rows` is at least `recall`.
+pub fn threshold_for_recall(rows: &[data::EvalRow], recall: f64) -> Option<f64> {
+    let mut pos: Vec<f64> = rows
+        .iter()
+        .filter(|r| r.label)
+        .filter_map(|r| r.probability)
+        .collect();
+    if pos.is_empty() {
+        return None;
+    }
+    pos.sort_by(|a, b| b.total_cmp(a));
+    let need = ((recall * pos.len() as f64).ceil() as usize).clamp(1, pos.len());
+    Some(pos[need - 1])
 }
 
 /// The LoRA factors as the run's trainable tensors.
