@@ -4,7 +4,7 @@
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use fraudlab::data::{Journal, Session};
 use fraudlab::engine::train::TrainEvent;
-use fraudlab::engine::{Command, EngineState, Event};
+use fraudlab::engine::{Command, EngineState, Event, Subject};
 use fraudlab::tui::app::{Modal, SlotState, Tab};
 use fraudlab::tui::{fixtures, Action, App, AppOptions};
 use std::path::{Path, PathBuf};
@@ -66,9 +66,11 @@ fn tabs_help_and_quit() {
     press(&mut app, &[code(KeyCode::Tab)]);
     assert_eq!(app.tab, Tab::Eval);
     press(&mut app, &[code(KeyCode::Tab)]);
+    assert_eq!(app.tab, Tab::Monitor);
+    press(&mut app, &[code(KeyCode::Tab)]);
     assert_eq!(app.tab, Tab::Models);
     press(&mut app, &[code(KeyCode::BackTab)]);
-    assert_eq!(app.tab, Tab::Eval);
+    assert_eq!(app.tab, Tab::Monitor);
     press(&mut app, &[key('?')]);
     assert!(app.help);
     press(&mut app, &[key('j'), key('k')]);
@@ -138,7 +140,10 @@ fn models_load_unload_and_session_records_them() {
     // a failed load removes the slot and shows why
     press(&mut app, &[code(KeyCode::Enter)]);
     app.on_engine_event(Event::Error {
-        context: format!("load {spec}"),
+        subject: Subject::Load {
+            key: spec.clone(),
+            spec: spec.clone(),
+        },
         message: "no such file".into(),
     });
     assert!(app.slots.is_empty());
@@ -187,7 +192,9 @@ fn hub_download_explains_network() {
     });
     assert!(app.message.as_ref().unwrap().text.contains("50%"));
     app.on_engine_event(fraudlab::engine::Event::Error {
-        context: "download Nobody/NoSuchModel-0.5B".into(),
+        subject: Subject::Download {
+            id: "Nobody/NoSuchModel-0.5B".into(),
+        },
         message: "cannot reach the model hub".into(),
     });
     assert!(app.message.as_ref().unwrap().text.contains("cannot reach"));
@@ -483,7 +490,7 @@ fn training_start_pause_stop_and_events() {
         [Action::StopTraining]
     ));
     app.on_engine_event(Event::Error {
-        context: "training".into(),
+        subject: Subject::Train,
         message: "boom".into(),
     });
     assert!(!app.train.live.active);
@@ -555,6 +562,8 @@ fn evaluation_threshold_and_mistake_to_data() {
         metrics: fraudlab::data::metrics::compute(&rows),
         samples_per_s: 10.0,
         seconds: 1.0,
+        stream: None,
+        rule: None,
         predictions: preds,
     }]));
     assert!(!app.eval.running);

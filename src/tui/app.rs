@@ -11,6 +11,7 @@ use super::data::DataPane;
 use super::eval::EvalPane;
 use super::keys::{self, plain, strings};
 use super::models::ModelsPane;
+use super::monitor::MonitorPane;
 use super::probe::ProbePane;
 use super::train::TrainPane;
 use super::widgets::TextEditor;
@@ -24,10 +25,18 @@ pub enum Tab {
     Train,
     Data,
     Eval,
+    Monitor,
 }
 
 impl Tab {
-    pub const ALL: [Tab; 5] = [Tab::Models, Tab::Probe, Tab::Train, Tab::Data, Tab::Eval];
+    pub const ALL: [Tab; 6] = [
+        Tab::Models,
+        Tab::Probe,
+        Tab::Train,
+        Tab::Data,
+        Tab::Eval,
+        Tab::Monitor,
+    ];
 
     pub fn index(self) -> usize {
         Tab::ALL.iter().position(|&t| t == self).unwrap_or(0)
@@ -161,6 +170,7 @@ pub enum PickPurpose {
     TrainModel,
     Adapter { spec: String },
     EvalTargets,
+    MonitorModels,
 }
 
 #[derive(Debug, Clone)]
@@ -185,6 +195,7 @@ pub enum Modal {
 enum Sent {
     Generate(u64),
     Score(u64),
+    Monitor(u64),
     Train,
     Evaluate,
     Load(String),
@@ -214,6 +225,7 @@ pub struct App {
     pub train: TrainPane,
     pub data: DataPane,
     pub eval: EvalPane,
+    pub monitor: MonitorPane,
     pub modal: Option<Modal>,
     pub help: bool,
     pub help_scroll: usize,
@@ -273,6 +285,7 @@ impl App {
             train: TrainPane::default(),
             data: DataPane::default(),
             eval: EvalPane::default(),
+            monitor: MonitorPane::default(),
             modal: None,
             help: false,
             help_scroll: 0,
@@ -297,6 +310,7 @@ impl App {
         app.probe.restore(tui.get("probe"));
         app.train.restore(tui.get("train"));
         app.eval.restore(tui.get("eval"));
+        app.monitor.restore(tui.get("monitor"));
         app.probe_load_history();
         app.train_load_runs();
         if let Some(e) = err {
@@ -422,6 +436,8 @@ impl App {
         self.set_tui_setting("train", train);
         let eval = self.eval.to_settings();
         self.set_tui_setting("eval", eval);
+        let monitor = self.monitor.to_settings();
+        self.set_tui_setting("monitor", monitor);
         let dirs = json!(self.models.added_dirs);
         self.set_tui_setting("model_dirs", dirs);
         if !self.cfg_ok {
@@ -466,12 +482,24 @@ impl App {
             m.editor.insert_str(s);
         } else if self.tab == Tab::Probe {
             self.probe_paste(s);
+        } else if self.tab == Tab::Monitor {
+            self.monitor_paste(s);
         }
     }
 
     /// A key: what it asks of the engine.
     pub fn handle_key(&mut self, key: KeyEvent) -> Vec<Action> {
         let out = self.handle_key_inner(key);
+        self.track(&out);
+        out
+    }
+
+    /// Commands due now without a key: the Monitor pane's paced replay, turns typed or
+    /// pasted while the previous one was scored, the explanation asked when an alert fires.
+    /// The event loop calls it on every tick (`now` is the tick's time).
+    pub fn due(&mut self, now: Instant) -> Vec<Action> {
+        let mut out = Vec::new();
+        self.monitor_due(now, &mut out);
         self.track(&out);
         out
     }
@@ -484,6 +512,8 @@ impl App {
                 self.sent.push_back(match c {
                     Command::Generate { request, .. } => Sent::Generate(*request),
                     Command::Score { request, .. } => Sent::Score(*request),
+                    Command::MonitorTurn { request, .. }
+                    | Command::MonitorExplain { request, .. } => Sent::Monitor(*request),
                     Command::Train(_) => Sent::Train,
                     Command::Evaluate(_) => Sent::Evaluate,
                     Command::Load { key, .. } => Sent::Load(key.clone()),
@@ -505,6 +535,7 @@ impl App {
                     self.data.scoring = None;
                 }
             }
+            Sent::Monitor(r) => self.monitor_request_ended(r),
             Sent::Train => {
                 if self.train.live.active {
                     self.train_on_error("the run ended without a summary");
@@ -550,6 +581,10 @@ impl App {
             self.probe_edit_key(&key, &mut out);
             return out;
         }
+        if self.tab == Tab::Monitor && self.monitor.editing {
+            self.monitor_edit_key(&key, &mut out);
+            return out;
+        }
         match (key.code, plain(&key)) {
             (_, Some('q')) => {
                 self.request_quit(&mut out);
@@ -560,16 +595,17 @@ impl App {
                 self.help_scroll = 0;
                 return out;
             }
-            (_, Some(c @ '1'..='5')) => {
+            (_, Some(c @ '1'..='6')) => {
                 self.tab = Tab::ALL[(c as u8 - b'1') as usize];
                 return out;
             }
             (KeyCode::Tab, _) => {
-                self.tab = Tab::ALL[(self.tab.index() + 1) % 5];
+                self.tab = Tab::ALL[(self.tab.index() + 1) % Tab::ALL.len()];
                 return out;
             }
             (KeyCode::BackTab, _) => {
-                self.tab = Tab::ALL[(self.tab.index() + 4) % 5];
+                let n = Tab::ALL.len();
+                self.tab = Tab::ALL[(self.tab.index() + n - 1) % n];
                 return out;
             }
             _ => {}
@@ -580,6 +616,7 @@ impl App {
             Tab::Train => self.train_key(&key, &mut out),
             Tab::Data => self.data_key(&key, &mut out),
             Tab::Eval => self.eval_key(&key, &mut out),
+            Tab::Monitor => self.monitor_key(&key, &mut out),
         };
         if !handled && (key.code == KeyCode::Esc || plain(&key) == Some('x')) {
             self.cancel_work(&mut out);
@@ -733,6 +770,7 @@ impl App {
                 }
             }
             PickPurpose::EvalTargets => self.eval_set_targets(chosen),
+            PickPurpose::MonitorModels => self.monitor_set_models(chosen, out),
         }
     }
 

@@ -21,7 +21,11 @@ const fn k(keys: &'static str, what: &'static str, hint: (&'static str, &'static
 const NO: (&str, &str) = ("", "");
 
 pub const GLOBAL: &[KeyHelp] = &[
-    k("1-5", "switch pane: Models, Probe, Train, Data, Eval", NO),
+    k(
+        "1-6",
+        "switch pane: Models, Probe, Train, Data, Eval, Monitor",
+        NO,
+    ),
     k("Tab / Shift-Tab", "next / previous pane", NO),
     k("?", "this help (any key closes it)", ("?", "help")),
     k(
@@ -173,6 +177,76 @@ pub const EVAL: &[KeyHelp] = &[
     ),
 ];
 
+pub const MONITOR: &[KeyHelp] = &[
+    k(
+        "n / →",
+        "send the dialogue's next turn to every followed model",
+        ("n", "next"),
+    ),
+    k(
+        "Space",
+        "play / pause the replay (a turn once the last one's results are back)",
+        ("Space", "play"),
+    ),
+    k(
+        "i",
+        "type a live turn `speaker: utterance` (Enter sends, Esc stops typing)",
+        ("i", "type"),
+    ),
+    k(
+        "t / T",
+        "raise / lower the alert threshold (the conversation starts again)",
+        ("t/T", "threshold"),
+    ),
+    k(
+        "m",
+        "choose the models that follow (default: every loaded one)",
+        ("m", "models"),
+    ),
+    k(
+        "x",
+        "explain the alert: who the fraudster is and why",
+        ("x", "explain"),
+    ),
+    k(
+        "Enter",
+        "follow the highlighted dialogue (a fresh conversation)",
+        ("Enter", "pick"),
+    ),
+    k(
+        "↑/↓ PgUp/PgDn Home/End",
+        "highlight a dialogue of the open dataset",
+        NO,
+    ),
+    k(
+        "r",
+        "restart: end the conversation, start a fresh one from turn 1",
+        ("r", "restart"),
+    ),
+    k(
+        "k / K",
+        "more / fewer turns in a row at or above the threshold to alert (starts again)",
+        NO,
+    ),
+    k("+ / -", "replay faster / slower (0.5 to 5 s a turn)", NO),
+    k(
+        "e",
+        "explain automatically when an alert fires: on / off",
+        NO,
+    ),
+    k("l", "show / hide the dialogue list (narrow terminals)", NO),
+    k(
+        "Esc",
+        "pause the replay (when paused: cancel the engine's work)",
+        NO,
+    ),
+    k(
+        "paste",
+        "pasted `speaker: utterance` lines become live turns, sent one by one",
+        NO,
+    ),
+];
+
 pub fn pane_keys(tab: Tab) -> &'static [KeyHelp] {
     match tab {
         Tab::Models => MODELS,
@@ -180,6 +254,7 @@ pub fn pane_keys(tab: Tab) -> &'static [KeyHelp] {
         Tab::Train => TRAIN,
         Tab::Data => DATA,
         Tab::Eval => EVAL,
+        Tab::Monitor => MONITOR,
     }
 }
 
@@ -234,7 +309,7 @@ pub mod strings {
     pub const APP: &str = "fraudlab";
     pub const NOT_A_TERMINAL: &str =
         "the workbench needs a terminal: stdout is not one. Run `fraudlab` in a terminal, or use the headless commands (`fraudlab --help`)";
-    pub const TAB_TITLES: [&str; 5] = ["Models", "Probe", "Train", "Data", "Eval"];
+    pub const TAB_TITLES: [&str; 6] = ["Models", "Probe", "Train", "Data", "Eval", "Monitor"];
     pub const HELP_TITLE: &str = "Keys — j/k scroll, any other key closes";
     pub const GLOBAL_SECTION: &str = "Everywhere";
     pub const QUIT_WAIT: &str =
@@ -327,4 +402,20 @@ pub mod strings {
     pub const NO_ROC: &str = "no scores (generate mode, or one class only): no ROC curve";
     pub const EVAL_LIMIT_TITLE: &str = "Evaluate at most N samples (empty: all)";
     pub const EVAL_DATA_TITLE: &str = "Evaluation dataset file (empty: the Data pane's)";
+
+    // Monitor
+    pub const MONITOR_TITLE: &str = "Monitor";
+    pub const MONITOR_LIST_TITLE: &str = "Dialogues";
+    pub const MONITOR_INPUT_TITLE: &str = "Live turn";
+    pub const MONITOR_NEEDS_MODEL: &str =
+        "no model loaded: load one in the Models pane (1, then Enter) to monitor with";
+    pub const MONITOR_MODEL_LOADING: &str = "the model is still loading: wait a moment";
+    pub const MONITOR_NO_DIALOGUE: &str =
+        "nothing to replay: open a dataset (Data pane, o) and pick a dialogue, or type a turn (i)";
+    pub const MONITOR_NO_DATASET: &str =
+        "No dataset open: open one in the Data pane (4, then o), or type turns live (i).";
+    pub const MONITOR_EMPTY: &str =
+        "Enter follows the highlighted dialogue, n sends its next turn, Space plays it; i types a turn live.";
+    pub const MONITOR_PICK_TITLE: &str = "Models that follow (Space toggles, Enter done)";
+    pub const MONITOR_NO_ALERT: &str = "no alert";
 }

@@ -1,10 +1,11 @@
-//! The workbench: five panes (Models, Probe, Train, Data, Eval) over one engine.
+//! The workbench: six panes (Models, Probe, Train, Data, Eval, Monitor) over one engine.
 //!
 //! * [`app`] holds the state and its update (keys → actions, engine events → state);
 //! * [`draw`] paints a frame from `&App` alone (snapshot-testable with `TestBackend`);
 //! * [`event_loop`] runs on a tokio current-thread runtime: terminal events arrive from a
-//!   std thread over an mpsc channel, engine events are drained on a ~30 ms tick, and a
-//!   frame is drawn right after each key and whenever something changed.
+//!   std thread over an mpsc channel, engine events are drained on a ~30 ms tick (which
+//!   also sends what is due without a key: the Monitor pane's paced replay), and a frame is
+//!   drawn right after each key and whenever something changed.
 
 pub mod app;
 pub mod data;
@@ -164,6 +165,11 @@ pub async fn event_loop<B: Backend>(
                 if app.tick(Instant::now()) {
                     dirty = true;
                 }
+                let due = app.due(Instant::now());
+                if !due.is_empty() {
+                    apply(due, engine);
+                    dirty = true;
+                }
             }
         }
         if app.quit {
@@ -265,6 +271,7 @@ pub fn draw(f: &mut Frame, app: &App) {
         Tab::Train => train::draw(f, body, app),
         Tab::Data => data::draw(f, body, app),
         Tab::Eval => eval::draw(f, body, app),
+        Tab::Monitor => monitor::draw(f, body, app),
     }
     draw_message(f, msg, app);
     draw_status(f, status, app);
@@ -280,11 +287,24 @@ fn draw_tabs(f: &mut Frame, area: Rect, app: &App) {
     let right = format!(" session {} ", app.session.name());
     let rw = (widgets::display_width(&right) as u16).min(area.width / 3);
     let [l, r] = Layout::horizontal([Constraint::Fill(1), Constraint::Length(rw)]).areas(area);
-    let titles: Vec<Line> = Tab::ALL
+    let names: Vec<String> = Tab::ALL
         .iter()
         .enumerate()
-        .map(|(i, t)| Line::from(format!("{} {}", i + 1, t.title())))
+        .map(|(i, t)| format!("{} {}", i + 1, t.title()))
         .collect();
+    let [name, tabs_a] = Layout::horizontal([Constraint::Length(10), Constraint::Fill(1)]).areas(l);
+    // padded titles when they all fit, else unpadded (every pane stays visible at 80 columns)
+    let padded: usize = names
+        .iter()
+        .map(|n| widgets::display_width(n) + 3)
+        .sum::<usize>()
+        .saturating_sub(1);
+    let pad = if padded <= tabs_a.width as usize {
+        " "
+    } else {
+        ""
+    };
+    let titles: Vec<Line> = names.into_iter().map(Line::from).collect();
     let tabs = Tabs::new(titles)
         .select(app.tab.index())
         .style(theme::dim())
@@ -294,8 +314,7 @@ fn draw_tabs(f: &mut Frame, area: Rect, app: &App) {
                 .add_modifier(Modifier::BOLD | Modifier::REVERSED),
         )
         .divider("│")
-        .padding(" ", " ");
-    let [name, tabs_a] = Layout::horizontal([Constraint::Length(10), Constraint::Fill(1)]).areas(l);
+        .padding(pad, pad);
     f.render_widget(
         Paragraph::new(Span::styled(
             format!(" {} ", strings::APP),
