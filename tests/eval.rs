@@ -238,3 +238,49 @@ fn kfold_cross_validation_trains_and_scores_each_fold() {
         .join("fold-0/run/adapter/adapter_model.safetensors")
         .exists());
 }
+
+#[test]
+fn training_calibrates_the_threshold_on_validation_and_eval_uses_it() {
+    let d = tmp();
+    let m = tiny_model(d.path(), TinySpec::default());
+    let data = d.path().join("d.jsonl");
+    fraud_jsonl(&data, 12);
+    let run_dir = d.path().join("run");
+    let out = run(&[
+        "train", "--model", m.to_str().unwrap(), "--data", data.to_str().unwrap(),
+        "--out", run_dir.to_str().unwrap(), "--val-split", "0.5", "--max-steps", "2",
+        "--batch", "2", "--grad-accum", "1", "--json",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run_dir.join("summary.json")).unwrap()).unwrap();
+    let cal = &summary["calibration"];
+    let t = cal["threshold"].as_f64().expect("a calibrated threshold");
+    assert!((0.0..=1.0).contains(&t));
+    assert_eq!(cal["n"], 6);
+    let meta: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(run_dir.join("adapter/fraudlab.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(meta["threshold"].as_f64(), Some(t));
+    assert!(meta["threshold_for_recall"]["0.95"].as_f64().is_some());
+    // eval without --threshold decides at the saved threshold, and says so
+    let adapter = run_dir.join("adapter");
+    let out = run_json(&[
+        "eval", "--model", m.to_str().unwrap(), "--adapter", adapter.to_str().unwrap(),
+        "--data", data.to_str().unwrap(), "--json",
+    ]);
+    assert_eq!(out["rule"]["threshold"].as_f64(), Some(t));
+    assert_eq!(out["rule"]["source"], "the adapter's calibrated threshold");
+    let given = run_json(&[
+        "eval", "--model", m.to_str().unwrap(), "--adapter", adapter.to_str().unwrap(),
+        "--data", data.to_str().unwrap(), "--threshold", "0.5", "--json",
+    ]);
+    assert_eq!(given["rule"]["source"], "given");
+}
+
+fn run_json(args: &[&str]) -> serde_json::Value {
+    let o = run(args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    serde_json::from_str(String::from_utf8_lossy(&o.stdout).lines().next().unwrap()).unwrap()
+}

@@ -628,3 +628,28 @@ fn resume(
     )));
     Ok(Some(st))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn threshold_for_a_recall_on_known_scores() {
+        let rows: Vec<data::EvalRow> = [(true, 0.9), (true, 0.8), (true, 0.3), (true, 0.6), (false, 0.7)]
+            .iter()
+            .map(|&(label, p)| data::EvalRow {
+                label,
+                predicted: Some(p >= 0.5),
+                probability: Some(p),
+            })
+            .collect();
+        // 4 fraud scores 0.9 0.8 0.6 0.3: recall 0.95 needs all four, 0.75 three, 0.5 two
+        assert_eq!(threshold_for_recall(&rows, 0.95), Some(0.3));
+        assert_eq!(threshold_for_recall(&rows, 0.75), Some(0.6));
+        assert_eq!(threshold_for_recall(&rows, 0.5), Some(0.8));
+        assert_eq!(threshold_for_recall(&rows[4..], 0.95), None);
+        let (t, m) = data::metrics::best_f1_threshold(&rows).unwrap();
+        assert_eq!(t, 0.3);
+        assert!((m.f1 - 8.0 / 9.0).abs() < 1e-9);
+    }
+}
