@@ -10,7 +10,7 @@
 //! * [`session`] — `sessions/<name>/` layout, `session.json`, run/eval ids.
 //! * [`metrics`] — confusion metrics, ROC-AUC, PR-AUC, curves, thresholds.
 //! * [`fsutil`] — `write_atomic`, durable appends, time formatting.
-//! * [`hash`] — a small SHA-256 for ids.
+//! * [`hash`] — SHA-256 content ids (the `sha2` crate).
 
 pub mod dataset;
 pub mod fsutil;
@@ -22,8 +22,8 @@ pub mod tools;
 
 pub use dataset::{
     answer_json, dataset_id, load, load_as, load_with, parse_answer, parse_turns, Answer, BadLine,
-    Dialogue, Format, LoadOptions, LoadResult, Message, Sample, SampleBody, Turn,
-    DEFAULT_INSTRUCTION, DEFAULT_SYSTEM,
+    anonymize_turns, is_label_leak, Dialogue, Format, LoadOptions, LoadResult, Message, Sample,
+    SampleBody, Turn, DEFAULT_INSTRUCTION, DEFAULT_SYSTEM,
 };
 pub use fsutil::{append_line_durable, write_atomic};
 pub use journal::{Journal, JournalEntry, JournalLocked, JournalReport, LabelState};

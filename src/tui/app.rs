@@ -959,12 +959,30 @@ impl App {
     }
 }
 
-/// The bundled sample dataset, when present (the working folder's, else the source tree's).
+/// The bundled sample dialogues, built into the binary.
+pub const SAMPLE_DIALOGUES: &[u8] = include_bytes!("../../assets/sample-dialogues.jsonl");
+
+/// The bundled sample dataset: the working folder's `assets/` copy, else the source tree's,
+/// else the copy built into the binary, written once under the sessions folder (so a binary
+/// run anywhere, its build folder gone, still opens with dialogues).
 pub fn default_dataset() -> Option<PathBuf> {
     let rel = PathBuf::from("assets/sample-dialogues.jsonl");
     if rel.exists() {
         return Some(rel);
     }
     let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/sample-dialogues.jsonl");
-    src.exists().then_some(src)
+    if src.exists() {
+        return Some(src);
+    }
+    let out = super::sessions_root()
+        .join(".bundled")
+        .join("sample-dialogues.jsonl");
+    let same = std::fs::read(&out).is_ok_and(|b| b == SAMPLE_DIALOGUES);
+    if same {
+        return Some(out);
+    }
+    let dir = out.parent()?;
+    std::fs::create_dir_all(dir).ok()?;
+    crate::data::write_atomic(&out, SAMPLE_DIALOGUES).ok()?;
+    Some(out)
 }
