@@ -32,6 +32,7 @@ pub struct Cli {
 pub enum Command {
     /// List local models (HF cache, ModelScope cache, --models-dir folders and .gguf files).
     Models {
+        /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -41,8 +42,10 @@ pub enum Command {
     Logits(LogitsArgs),
     /// Write a GGUF model as a standard Hugging Face folder.
     Convert {
+        /// The .gguf file to convert.
         #[arg(long)]
         gguf: PathBuf,
+        /// Folder to write the Hugging Face model into.
         #[arg(long)]
         out: PathBuf,
     },
@@ -54,8 +57,10 @@ pub enum Command {
     Merge {
         #[command(flatten)]
         model: ModelArgs,
+        /// LoRA adapter folder (PEFT layout).
         #[arg(long)]
         adapter: PathBuf,
+        /// Folder to write the merged model into.
         #[arg(long)]
         out: PathBuf,
     },
@@ -67,6 +72,7 @@ pub enum Command {
     /// Hand-label headlessly: reads `ID fraud|normal|undo [SPEAKER]` lines on stdin and prints
     /// `ok ID` once each label is durable on disk.
     Label {
+        /// Dataset whose samples are labelled (its journal is under the session).
         #[arg(long)]
         dataset: PathBuf,
         /// Print the current labels as JSON lines instead.
@@ -75,11 +81,15 @@ pub enum Command {
     },
     /// List the sessions and what they hold.
     Sessions {
+        /// Print JSON.
         #[arg(long)]
         json: bool,
     },
     /// Download a model by hub id (e.g. Qwen/Qwen2-0.5B-Instruct) into the Hugging Face cache.
-    Download { id: String },
+    Download {
+        /// Hub id, e.g. Qwen/Qwen2-0.5B-Instruct.
+        id: String,
+    },
     /// Follow live conversations turn by turn from standard input and warn in time: one line
     /// (or JSON object) per turn with P(fraud) and the alert state.
     Monitor(MonitorArgs),
@@ -87,6 +97,7 @@ pub enum Command {
     Serve(ServeArgs),
     /// Write a tiny random demo model (offline, seconds) to try every pane.
     DemoModel {
+        /// Folder to write the tiny model into.
         #[arg(long, default_value = "models/fraudlab-demo-tiny")]
         out: PathBuf,
         /// Also write a GGUF copy beside it.
@@ -220,21 +231,28 @@ impl ModelArgs {
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
+    /// Base model: folder, hub id (looked up in the caches) or .gguf file.
     #[arg(long)]
     pub model: String,
+    /// Training data (fraud JSONL, Alpaca, chat, ShareGPT, text, turn-level CSV).
     #[arg(long)]
     pub data: PathBuf,
+    /// Validation file (validation loss, best checkpoint, the decision threshold).
     #[arg(long, conflicts_with = "val_split")]
     pub val: Option<PathBuf>,
+    /// Hold out this share of --data (stratified by label) for validation instead.
     #[arg(long = "val-split", default_value_t = 0.0)]
     pub val_split: f64,
     /// Run folder (default: sessions/<session>/runs/<run-id>/; with --resume: the newest run).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// LoRA rank.
     #[arg(long = "lora-r", default_value_t = 8)]
     pub lora_r: usize,
+    /// LoRA alpha (the update is scaled by alpha / r).
     #[arg(long = "lora-alpha", default_value_t = 16.0)]
     pub lora_alpha: f64,
+    /// Dropout on the LoRA input during training.
     #[arg(long = "lora-dropout", default_value_t = 0.05)]
     pub lora_dropout: f32,
     /// Comma-separated projections (PEFT names).
@@ -246,32 +264,46 @@ pub struct TrainArgs {
     /// Full fine-tuning (all weights) instead of LoRA.
     #[arg(long)]
     pub full: bool,
+    /// Peak learning rate (AdamW).
     #[arg(long, default_value_t = 1e-4)]
     pub lr: f64,
+    /// Passes over the training data.
     #[arg(long, default_value_t = 3, conflicts_with = "max_steps")]
     pub epochs: usize,
+    /// Stop after this many optimizer steps instead of --epochs.
     #[arg(long = "max-steps")]
     pub max_steps: Option<usize>,
+    /// Samples per micro-batch (packed into one row, no padding).
     #[arg(long, default_value_t = 4)]
     pub batch: usize,
+    /// Micro-batches per optimizer step (effective batch = batch x grad-accum).
     #[arg(long = "grad-accum", default_value_t = 4)]
     pub grad_accum: usize,
+    /// Longest example in tokens; longer prompts lose their middle (the answer is kept).
     #[arg(long = "max-len", default_value_t = 512)]
     pub max_len: usize,
+    /// Learning-rate schedule after warmup: constant, linear or cosine.
     #[arg(long, default_value = "cosine")]
     pub schedule: String,
+    /// Warmup as a share of the optimizer steps.
     #[arg(long = "warmup-ratio", default_value_t = 0.1)]
     pub warmup_ratio: f64,
+    /// Warmup in optimizer steps (overrides --warmup-ratio).
     #[arg(long = "warmup-steps")]
     pub warmup_steps: Option<usize>,
+    /// AdamW weight decay.
     #[arg(long = "weight-decay", default_value_t = 0.0)]
     pub weight_decay: f64,
+    /// Clip the gradient norm to this (0: no clipping).
     #[arg(long = "max-grad-norm", default_value_t = 1.0)]
     pub max_grad_norm: f64,
+    /// Seed of LoRA initialisation, shuffling, dropout and the validation split.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Checkpoint every N optimizer steps (0: at the end, on stop and at each best).
     #[arg(long = "save-every", default_value_t = 0)]
     pub save_every: usize,
+    /// Validation loss every N optimizer steps (0: at the end of each epoch).
     #[arg(long = "eval-every", default_value_t = 0)]
     pub eval_every: usize,
     /// Stop after N evaluations without improvement of the validation loss.
@@ -283,8 +315,14 @@ pub struct TrainArgs {
     /// Also train the model to give fraud_speaker and reason in its JSON answer.
     #[arg(long = "answer-fields")]
     pub answer_fields: bool,
+    /// Build prompts with speakers renamed A, B… per dialogue (hides names such as 诈骗者
+    /// that give the label away); recorded in the adapter's fraudlab.json.
+    #[arg(long = "anonymize-speakers")]
+    pub anonymize_speakers: bool,
+    /// Continue the run in --out (or the session's newest run) from its newest checkpoint.
     #[arg(long)]
     pub resume: bool,
+    /// One JSON object per step and a summary, for scripts.
     #[arg(long)]
     pub json: bool,
 }
@@ -298,8 +336,10 @@ pub struct EvalArgs {
     /// adapters is evaluated with each.
     #[arg(long)]
     pub adapter: Vec<String>,
+    /// Labelled dialogues to evaluate on (fraud JSONL or turn-level CSV, or any labelled format).
     #[arg(long)]
     pub data: PathBuf,
+    /// Use only the first N labelled samples.
     #[arg(long)]
     pub limit: Option<usize>,
     /// score (P(fraud) of each dialogue), generate (parse a generated answer) or stream
@@ -325,12 +365,21 @@ pub struct EvalArgs {
     /// Generate mode: answer length cap.
     #[arg(long = "max-tokens", default_value_t = 64)]
     pub max_tokens: usize,
+    /// Anonymise speakers in the prompts: true or false. Default: as each adapter's
+    /// fraudlab.json says (false without an adapter).
+    #[arg(long = "anonymize-speakers")]
+    pub anonymize_speakers: Option<bool>,
     /// For GGUF: keep weights quantized.
     #[arg(long)]
     pub quantized: bool,
-    /// k-fold cross-validation: train on k-1 folds (recipe defaults), evaluate on the held-out one.
+    /// k-fold cross-validation: train on k-1 folds, evaluate on the held-out one.
     #[arg(long)]
     pub folds: Option<usize>,
+    /// With --folds: train each fold with this training config (a run's config.json: LoRA
+    /// settings, lr, epochs, batch…); default: the recipe defaults.
+    #[arg(long, requires = "folds")]
+    pub recipe: Option<PathBuf>,
+    /// One JSON object per model / adapter.
     #[arg(long)]
     pub json: bool,
 }
@@ -339,53 +388,71 @@ pub struct EvalArgs {
 pub enum DataCmd {
     /// Counts per label, length histogram, speakers.
     Stats {
+        /// Dataset file.
         file: PathBuf,
         /// Also count tokens with this model's tokenizer.
         #[arg(long)]
         model: Option<String>,
+        /// Print JSON.
         #[arg(long)]
         json: bool,
     },
     /// Stratified train/val/test split.
     Split {
+        /// Dataset file.
         file: PathBuf,
+        /// Folder for train.jsonl, val.jsonl and test.jsonl.
         #[arg(long)]
         out: PathBuf,
+        /// Share of samples for training.
         #[arg(long, default_value_t = 0.8)]
         train: f64,
+        /// Share of samples for validation.
         #[arg(long, default_value_t = 0.1)]
         val: f64,
+        /// Share of samples for testing.
         #[arg(long, default_value_t = 0.1)]
         test: f64,
+        /// Shuffle seed.
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
     /// Rebalance by undersampling the majority label.
     Balance {
+        /// Dataset file.
         file: PathBuf,
+        /// File to write the balanced samples to.
         #[arg(long)]
         out: PathBuf,
         /// majority : minority ratio to keep
         #[arg(long, default_value_t = 1.0)]
         ratio: f64,
+        /// Sampling seed.
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
     /// Cut turn-level CSV dialogues into samples by a sliding window of turns.
     Window {
+        /// Turn-level CSV file.
         file: PathBuf,
+        /// File to write the windows to (fraud JSONL).
         #[arg(long)]
         out: PathBuf,
+        /// Most turns per window.
         #[arg(long = "max-turns", default_value_t = 8)]
         max_turns: usize,
+        /// Most characters per window.
         #[arg(long = "max-chars", default_value_t = 500)]
         max_chars: usize,
+        /// Turns between the starts of two windows.
         #[arg(long, default_value_t = 4)]
         stride: usize,
     },
     /// Write the samples in another format.
     Export {
+        /// Dataset file.
         file: PathBuf,
+        /// File to write (in --format).
         #[arg(long)]
         out: PathBuf,
         /// fraud, alpaca, chat, sharegpt, text
@@ -397,9 +464,12 @@ pub enum DataCmd {
     },
     /// Print the samples (with their ids).
     Show {
+        /// Dataset file.
         file: PathBuf,
+        /// How many samples to show.
         #[arg(long)]
         limit: Option<usize>,
+        /// Print JSON lines.
         #[arg(long)]
         json: bool,
     },
@@ -412,6 +482,7 @@ pub struct ProbeArgs {
     /// A LoRA adapter (ours or PEFT's) applied to the model.
     #[arg(long)]
     pub adapter: Option<PathBuf>,
+    /// System prompt (default: none; the chat template may add its own).
     #[arg(long)]
     pub system: Option<String>,
     /// The prompt text (or use --prompt-file).
@@ -423,16 +494,22 @@ pub struct ProbeArgs {
     /// Tokenize the prompt as given (special tokens recognised), no chat template.
     #[arg(long)]
     pub raw: bool,
+    /// Most tokens to generate.
     #[arg(long = "max-tokens", default_value_t = 256)]
     pub max_tokens: usize,
+    /// Sampling temperature (0: greedy).
     #[arg(long, default_value_t = 0.0)]
     pub temperature: f64,
+    /// Sample from the K most likely tokens only.
     #[arg(long = "top-k")]
     pub top_k: Option<usize>,
+    /// Sample from the smallest set of tokens whose probability reaches P.
     #[arg(long = "top-p")]
     pub top_p: Option<f64>,
+    /// Sampling seed.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Print the answer and timings as JSON instead of streaming text.
     #[arg(long)]
     pub json: bool,
 }
@@ -441,6 +518,7 @@ pub struct ProbeArgs {
 pub struct LogitsArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    /// LoRA adapter folder to apply.
     #[arg(long)]
     pub adapter: Option<PathBuf>,
     /// The prompt text (or use --prompt-file).
@@ -449,10 +527,13 @@ pub struct LogitsArgs {
     /// Read the prompt from a file, exactly as written (trailing newlines kept).
     #[arg(long = "prompt-file", conflicts_with = "prompt")]
     pub prompt_file: Option<PathBuf>,
+    /// Use the prompt as given, without the chat template.
     #[arg(long)]
     pub raw: bool,
+    /// How many of the top last-position logits to print.
     #[arg(long, default_value_t = 10)]
     pub top: usize,
+    /// Print JSON (the only output form).
     #[arg(long)]
     pub json: bool,
 }
@@ -784,6 +865,7 @@ fn cmd_train(a: TrainArgs, session: &str) -> Result<()> {
         early_stopping: a.early_stopping,
         resume: a.resume,
         answer_fields: a.answer_fields,
+        anonymize_speakers: a.anonymize_speakers,
         limit: a.limit,
         ..TrainConfig::default()
     };
@@ -946,12 +1028,25 @@ fn cmd_eval(a: EvalArgs, session: &str) -> Result<()> {
         threshold: a.threshold.unwrap_or(0.5),
         adapter_thresholds: a.threshold.is_none(),
         consecutive: a.consecutive.unwrap_or(1),
+        anonymize_speakers: a.anonymize_speakers,
         max_tokens: a.max_tokens,
         quantized: a.quantized,
         out_dir: Some(sess.eval_dir(&sess.new_eval_id()?)),
     };
     if let Some(k) = a.folds {
-        return crate::cli_data::kfold_eval(&cfg, k, a.json);
+        let recipe = match &a.recipe {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("{}: cannot read the recipe", p.display()))?;
+                Some(
+                    serde_json::from_str::<crate::engine::train::TrainConfig>(&text).with_context(
+                        || format!("{}: not a training config (a run's config.json)", p.display()),
+                    )?,
+                )
+            }
+            None => None,
+        };
+        return crate::cli_data::kfold_eval(&cfg, k, recipe.as_ref(), a.json);
     }
     let cancel = AtomicBool::new(false);
     let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -1112,4 +1207,35 @@ fn cmd_merge(m: &ModelArgs, adapter: &std::path::Path, out: &std::path::Path) ->
         out.display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Every subcommand and every flag has a line of `--help`.
+    #[test]
+    fn every_flag_has_help() {
+        fn walk(c: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for a in c.get_arguments() {
+                let id = a.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                if a.get_help().is_none() && a.get_long_help().is_none() {
+                    missing.push(format!("{path} --{id}"));
+                }
+            }
+            for s in c.get_subcommands() {
+                if s.get_about().is_none() && s.get_long_about().is_none() && s.get_name() != "help" {
+                    missing.push(format!("{path} {} (no about)", s.get_name()));
+                }
+                walk(s, &format!("{path} {}", s.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "fraudlab", &mut missing);
+        assert!(missing.is_empty(), "flags without help: {missing:#?}");
+    }
 }

@@ -70,6 +70,14 @@ pub fn run(cmd: DataCmd, session: &str) -> Result<()> {
                     "samples {}: fraud {}, not fraud {}, unlabelled {}",
                     st.n, st.fraud, st.not_fraud, st.unlabelled
                 );
+                if st.label_leaks > 0 {
+                    println!(
+                        "label leaks: {} samples ({:.1}%) name a speaker after the label ({}); train and evaluate with --anonymize-speakers",
+                        st.label_leaks,
+                        100.0 * st.label_leaks as f64 / st.n.max(1) as f64,
+                        st.label_leak_names.join(", ")
+                    );
+                }
                 println!(
                     "characters: min {} median {} mean {:.0} max {}",
                     st.chars.min, st.chars.median, st.chars.mean, st.chars.max
@@ -325,9 +333,15 @@ pub fn sessions(json: bool) -> Result<()> {
     Ok(())
 }
 
-/// k-fold cross-validation: for each fold, train a LoRA adapter (recipe defaults) on the other
-/// folds with the first target model, then evaluate it on the held-out fold.
-pub fn kfold_eval(cfg: &crate::engine::eval::EvalConfig, k: usize, json: bool) -> Result<()> {
+/// k-fold cross-validation: for each fold, train an adapter on the other folds with the first
+/// target model and `recipe` (a training config, e.g. a run's config.json; the recipe
+/// defaults when `None`), then evaluate it on the held-out fold.
+pub fn kfold_eval(
+    cfg: &crate::engine::eval::EvalConfig,
+    k: usize,
+    recipe: Option<&crate::engine::train::TrainConfig>,
+    json: bool,
+) -> Result<()> {
     use crate::engine::eval::{evaluate_loaded, load_labelled};
     use crate::engine::train::{train_loaded, TrainConfig, TrainControl};
     let (samples, _) = load_labelled(&cfg.data, cfg.limit)?;
@@ -347,8 +361,11 @@ pub fn kfold_eval(cfg: &crate::engine::eval::EvalConfig, k: usize, json: bool) -
         let tc = TrainConfig {
             model: target.model.clone(),
             data: train_file,
+            val: None,
             out_dir: dir.join("run"),
-            ..TrainConfig::default()
+            resume: false,
+            limit: None,
+            ..recipe.cloned().unwrap_or_default()
         };
         let lm = crate::model::load(&target.model, Default::default())?;
         let control = TrainControl::default();

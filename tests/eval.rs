@@ -284,3 +284,64 @@ fn run_json(args: &[&str]) -> serde_json::Value {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     serde_json::from_str(String::from_utf8_lossy(&o.stdout).lines().next().unwrap()).unwrap()
 }
+
+#[test]
+fn kfold_trains_each_fold_with_the_recipe_given() {
+    let d = tmp();
+    let m = tiny_model(d.path(), TinySpec::default());
+    let data = d.path().join("d.jsonl");
+    fraud_jsonl(&data, 8);
+    let recipe = fraudlab::engine::train::TrainConfig {
+        lr: 3e-4,
+        max_steps: Some(1),
+        batch: 2,
+        grad_accum: 1,
+        lora: fraudlab::model::adapter::LoraSpec {
+            r: 4,
+            target_modules: vec!["q_proj".into(), "v_proj".into()],
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let rp = d.path().join("recipe.json");
+    std::fs::write(&rp, serde_json::to_string(&recipe).unwrap()).unwrap();
+    let sessions = d.path().join("sessions");
+    let o = bin()
+        .env("FRAUDLAB_SESSIONS", &sessions)
+        .args([
+            "eval", "--model", m.to_str().unwrap(), "--data", data.to_str().unwrap(),
+            "--folds", "2", "--recipe", rp.to_str().unwrap(), "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let evals = std::fs::read_dir(sessions.join("default/evals"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    for f in 0..2 {
+        let run = evals.join(format!("fold-{f}/run"));
+        let cfg: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap();
+        assert_eq!(cfg["lr"], 3e-4);
+        assert_eq!(cfg["lora"]["r"], 4);
+        let ad: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(run.join("adapter/adapter_config.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(ad["r"], 4);
+        let summary: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
+        assert_eq!(summary["steps"], 1);
+    }
+    // a file that is not a training config is refused by name
+    let bad = d.path().join("bad.json");
+    std::fs::write(&bad, "{\"nope\": 1}").unwrap();
+    let o = run(&[
+        "eval", "--model", m.to_str().unwrap(), "--data", data.to_str().unwrap(),
+        "--folds", "2", "--recipe", bad.to_str().unwrap(),
+    ]);
+    assert_clean_error(&o, &["bad.json", "training config"]);
+}

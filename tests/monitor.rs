@@ -387,3 +387,31 @@ fn run_ok(args: &[&str]) -> String {
     assert!(o.status.success(), "fraudlab {args:?} failed: {err}");
     String::from_utf8_lossy(&o.stdout).to_string()
 }
+
+#[test]
+fn anonymised_prompts_equal_score_mode_on_the_anonymised_prefix() {
+    let d = tmp();
+    let m = tiny_model(d.path(), TinySpec::default());
+    let lm = model::load(m.to_str().unwrap(), LoadOptions::default()).unwrap();
+    let cfg = MonitorConfig {
+        anonymize_speakers: true,
+        ..Default::default()
+    };
+    let plain = MonitorConfig::default();
+    let mut mon = Monitor::new(cfg.clone()).unwrap();
+    let ts = turns();
+    let mut differs = false;
+    for (i, (sp, tx)) in ts.iter().enumerate() {
+        let r = mon.turn(&lm, "c", sp, tx).unwrap();
+        assert_eq!(&r.speaker, sp.trim(), "results keep the real speaker");
+        let kept = mon.state("c").unwrap().turns;
+        let want = score_prefix(&lm, &cfg, &kept);
+        assert!((r.p_fraud - want).abs() < 1e-4, "turn {}: {} vs {want}", i + 1, r.p_fraud);
+        differs |= (want - score_prefix(&lm, &plain, &kept)).abs() > 1e-9;
+    }
+    assert!(differs, "anonymised prompts are different prompts");
+    // the sample score mode sees has A/B speakers, the same id
+    let s = turns_sample(&cfg, &ts[..2]);
+    assert!(s.dialogue_text().starts_with("A: "));
+    assert_eq!(s.id, turns_sample(&plain, &ts[..2]).id);
+}

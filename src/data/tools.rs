@@ -175,6 +175,13 @@ pub struct Stats {
     pub distinct_speakers: usize,
     /// The `top_n` speakers by samples, then turns, then name.
     pub top_speakers: Vec<SpeakerCount>,
+    /// Samples with a speaker whose name gives the label away (`诈骗者`, "fraudster"…), a
+    /// shortcut no live transcript offers; train and evaluate with `--anonymize-speakers`.
+    #[serde(default)]
+    pub label_leaks: usize,
+    /// Up to five of those speaker names.
+    #[serde(default)]
+    pub label_leak_names: Vec<String>,
 }
 
 /// The speaker names in a `fraud_speaker` value (split on `,`, `，`, `、`).
@@ -189,6 +196,18 @@ fn fraud_speaker_names(s: &str) -> Vec<&str> {
 pub fn stats(samples: &[Sample], top_n: usize, token_len: Option<&dyn Fn(&str) -> usize>) -> Stats {
     let mut st = Stats {
         n: samples.len(),
+        label_leaks: samples.iter().filter(|s| !s.label_leaks().is_empty()).count(),
+        label_leak_names: {
+            let mut v: Vec<String> = Vec::new();
+            for s in samples {
+                for n in s.label_leaks() {
+                    if v.len() < 5 && !v.contains(&n) {
+                        v.push(n);
+                    }
+                }
+            }
+            v
+        },
         ..Default::default()
     };
     let mut chars = Vec::with_capacity(samples.len());

@@ -57,6 +57,9 @@ pub struct EvalConfig {
     /// Stream mode: turns in a row at or above the threshold that fire an alert.
     #[serde(default = "one")]
     pub consecutive: usize,
+    /// Anonymise speakers in the prompts (None: as each adapter's fraudlab.json says).
+    #[serde(default)]
+    pub anonymize_speakers: Option<bool>,
     /// Generate mode: answer length cap.
     pub max_tokens: usize,
     pub quantized: bool,
@@ -79,6 +82,7 @@ impl Default for EvalConfig {
             threshold: 0.5,
             adapter_thresholds: false,
             consecutive: 1,
+            anonymize_speakers: None,
             max_tokens: 64,
             quantized: false,
             out_dir: None,
@@ -581,17 +585,26 @@ pub fn evaluate(
             ..cfg.clone()
         };
         let mut stream = None;
+        let meta = crate::model::adapter::AdapterMeta::for_adapter(t.adapter.as_deref())?;
+        let anonymize = cfg.anonymize_speakers.unwrap_or(meta.anonymize_speakers);
+        let anon_samples: Vec<Sample>;
+        let samples: &[Sample] = if anonymize && cfg.mode != EvalMode::Stream {
+            anon_samples = samples.iter().map(Sample::anonymized).collect();
+            &anon_samples
+        } else {
+            &samples
+        };
         let (m, preds, secs) = if cfg.mode == EvalMode::Stream {
-            let meta = crate::model::adapter::AdapterMeta::for_adapter(t.adapter.as_deref())?;
             let mcfg = super::monitor::MonitorConfig {
                 threshold,
                 consecutive: k,
+                anonymize_speakers: anonymize,
                 ..super::monitor::MonitorConfig::from_meta(&meta)
             };
             let t0 = Instant::now();
             let risks = super::stream_eval::replay(
                 &lm,
-                &samples,
+                samples,
                 dialogues.as_deref(),
                 &mcfg,
                 cancel,

@@ -49,6 +49,10 @@ pub struct MonitorConfig {
     /// Conversations whose caches are kept; the least recently used beyond it is evicted
     /// (its turns are kept, and it is prefilled again if it returns).
     pub max_conversations: usize,
+    /// Speakers renamed A, B… in the prompt (as the adapter was trained); results keep the
+    /// real names.
+    #[serde(default)]
+    pub anonymize_speakers: bool,
 }
 
 /// The default window: long enough for the dialogues the datasets hold, small enough that
@@ -94,6 +98,7 @@ impl MonitorConfig {
             consecutive: m.stream.map(|s| s.consecutive).unwrap_or(1),
             window: DEFAULT_WINDOW,
             max_conversations: 8,
+            anonymize_speakers: m.anonymize_speakers,
         }
     }
 
@@ -239,7 +244,12 @@ pub fn dialogue_text(turns: &[(String, String)]) -> String {
 
 /// The fraud sample score mode scores for these turns under `cfg`'s instruction.
 pub fn turns_sample(cfg: &MonitorConfig, turns: &[(String, String)]) -> Sample {
-    Sample::fraud(cfg.instruction.clone(), dialogue_text(turns), None, None, None)
+    let s = Sample::fraud(cfg.instruction.clone(), dialogue_text(turns), None, None, None);
+    if cfg.anonymize_speakers {
+        s.anonymized()
+    } else {
+        s
+    }
 }
 
 /// The chat prompt (assistant turn opened) for these turns.
@@ -248,9 +258,14 @@ fn chat_prompt(tok: &TextTokenizer, cfg: &MonitorConfig, turns: &[(String, Strin
     if !cfg.system.is_empty() {
         msgs.push(ChatMessage::new("system", cfg.system.as_str()));
     }
+    let text = if cfg.anonymize_speakers {
+        dialogue_text(&crate::data::anonymize_turns(turns))
+    } else {
+        dialogue_text(turns)
+    };
     msgs.push(ChatMessage::new(
         "user",
-        format!("{}{}", cfg.instruction, dialogue_text(turns)),
+        format!("{}{}", cfg.instruction, text),
     ));
     tok.apply_chat_template(&msgs, true)
 }

@@ -358,3 +358,112 @@ impl Sample {
         out
     }
 }
+
+/// Words in a speaker's name that give the label away (`诈骗者`, `骗子`, "fraudster"…): a
+/// shortcut a live meeting transcript never offers.
+pub const LABEL_WORDS: &[&str] = &[
+    "诈骗", "骗子", "骗局", "嫌疑人", "犯罪", "fraud", "scam", "suspect",
+];
+
+/// Whether a speaker name gives the label away (see [`LABEL_WORDS`]).
+pub fn is_label_leak(speaker: &str) -> bool {
+    let s = speaker.to_lowercase();
+    LABEL_WORDS.iter().any(|w| s.contains(w))
+}
+
+/// The name the `i`-th distinct speaker gets: A … Z, then S27, S28 …
+fn anonymous_name(i: usize) -> String {
+    if i < 26 {
+        ((b'A' + i as u8) as char).to_string()
+    } else {
+        format!("S{}", i + 1)
+    }
+}
+
+/// The turns with speakers renamed A, B, C… in order of first appearance, and their names
+/// replaced inside the utterances too (longest names first), consistent within the dialogue.
+pub fn anonymize_turns(turns: &[(String, String)]) -> Vec<(String, String)> {
+    let mut names: Vec<String> = Vec::new();
+    for (s, _) in turns {
+        if !s.is_empty() && !names.contains(s) {
+            names.push(s.clone());
+        }
+    }
+    let mut order: Vec<usize> = (0..names.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(names[i].chars().count()));
+    let map = |s: &str| -> String {
+        names
+            .iter()
+            .position(|n| n == s)
+            .map(anonymous_name)
+            .unwrap_or_default()
+    };
+    turns
+        .iter()
+        .map(|(s, u)| {
+            let mut u = u.clone();
+            for &i in &order {
+                // names of one character would rewrite ordinary words
+                if names[i].chars().count() >= 2 {
+                    u = u.replace(&names[i], &anonymous_name(i));
+                }
+            }
+            (map(s), u)
+        })
+        .collect()
+}
+
+impl Sample {
+    /// Speaker names in the dialogue that give the label away.
+    pub fn label_leaks(&self) -> Vec<String> {
+        self.speakers()
+            .into_iter()
+            .filter(|s| is_label_leak(s))
+            .collect()
+    }
+
+    /// This sample with its speakers anonymised ([`anonymize_turns`]) for building a prompt:
+    /// the id, the label and the rest stay; `fraud_speaker` is renamed the same way. Samples
+    /// that are not fraud dialogues come back unchanged.
+    pub fn anonymized(&self) -> Sample {
+        let SampleBody::Fraud { instruction, input } = &self.body else {
+            return self.clone();
+        };
+        let turns = parse_turns(input);
+        let anon = anonymize_turns(&turns);
+        let mut names: Vec<&str> = Vec::new();
+        for (s, _) in &turns {
+            if !s.is_empty() && !names.contains(&s.as_str()) {
+                names.push(s);
+            }
+        }
+        let rename = |s: &str| {
+            names
+                .iter()
+                .position(|n| *n == s.trim())
+                .map(anonymous_name)
+                .unwrap_or_else(|| s.to_string())
+        };
+        let input = anon
+            .iter()
+            .map(|(s, u)| if s.is_empty() { u.clone() } else { format!("{s}: {u}") })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let fraud_speaker = self.fraud_speaker.as_ref().map(|f| {
+            f.split([',', '，', '、'])
+                .map(|x| rename(x))
+                .collect::<Vec<_>>()
+                .join(", ")
+        });
+        Sample {
+            id: self.id.clone(),
+            body: SampleBody::Fraud {
+                instruction: instruction.clone(),
+                input,
+            },
+            label: self.label,
+            fraud_speaker: fraud_speaker.filter(|s| !s.is_empty()),
+            reason: self.reason.clone(),
+        }
+    }
+}

@@ -352,3 +352,29 @@ fn dataset_ids() {
     let q = dir.path().join("other").join("my data.v1.jsonl");
     assert_ne!(dataset_id(&q), id);
 }
+
+#[test]
+fn anonymised_speakers_and_label_leaks() {
+    let s = Sample::fraud(
+        "判断",
+        "诈骗者: 你好，我是客服\n李婷: 诈骗者你好？我叫李婷\n诈骗者: 李婷，请转账",
+        Some(true),
+        Some("诈骗者".into()),
+        None,
+    );
+    assert_eq!(s.label_leaks(), vec!["诈骗者".to_string()]);
+    let a = s.anonymized();
+    assert_eq!(a.id, s.id, "ids do not change");
+    assert_eq!(a.label, Some(true));
+    assert_eq!(a.fraud_speaker.as_deref(), Some("A"));
+    assert_eq!(
+        a.dialogue_text(),
+        "A: 你好，我是客服\nB: A你好？我叫B\nA: B，请转账"
+    );
+    assert!(a.label_leaks().is_empty());
+    // not a leak: ordinary names
+    assert!(!is_label_leak("张建辉") && is_label_leak("Fraudster") && is_label_leak("骗子小王"));
+    // consistent per dialogue, first appearance order
+    let t = anonymize_turns(&[("乙".into(), "x".into()), ("甲".into(), "y".into()), ("乙".into(), "z".into())]);
+    assert_eq!(t.iter().map(|x| x.0.as_str()).collect::<Vec<_>>(), ["A", "B", "A"]);
+}

@@ -161,6 +161,7 @@ pub(super) fn adapter_meta(tc: &TrainConfig) -> crate::model::adapter::AdapterMe
     crate::model::adapter::AdapterMeta {
         instruction: instruction.unwrap_or_else(|| data::DEFAULT_INSTRUCTION.to_string()),
         system: DEFAULT_SYSTEM.to_string(),
+        anonymize_speakers: tc.anonymize_speakers,
         ..Default::default()
     }
 }

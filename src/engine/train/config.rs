@@ -70,6 +70,10 @@ pub struct TrainConfig {
     /// Shuffle the samples every epoch (seeded); off keeps file order.
     #[serde(default = "yes")]
     pub shuffle: bool,
+    /// Build prompts with speakers renamed A, B… (per dialogue), hiding names that give the
+    /// label away; the data is not rewritten.
+    #[serde(default)]
+    pub anonymize_speakers: bool,
 }
 
 pub(super) fn yes() -> bool {
@@ -109,6 +113,7 @@ impl Default for TrainConfig {
             limit: None,
             keep_checkpoints: 2,
             shuffle: true,
+            anonymize_speakers: false,
         }
     }
 }

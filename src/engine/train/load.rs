@@ -48,6 +48,13 @@ pub(super) fn examples_of(
     let conv = |v: &[Sample]| -> Result<Vec<Example>> {
         let mut out = Vec::new();
         for s in v {
+            let anon;
+            let s = if tc.anonymize_speakers {
+                anon = s.anonymized();
+                &anon
+            } else {
+                s
+            };
             if let Some(e) = make_example(tok, s, tc.max_len, tc.answer_fields)? {
                 out.push(e);
             }

@@ -132,6 +132,7 @@ impl<'a> Trainer<'a> {
         let val_samples: Vec<Sample> = val_s
             .into_iter()
             .filter(|s| s.label.is_some() && matches!(s.body, SampleBody::Fraud { .. }))
+            .map(|s| if tc.anonymize_speakers { s.anonymized() } else { s })
             .collect();
         on_event(TrainEvent::Log(summary));
         let tr = if tc.full {
