@@ -5,8 +5,6 @@
 //! `tui` is the workbench, `cli` the headless commands.
 
 pub mod cli;
-pub mod cli_data;
-pub mod cli_live;
 pub mod data;
 pub mod engine;
 pub mod model;

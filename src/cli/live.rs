@@ -5,7 +5,7 @@ use serde_json::{json, Value};
 use std::io::{BufRead, Write};
 use std::sync::atomic::AtomicBool;
 
-use crate::cli::MonitorArgs;
+use super::args::MonitorArgs;
 use crate::engine::monitor::{Monitor, TurnResult};
 
 /// One input line: `(conversation, speaker, text)`.

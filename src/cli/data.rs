@@ -4,9 +4,10 @@
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 use std::io::{BufRead, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use crate::cli::{open_session, sessions_root, DataCmd};
+use super::args::DataCmd;
+use super::common::{open_session, sessions_root};
 use crate::data::{self, tools, Format, Journal, Sample};
 
 fn load_reporting(file: &Path) -> Result<data::LoadResult> {
@@ -330,68 +331,5 @@ pub fn sessions(json: bool) -> Result<()> {
             s.labels.len()
         );
     }
-    Ok(())
-}
-
-/// k-fold cross-validation: for each fold, train an adapter on the other folds with the first
-/// target model and `recipe` (a training config, e.g. a run's config.json; the recipe
-/// defaults when `None`), then evaluate it on the held-out fold.
-pub fn kfold_eval(
-    cfg: &crate::engine::eval::EvalConfig,
-    k: usize,
-    recipe: Option<&crate::engine::train::TrainConfig>,
-    json: bool,
-) -> Result<()> {
-    use crate::engine::eval::{evaluate_loaded, load_labelled};
-    use crate::engine::train::{train_loaded, TrainConfig, TrainControl};
-    let (samples, _) = load_labelled(&cfg.data, cfg.limit)?;
-    let folds = tools::kfold(&samples, k, 0)?;
-    let out = cfg.out_dir.clone().unwrap_or_else(|| PathBuf::from("."));
-    let target = cfg.targets.first().context("no model")?;
-    let mut all = Vec::new();
-    for (i, f) in folds.iter().enumerate() {
-        let dir = out.join(format!("fold-{i}"));
-        let train_file = dir.join("train.jsonl");
-        tools::export(
-            &tools::pick(&samples, &f.train),
-            Format::Fraud,
-            &train_file,
-            &Default::default(),
-        )?;
-        let tc = TrainConfig {
-            model: target.model.clone(),
-            data: train_file,
-            val: None,
-            out_dir: dir.join("run"),
-            resume: false,
-            limit: None,
-            ..recipe.cloned().unwrap_or_default()
-        };
-        let lm = crate::model::load(&target.model, Default::default())?;
-        let control = TrainControl::default();
-        let summary = train_loaded(lm, &tc, &control, &mut |_| {})?;
-        let mut lm = crate::model::load(&target.model, Default::default())?;
-        crate::model::adapter::load_adapter(&mut lm.model, &summary.output_dir)?;
-        let val = tools::pick(&samples, &f.val);
-        let cancel = std::sync::atomic::AtomicBool::new(false);
-        let (m, _, secs) = evaluate_loaded(&lm, &val, cfg, &cancel, &mut |_, _| {})?;
-        if json {
-            println!("{}", json!({"fold": i, "metrics": m, "seconds": secs}));
-        } else {
-            println!(
-                "fold {i}: precision {:.3} recall {:.3} f1 {:.3}",
-                m.precision, m.recall, m.f1
-            );
-        }
-        all.push(m);
-    }
-    let mean =
-        |f: &dyn Fn(&data::Metrics) -> f64| all.iter().map(f).sum::<f64>() / all.len() as f64;
-    let summary = json!({"folds": k, "precision": mean(&|m| m.precision), "recall": mean(&|m| m.recall), "f1": mean(&|m| m.f1), "accuracy": mean(&|m| m.accuracy)});
-    data::write_atomic(
-        &out.join("kfold.json"),
-        serde_json::to_string_pretty(&summary)?.as_bytes(),
-    )?;
-    println!("{summary}");
     Ok(())
 }

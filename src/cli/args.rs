@@ -1,0 +1,567 @@
+//! Every command's arguments (clap derive), in one place.
+
+use anyhow::{bail, Context, Result};
+use candle_core::DType;
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+use crate::model::{self, LoadOptions};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "fraudlab",
+    version,
+    about = "A terminal workbench for small LLM fraud-dialogue classifiers"
+)]
+pub struct Cli {
+    /// Session to open or record into (sessions/<name>/).
+    #[arg(long, global = true, default_value = "default")]
+    pub session: String,
+    /// Extra folders to search for models (also FRAUDLAB_MODELS, ':'-separated).
+    #[arg(long = "models-dir", global = true)]
+    pub models_dir: Vec<PathBuf>,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// List local models (HF cache, ModelScope cache, --models-dir folders and .gguf files).
+    Models {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a prompt through a model and stream the answer.
+    Probe(ProbeArgs),
+    /// Token ids and top last-position logits of a prompt (for parity checks).
+    Logits(LogitsArgs),
+    /// Write a GGUF model as a standard Hugging Face folder.
+    Convert {
+        /// The .gguf file to convert.
+        #[arg(long)]
+        gguf: PathBuf,
+        /// Folder to write the Hugging Face model into.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Fine-tune a model (LoRA or full) on a dataset, with checkpoints and live metrics.
+    Train(Box<TrainArgs>),
+    /// Precision / recall / F1 of models (and adapters) on a labelled dataset.
+    Eval(EvalArgs),
+    /// Write base model + LoRA adapter as one standalone Hugging Face folder.
+    Merge {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// LoRA adapter folder (PEFT layout).
+        #[arg(long)]
+        adapter: PathBuf,
+        /// Folder to write the merged model into.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Dataset tools: stats, split, balance, window, export, show.
+    Data {
+        #[command(subcommand)]
+        cmd: DataCmd,
+    },
+    /// Hand-label headlessly: reads `ID fraud|normal|undo [SPEAKER]` lines on stdin and prints
+    /// `ok ID` once each label is durable on disk.
+    Label {
+        /// Dataset whose samples are labelled (its journal is under the session).
+        #[arg(long)]
+        dataset: PathBuf,
+        /// Print the current labels as JSON lines instead.
+        #[arg(long)]
+        list: bool,
+    },
+    /// List the sessions and what they hold.
+    Sessions {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Download a model by hub id (e.g. Qwen/Qwen2-0.5B-Instruct) into the Hugging Face cache.
+    Download {
+        /// Hub id, e.g. Qwen/Qwen2-0.5B-Instruct.
+        id: String,
+    },
+    /// Follow live conversations turn by turn from standard input and warn in time: one line
+    /// (or JSON object) per turn with P(fraud) and the alert state.
+    Monitor(MonitorArgs),
+    /// Serve the classifier over HTTP: classify, conversation turns, OpenAI-style chat.
+    Serve(ServeArgs),
+    /// Write a tiny random demo model (offline, seconds) to try every pane.
+    DemoModel {
+        /// Folder to write the tiny model into.
+        #[arg(long, default_value = "models/fraudlab-demo-tiny")]
+        out: PathBuf,
+        /// Also write a GGUF copy beside it.
+        #[arg(long)]
+        gguf: bool,
+    },
+}
+
+/// How a live conversation is followed (monitor and serve).
+#[derive(Args, Debug, Clone)]
+pub struct LiveArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// LoRA adapter folder (its fraudlab.json gives the prompt and thresholds).
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
+    /// Per-turn alert threshold on P(fraud). Default: the adapter's streaming threshold, else
+    /// its whole-dialogue threshold, else 0.5.
+    #[arg(long)]
+    pub threshold: Option<f64>,
+    /// Alert once this many turns in a row are at or above the threshold. Default: the
+    /// adapter's streaming K, else 1.
+    #[arg(long)]
+    pub consecutive: Option<usize>,
+    /// Most tokens a conversation's prompt holds; past it the oldest turns leave the prompt
+    /// (system prompt and instruction stay), re-prefilled once per slide.
+    #[arg(long, default_value_t = crate::engine::monitor::DEFAULT_WINDOW)]
+    pub window: usize,
+    /// File with the instruction put before the dialogue. Default: the adapter's, else the
+    /// standard fraud-dialogue instruction.
+    #[arg(long = "instruction-file")]
+    pub instruction_file: Option<PathBuf>,
+    /// Conversations whose caches are kept at once (the least recently used is evicted).
+    #[arg(long = "max-conversations", default_value_t = 8)]
+    pub max_conversations: usize,
+}
+
+impl LiveArgs {
+    /// The monitor settings these options and the adapter's metadata give, and where the
+    /// threshold came from.
+    pub fn monitor_config(
+        &self,
+    ) -> Result<(
+        crate::engine::monitor::MonitorConfig,
+        crate::engine::monitor::ThresholdSource,
+    )> {
+        use crate::engine::monitor::{MonitorConfig, ThresholdSource};
+        let meta = crate::model::adapter::AdapterMeta::for_adapter(self.adapter.as_deref())?;
+        let mut cfg = MonitorConfig::from_meta(&meta);
+        let mut source = MonitorConfig::meta_threshold(&meta).1;
+        if let Some(t) = self.threshold {
+            cfg.threshold = t;
+            source = ThresholdSource::Given;
+        }
+        if let Some(k) = self.consecutive {
+            cfg.consecutive = k;
+        }
+        cfg.window = self.window;
+        cfg.max_conversations = self.max_conversations;
+        if let Some(f) = &self.instruction_file {
+            cfg.instruction = std::fs::read_to_string(f)
+                .with_context(|| format!("{}: cannot read the instruction", f.display()))?;
+        }
+        cfg.validate().context("monitor settings")?;
+        Ok((cfg, source))
+    }
+
+    /// Loads the model (and adapter).
+    pub fn load(&self) -> Result<crate::model::LoadedModel> {
+        let mut lm = model::load(&self.model.model, self.model.options()?)?;
+        if let Some(a) = &self.adapter {
+            crate::model::adapter::load_adapter(&mut lm.model, a)?;
+        }
+        Ok(lm)
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct MonitorArgs {
+    #[command(flatten)]
+    pub live: LiveArgs,
+    /// Once a conversation's alert fires, ask the model who the fraudster is and why.
+    #[arg(long)]
+    pub explain: bool,
+    /// One JSON object per turn instead of a readable line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub live: LiveArgs,
+    /// Address to listen on (loopback by default).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub addr: String,
+    /// Requests waiting for the engine at once; more get 503.
+    #[arg(long = "queue", default_value_t = 64)]
+    pub queue: usize,
+    /// Largest request body accepted, in bytes.
+    #[arg(long = "max-body", default_value_t = 1 << 20)]
+    pub max_body: usize,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// Model folder, hub id (looked up in the caches), or .gguf file.
+    #[arg(long)]
+    pub model: String,
+    /// For GGUF: keep weights quantized (fast path). Default: dequantized f32 (exact path).
+    #[arg(long)]
+    pub quantized: bool,
+    /// f32 or bf16.
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
+}
+
+impl ModelArgs {
+    pub fn options(&self) -> Result<LoadOptions> {
+        let dtype = match self.dtype.as_str() {
+            "f32" => DType::F32,
+            "bf16" => DType::BF16,
+            d => bail!("--dtype {d}: use f32 or bf16"),
+        };
+        Ok(LoadOptions {
+            dtype,
+            quantized: self.quantized,
+        })
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// Base model: folder, hub id (looked up in the caches) or .gguf file.
+    #[arg(long)]
+    pub model: String,
+    /// Training data (fraud JSONL, Alpaca, chat, ShareGPT, text, turn-level CSV).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Validation file (validation loss, best checkpoint, the decision threshold).
+    #[arg(long, conflicts_with = "val_split")]
+    pub val: Option<PathBuf>,
+    /// Hold out this share of --data (stratified by label) for validation instead.
+    #[arg(long = "val-split", default_value_t = 0.0)]
+    pub val_split: f64,
+    /// Run folder (default: sessions/<session>/runs/<run-id>/; with --resume: the newest run).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// LoRA rank.
+    #[arg(long = "lora-r", default_value_t = 8)]
+    pub lora_r: usize,
+    /// LoRA alpha (the update is scaled by alpha / r).
+    #[arg(long = "lora-alpha", default_value_t = 16.0)]
+    pub lora_alpha: f64,
+    /// Dropout on the LoRA input during training.
+    #[arg(long = "lora-dropout", default_value_t = 0.05)]
+    pub lora_dropout: f32,
+    /// Comma-separated projections (PEFT names).
+    #[arg(
+        long,
+        default_value = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+    )]
+    pub target: String,
+    /// Full fine-tuning (all weights) instead of LoRA.
+    #[arg(long)]
+    pub full: bool,
+    /// Peak learning rate (AdamW).
+    #[arg(long, default_value_t = 1e-4)]
+    pub lr: f64,
+    /// Passes over the training data.
+    #[arg(long, default_value_t = 3, conflicts_with = "max_steps")]
+    pub epochs: usize,
+    /// Stop after this many optimizer steps instead of --epochs.
+    #[arg(long = "max-steps")]
+    pub max_steps: Option<usize>,
+    /// Samples per micro-batch (packed into one row, no padding).
+    #[arg(long, default_value_t = 4)]
+    pub batch: usize,
+    /// Micro-batches per optimizer step (effective batch = batch x grad-accum).
+    #[arg(long = "grad-accum", default_value_t = 4)]
+    pub grad_accum: usize,
+    /// Longest example in tokens; longer prompts lose their middle (the answer is kept).
+    #[arg(long = "max-len", default_value_t = 512)]
+    pub max_len: usize,
+    /// Learning-rate schedule after warmup: constant, linear or cosine.
+    #[arg(long, default_value = "cosine")]
+    pub schedule: String,
+    /// Warmup as a share of the optimizer steps.
+    #[arg(long = "warmup-ratio", default_value_t = 0.1)]
+    pub warmup_ratio: f64,
+    /// Warmup in optimizer steps (overrides --warmup-ratio).
+    #[arg(long = "warmup-steps")]
+    pub warmup_steps: Option<usize>,
+    /// AdamW weight decay.
+    #[arg(long = "weight-decay", default_value_t = 0.0)]
+    pub weight_decay: f64,
+    /// Clip the gradient norm to this (0: no clipping).
+    #[arg(long = "max-grad-norm", default_value_t = 1.0)]
+    pub max_grad_norm: f64,
+    /// Seed of LoRA initialisation, shuffling, dropout and the validation split.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Checkpoint every N optimizer steps (0: at the end, on stop and at each best).
+    #[arg(long = "save-every", default_value_t = 0)]
+    pub save_every: usize,
+    /// Validation loss every N optimizer steps (0: at the end of each epoch).
+    #[arg(long = "eval-every", default_value_t = 0)]
+    pub eval_every: usize,
+    /// Stop after N evaluations without improvement of the validation loss.
+    #[arg(long = "early-stopping")]
+    pub early_stopping: Option<usize>,
+    /// Use only the first N samples of --data.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Also train the model to give fraud_speaker and reason in its JSON answer.
+    #[arg(long = "answer-fields")]
+    pub answer_fields: bool,
+    /// Build prompts with speakers renamed A, B… per dialogue (hides names such as 诈骗者
+    /// that give the label away); recorded in the adapter's fraudlab.json.
+    #[arg(long = "anonymize-speakers")]
+    pub anonymize_speakers: bool,
+    /// Continue the run in --out (or the session's newest run) from its newest checkpoint.
+    #[arg(long)]
+    pub resume: bool,
+    /// One JSON object per step and a summary, for scripts.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// Model(s); repeat for a side-by-side table.
+    #[arg(long, required = true)]
+    pub model: Vec<String>,
+    /// Adapter(s), paired with --model in order ("-" for none). One model with several
+    /// adapters is evaluated with each.
+    #[arg(long)]
+    pub adapter: Vec<String>,
+    /// Labelled dialogues to evaluate on (fraud JSONL or turn-level CSV, or any labelled format).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Use only the first N labelled samples.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// score (P(fraud) of each dialogue), generate (parse a generated answer) or stream
+    /// (replay each dialogue turn by turn: how early a fraud is caught, false alarms).
+    #[arg(long, default_value = "score")]
+    pub mode: String,
+    /// Samples per batch (score and generate modes).
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// P(fraud) at or above this predicts fraud (per turn in stream mode). Default: each
+    /// adapter's saved threshold (fraudlab.json), else 0.5.
+    #[arg(long)]
+    pub threshold: Option<f64>,
+    /// Stream mode: turns in a row at or above the threshold that fire an alert. Default:
+    /// the adapter's saved streaming rule, else 1.
+    #[arg(long)]
+    pub consecutive: Option<usize>,
+    /// Stream mode: choose the threshold and K that keep false alarms per honest dialogue
+    /// at or under this share (e.g. 0.05), and save them in the adapter's fraudlab.json.
+    /// Use a validation split, never a test split.
+    #[arg(long, num_args = 0..=1, default_missing_value = "0.05")]
+    pub calibrate: Option<f64>,
+    /// Generate mode: answer length cap.
+    #[arg(long = "max-tokens", default_value_t = 64)]
+    pub max_tokens: usize,
+    /// Anonymise speakers in the prompts: true or false. Default: as each adapter's
+    /// fraudlab.json says (false without an adapter).
+    #[arg(long = "anonymize-speakers")]
+    pub anonymize_speakers: Option<bool>,
+    /// For GGUF: keep weights quantized.
+    #[arg(long)]
+    pub quantized: bool,
+    /// k-fold cross-validation: train on k-1 folds, evaluate on the held-out one.
+    #[arg(long)]
+    pub folds: Option<usize>,
+    /// With --folds: train each fold with this training config (a run's config.json: LoRA
+    /// settings, lr, epochs, batch…); default: the recipe defaults.
+    #[arg(long, requires = "folds")]
+    pub recipe: Option<PathBuf>,
+    /// One JSON object per model / adapter.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DataCmd {
+    /// Counts per label, length histogram, speakers.
+    Stats {
+        /// Dataset file.
+        file: PathBuf,
+        /// Also count tokens with this model's tokenizer.
+        #[arg(long)]
+        model: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stratified train/val/test split.
+    Split {
+        /// Dataset file.
+        file: PathBuf,
+        /// Folder for train.jsonl, val.jsonl and test.jsonl.
+        #[arg(long)]
+        out: PathBuf,
+        /// Share of samples for training.
+        #[arg(long, default_value_t = 0.8)]
+        train: f64,
+        /// Share of samples for validation.
+        #[arg(long, default_value_t = 0.1)]
+        val: f64,
+        /// Share of samples for testing.
+        #[arg(long, default_value_t = 0.1)]
+        test: f64,
+        /// Shuffle seed.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Rebalance by undersampling the majority label.
+    Balance {
+        /// Dataset file.
+        file: PathBuf,
+        /// File to write the balanced samples to.
+        #[arg(long)]
+        out: PathBuf,
+        /// majority : minority ratio to keep
+        #[arg(long, default_value_t = 1.0)]
+        ratio: f64,
+        /// Sampling seed.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Cut turn-level CSV dialogues into samples by a sliding window of turns.
+    Window {
+        /// Turn-level CSV file.
+        file: PathBuf,
+        /// File to write the windows to (fraud JSONL).
+        #[arg(long)]
+        out: PathBuf,
+        /// Most turns per window.
+        #[arg(long = "max-turns", default_value_t = 8)]
+        max_turns: usize,
+        /// Most characters per window.
+        #[arg(long = "max-chars", default_value_t = 500)]
+        max_chars: usize,
+        /// Turns between the starts of two windows.
+        #[arg(long, default_value_t = 4)]
+        stride: usize,
+    },
+    /// Write the samples in another format.
+    Export {
+        /// Dataset file.
+        file: PathBuf,
+        /// File to write (in --format).
+        #[arg(long)]
+        out: PathBuf,
+        /// fraud, alpaca, chat, sharegpt, text
+        #[arg(long, default_value = "fraud")]
+        format: String,
+        /// Apply the session's hand labels over the dataset's own.
+        #[arg(long = "with-labels")]
+        with_labels: bool,
+    },
+    /// Print the samples (with their ids).
+    Show {
+        /// Dataset file.
+        file: PathBuf,
+        /// How many samples to show.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Print JSON lines.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct ProbeArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// A LoRA adapter (ours or PEFT's) applied to the model.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
+    /// System prompt (default: none; the chat template may add its own).
+    #[arg(long)]
+    pub system: Option<String>,
+    /// The prompt text (or use --prompt-file).
+    #[arg(long, required_unless_present = "prompt_file")]
+    pub prompt: Option<String>,
+    /// Read the prompt from a file, exactly as written (trailing newlines kept).
+    #[arg(long = "prompt-file", conflicts_with = "prompt")]
+    pub prompt_file: Option<PathBuf>,
+    /// Tokenize the prompt as given (special tokens recognised), no chat template.
+    #[arg(long)]
+    pub raw: bool,
+    /// Most tokens to generate.
+    #[arg(long = "max-tokens", default_value_t = 256)]
+    pub max_tokens: usize,
+    /// Sampling temperature (0: greedy).
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f64,
+    /// Sample from the K most likely tokens only.
+    #[arg(long = "top-k")]
+    pub top_k: Option<usize>,
+    /// Sample from the smallest set of tokens whose probability reaches P.
+    #[arg(long = "top-p")]
+    pub top_p: Option<f64>,
+    /// Sampling seed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Print the answer and timings as JSON instead of streaming text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct LogitsArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// LoRA adapter folder to apply.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
+    /// The prompt text (or use --prompt-file).
+    #[arg(long, required_unless_present = "prompt_file")]
+    pub prompt: Option<String>,
+    /// Read the prompt from a file, exactly as written (trailing newlines kept).
+    #[arg(long = "prompt-file", conflicts_with = "prompt")]
+    pub prompt_file: Option<PathBuf>,
+    /// Use the prompt as given, without the chat template.
+    #[arg(long)]
+    pub raw: bool,
+    /// How many of the top last-position logits to print.
+    #[arg(long, default_value_t = 10)]
+    pub top: usize,
+    /// Print JSON (the only output form).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Every subcommand and every flag has a line of `--help`.
+    #[test]
+    fn every_flag_has_help() {
+        fn walk(c: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for a in c.get_arguments() {
+                let id = a.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                if a.get_help().is_none() && a.get_long_help().is_none() {
+                    missing.push(format!("{path} --{id}"));
+                }
+            }
+            for s in c.get_subcommands() {
+                if s.get_about().is_none() && s.get_long_about().is_none() && s.get_name() != "help" {
+                    missing.push(format!("{path} {} (no about)", s.get_name()));
+                }
+                walk(s, &format!("{path} {}", s.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "fraudlab", &mut missing);
+        assert!(missing.is_empty(), "flags without help: {missing:#?}");
+    }
+}
+

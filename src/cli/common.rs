@@ -1,0 +1,76 @@
+//! Helpers every command shares: sessions, model loading, signals, formatting.
+
+use anyhow::Result;
+use std::path::PathBuf;
+
+use super::args::ModelArgs;
+use crate::model;
+
+/// Loads a model and applies an adapter if given.
+pub fn load_with_adapter(
+    m: &ModelArgs,
+    adapter: Option<&std::path::Path>,
+) -> Result<model::LoadedModel> {
+    let mut lm = model::load(&m.model, m.options()?)?;
+    if let Some(a) = adapter {
+        model::adapter::load_adapter(&mut lm.model, a)?;
+    }
+    Ok(lm)
+}
+
+/// The folder sessions live in: `FRAUDLAB_SESSIONS`, else `./sessions`.
+pub fn sessions_root() -> PathBuf {
+    std::env::var_os("FRAUDLAB_SESSIONS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("sessions"))
+}
+
+pub fn open_session(name: &str) -> Result<crate::data::Session> {
+    crate::data::Session::open(&sessions_root(), name)
+}
+
+pub fn fmt_secs(s: f64) -> String {
+    if !s.is_finite() {
+        return "?".into();
+    }
+    let s = s as u64;
+    if s >= 3600 {
+        format!("{}h{:02}m", s / 3600, s % 3600 / 60)
+    } else if s >= 60 {
+        format!("{}m{:02}s", s / 60, s % 60)
+    } else {
+        format!("{s}s")
+    }
+}
+
+pub fn human_bytes(n: u64) -> String {
+    let n = n as f64;
+    if n >= 1e9 {
+        format!("{:.1} GB", n / 1e9)
+    } else if n >= 1e6 {
+        format!("{:.0} MB", n / 1e6)
+    } else {
+        format!("{:.0} kB", n / 1e3)
+    }
+}
+
+/// Set by SIGINT / SIGTERM while a long command (training, a download) runs.
+pub static STOP_SIGNAL: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_stop_signal(_: libc::c_int) {
+    STOP_SIGNAL.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+pub fn install_stop_signals() {
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        libc::signal(
+            libc::SIGINT,
+            on_stop_signal as *const () as libc::sighandler_t,
+        );
+        libc::signal(
+            libc::SIGTERM,
+            on_stop_signal as *const () as libc::sighandler_t,
+        );
+    }
+}

@@ -1,0 +1,65 @@
+//! Headless commands (clap). Every command prints JSON with `--json` for scripts.
+//!
+//! `args` holds every command's arguments; one file of handlers per group of commands
+//! (`models`, `train`, `eval`, `data`, `live`), each using `args` and `common` only, so no
+//! two handler files depend on each other.
+
+use anyhow::Result;
+use std::sync::atomic::AtomicBool;
+
+mod args;
+mod common;
+mod data;
+mod eval;
+mod live;
+mod models;
+mod train;
+
+pub use args::*;
+pub use common::{fmt_secs, load_with_adapter, open_session, sessions_root};
+pub use live::{parse_turn_line, turn_line};
+
+use common::{install_stop_signals, STOP_SIGNAL};
+
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        None => crate::tui::run(&cli.session, &cli.models_dir),
+        Some(Command::Models { json }) => models::cmd_models(&cli.models_dir, json),
+        Some(Command::Probe(a)) => models::cmd_probe(a, &cli.session),
+        Some(Command::Logits(a)) => models::cmd_logits(a),
+        Some(Command::Train(a)) => train::cmd_train(*a, &cli.session),
+        Some(Command::Eval(a)) => eval::cmd_eval(a, &cli.session),
+        Some(Command::Merge {
+            model,
+            adapter,
+            out,
+        }) => models::cmd_merge(&model, &adapter, &out),
+        Some(Command::Data { cmd }) => data::run(cmd, &cli.session),
+        Some(Command::Label { dataset, list }) => {
+            data::label(&dataset, list, &cli.session)
+        }
+        Some(Command::Sessions { json }) => data::sessions(json),
+        Some(Command::Convert { gguf, out }) => models::cmd_convert(&gguf, &out),
+        Some(Command::DemoModel { out, gguf }) => models::cmd_demo(&out, gguf),
+        Some(Command::Monitor(a)) => live::monitor(a),
+        Some(Command::Serve(a)) => crate::serve::run(a),
+        Some(Command::Download { id }) => {
+            install_stop_signals();
+            let cancel = AtomicBool::new(false);
+            let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            let path = crate::model::download::download(&id, &cancel, &mut |p| {
+                if STOP_SIGNAL.load(std::sync::atomic::Ordering::SeqCst) {
+                    cancel.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+                if tty {
+                    eprint!("\r{}\x1b[K", crate::model::download::bar(p, 30));
+                }
+            });
+            if tty {
+                eprintln!();
+            }
+            println!("downloaded {id} to {}", path?.display());
+            Ok(())
+        }
+    }
+}
