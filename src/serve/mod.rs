@@ -82,13 +82,13 @@ pub fn run(a: crate::cli::ServeArgs) -> Result<()> {
     let (bridge, pump) = bridge::EventPump::start(engine, a.queue).context("serve: event thread")?;
     let threshold = cfg.threshold;
     let consecutive = cfg.consecutive;
-    let state = Arc::new(routes::AppState::new(
-        bridge,
-        KEY.into(),
-        name.clone(),
-        cfg,
-        a.max_body,
-    ));
+    // classify decides on a whole dialogue: --threshold, else the adapter's whole-dialogue
+    // threshold, else the per-turn one
+    let meta = crate::model::adapter::AdapterMeta::for_adapter(a.live.adapter.as_deref())?;
+    let classify_threshold = a.live.threshold.or(meta.threshold).unwrap_or(cfg.threshold);
+    let mut st = routes::AppState::new(bridge, KEY.into(), name.clone(), cfg, a.max_body);
+    st.classify_threshold = classify_threshold;
+    let state = Arc::new(st);
     let app = routes::router(state);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -27,6 +27,8 @@ pub struct AppState {
     /// the model's display name
     pub model: String,
     pub cfg: MonitorConfig,
+    /// whole-dialogue decision threshold of `/v1/classify` (`cfg.threshold` is per turn)
+    pub classify_threshold: f64,
     pub max_body: usize,
     /// unix seconds at start (`created` of the model in `/v1/models`)
     pub started: u64,
@@ -40,6 +42,7 @@ impl AppState {
             bridge,
             key,
             model,
+            classify_threshold: cfg.threshold,
             cfg,
             max_body,
             started: unix_now(),
@@ -178,7 +181,7 @@ async fn classify(State(s): State<Shared>, b: Result<Bytes, BytesRejection>) -> 
                 .ok_or_else(|| ApiError::internal("the engine scored nothing"))?;
             Ok(json_response(
                 StatusCode::OK,
-                &json!({"p_fraud": p, "is_fraud": p >= s.cfg.threshold, "threshold": s.cfg.threshold}),
+                &json!({"p_fraud": p, "is_fraud": p >= s.classify_threshold, "threshold": s.classify_threshold}),
             ))
         }
         e => Err(unexpected(&e)),
