@@ -247,13 +247,31 @@ fn training_calibrates_the_threshold_on_validation_and_eval_uses_it() {
     fraud_jsonl(&data, 12);
     let run_dir = d.path().join("run");
     let out = run(&[
-        "train", "--model", m.to_str().unwrap(), "--data", data.to_str().unwrap(),
-        "--out", run_dir.to_str().unwrap(), "--val-split", "0.5", "--max-steps", "2",
-        "--batch", "2", "--grad-accum", "1", "--json",
+        "train",
+        "--model",
+        m.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        run_dir.to_str().unwrap(),
+        "--val-split",
+        "0.5",
+        "--max-steps",
+        "2",
+        "--batch",
+        "2",
+        "--grad-accum",
+        "1",
+        "--json",
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let summary: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(run_dir.join("summary.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(run_dir.join("summary.json")).unwrap())
+            .unwrap();
     let cal = &summary["calibration"];
     let t = cal["threshold"].as_f64().expect("a calibrated threshold");
     assert!((0.0..=1.0).contains(&t));
@@ -267,14 +285,28 @@ fn training_calibrates_the_threshold_on_validation_and_eval_uses_it() {
     // eval without --threshold decides at the saved threshold, and says so
     let adapter = run_dir.join("adapter");
     let out = run_json(&[
-        "eval", "--model", m.to_str().unwrap(), "--adapter", adapter.to_str().unwrap(),
-        "--data", data.to_str().unwrap(), "--json",
+        "eval",
+        "--model",
+        m.to_str().unwrap(),
+        "--adapter",
+        adapter.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--json",
     ]);
     assert_eq!(out["rule"]["threshold"].as_f64(), Some(t));
     assert_eq!(out["rule"]["source"], "the adapter's calibrated threshold");
     let given = run_json(&[
-        "eval", "--model", m.to_str().unwrap(), "--adapter", adapter.to_str().unwrap(),
-        "--data", data.to_str().unwrap(), "--threshold", "0.5", "--json",
+        "eval",
+        "--model",
+        m.to_str().unwrap(),
+        "--adapter",
+        adapter.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--threshold",
+        "0.5",
+        "--json",
     ]);
     assert_eq!(given["rule"]["source"], "given");
 }
@@ -309,8 +341,16 @@ fn kfold_trains_each_fold_with_the_recipe_given() {
     let o = bin()
         .env("FRAUDLAB_SESSIONS", &sessions)
         .args([
-            "eval", "--model", m.to_str().unwrap(), "--data", data.to_str().unwrap(),
-            "--folds", "2", "--recipe", rp.to_str().unwrap(), "--json",
+            "eval",
+            "--model",
+            m.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--folds",
+            "2",
+            "--recipe",
+            rp.to_str().unwrap(),
+            "--json",
         ])
         .output()
         .unwrap();
@@ -324,7 +364,8 @@ fn kfold_trains_each_fold_with_the_recipe_given() {
     for f in 0..2 {
         let run = evals.join(format!("fold-{f}/run"));
         let cfg: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap();
+            serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap())
+                .unwrap();
         assert_eq!(cfg["lr"], 3e-4);
         assert_eq!(cfg["lora"]["r"], 4);
         let ad: serde_json::Value = serde_json::from_str(
@@ -333,15 +374,23 @@ fn kfold_trains_each_fold_with_the_recipe_given() {
         .unwrap();
         assert_eq!(ad["r"], 4);
         let summary: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
+            serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap())
+                .unwrap();
         assert_eq!(summary["steps"], 1);
     }
     // a file that is not a training config is refused by name
     let bad = d.path().join("bad.json");
     std::fs::write(&bad, "{\"nope\": 1}").unwrap();
     let o = run(&[
-        "eval", "--model", m.to_str().unwrap(), "--data", data.to_str().unwrap(),
-        "--folds", "2", "--recipe", bad.to_str().unwrap(),
+        "eval",
+        "--model",
+        m.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--folds",
+        "2",
+        "--recipe",
+        bad.to_str().unwrap(),
     ]);
     assert_clean_error(&o, &["bad.json", "training config"]);
 }

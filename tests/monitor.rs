@@ -108,7 +108,10 @@ fn interleaved_conversations_and_eviction() {
             );
         }
     }
-    assert!(evictions > 0, "three conversations with room for two must evict");
+    assert!(
+        evictions > 0,
+        "three conversations with room for two must evict"
+    );
     let cached = ids.iter().filter(|c| mon.state(c).unwrap().cached).count();
     assert_eq!(cached, 2);
     assert!(mon.end("a"));
@@ -138,7 +141,11 @@ fn window_slides_and_then_equals_score_mode_on_the_window() {
     for _round in 0..3 {
         for (sp, tx) in &ts {
             let r = mon.turn(&lm, "long", sp, tx).unwrap();
-            assert!(r.prompt_tokens <= window, "{} > window {window}", r.prompt_tokens);
+            assert!(
+                r.prompt_tokens <= window,
+                "{} > window {window}",
+                r.prompt_tokens
+            );
             slides += r.slid as usize;
             let st = mon.state("long").unwrap();
             let kept = &st.turns[st.window_start - 1..];
@@ -152,7 +159,10 @@ fn window_slides_and_then_equals_score_mode_on_the_window() {
             );
         }
     }
-    assert!(slides >= 2, "24 turns in a 4-turn window slide several times");
+    assert!(
+        slides >= 2,
+        "24 turns in a 4-turn window slide several times"
+    );
     // a slide keeps room: not once per turn
     assert!(slides < 12, "{slides} slides in 24 turns");
 }
@@ -192,7 +202,12 @@ fn alerts_latch_after_k_turns_in_a_row() {
         }
         for (i, (s, t)) in ts.iter().enumerate() {
             let r = mon.turn(&lm, "c", s, t).unwrap();
-            assert_eq!(r.alert_turn, want.filter(|&w| w <= i + 1), "k {k} turn {}", i + 1);
+            assert_eq!(
+                r.alert_turn,
+                want.filter(|&w| w <= i + 1),
+                "k {k} turn {}",
+                i + 1
+            );
             assert_eq!(r.alert, r.alert_turn.is_some());
         }
     }
@@ -208,7 +223,14 @@ fn monitor_pipe_json_lines_and_bad_lines() {
     let d = tmp();
     let m = tiny_model(d.path(), TinySpec::default());
     let mut child = bin()
-        .args(["monitor", "--model", m.to_str().unwrap(), "--json", "--threshold", "0"])
+        .args([
+            "monitor",
+            "--model",
+            m.to_str().unwrap(),
+            "--json",
+            "--threshold",
+            "0",
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -217,14 +239,22 @@ fn monitor_pipe_json_lines_and_bad_lines() {
     {
         let mut stdin = child.stdin.take().unwrap();
         writeln!(stdin, "张三: 你好").unwrap();
-        writeln!(stdin, r#"{{"conversation": "c2", "speaker": "A", "text": "hi"}}"#).unwrap();
+        writeln!(
+            stdin,
+            r#"{{"conversation": "c2", "speaker": "A", "text": "hi"}}"#
+        )
+        .unwrap();
         writeln!(stdin, "{{broken").unwrap();
         writeln!(stdin, "李四: 请转账").unwrap();
     }
     let out = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "a bad line makes exit 2: {stderr}");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a bad line makes exit 2: {stderr}"
+    );
     assert!(stderr.contains("line 3"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
     let lines: Vec<serde_json::Value> = stdout
@@ -272,8 +302,8 @@ fn real_tokenizer_incremental_ids() {
     let mut checked = 0;
     for s in r.samples.iter().take(200) {
         let turns = s.turns();
-        let inc = fraudlab::engine::monitor::incremental_prompt_ids(&lm.tokenizer, &cfg, &turns)
-            .unwrap();
+        let inc =
+            fraudlab::engine::monitor::incremental_prompt_ids(&lm.tokenizer, &cfg, &turns).unwrap();
         for n in 1..=turns.len() {
             let whole = fraudlab::engine::eval::score_prompt(
                 &lm.tokenizer,
@@ -316,7 +346,12 @@ fn real_model_turns_equal_score_mode() {
             let got = mon.turn(&lm, &s.id, sp, tx).unwrap().p_fraud;
             let want = score_prefix(&lm, &cfg, &mon.state(&s.id).unwrap().turns);
             worst = worst.max((got - want).abs());
-            assert!((got - want).abs() < 1e-4, "{} turn {}: {got} vs {want}", s.id, i + 1);
+            assert!(
+                (got - want).abs() < 1e-4,
+                "{} turn {}: {got} vs {want}",
+                s.id,
+                i + 1
+            );
             n += 1;
         }
         mon.end(&s.id);
@@ -333,7 +368,12 @@ fn eval_stream_mode_and_calibration_save_the_rule() {
     let mut lines = String::new();
     for i in 0..8 {
         let input = (0..3 + i % 3)
-            .map(|t| format!("{}: 第{t}句，编号{i}。", if t % 2 == 0 { "甲" } else { "乙" }))
+            .map(|t| {
+                format!(
+                    "{}: 第{t}句，编号{i}。",
+                    if t % 2 == 0 { "甲" } else { "乙" }
+                )
+            })
             .collect::<Vec<_>>()
             .join("\n");
         lines.push_str(
@@ -346,19 +386,44 @@ fn eval_stream_mode_and_calibration_save_the_rule() {
     // an adapter folder to store the calibrated rule in: train one step
     let run = d.path().join("run");
     let out = run_ok(&[
-        "train", "--model", m.to_str().unwrap(), "--data", data.to_str().unwrap(),
-        "--out", run.to_str().unwrap(), "--max-steps", "1", "--batch", "2", "--grad-accum", "1",
+        "train",
+        "--model",
+        m.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+        "--max-steps",
+        "1",
+        "--batch",
+        "2",
+        "--grad-accum",
+        "1",
     ]);
     let adapter = run.join("adapter");
     let meta: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(adapter.join("fraudlab.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(adapter.join("fraudlab.json")).unwrap())
+            .unwrap();
     assert_eq!(meta["instruction"], "判断是否诈骗。", "{out}");
     assert!(meta["stream"].is_null());
     let out = run_ok(&[
-        "eval", "--model", m.to_str().unwrap(), "--adapter", adapter.to_str().unwrap(),
-        "--data", data.to_str().unwrap(), "--mode", "stream", "--calibrate", "0.25", "--json",
+        "eval",
+        "--model",
+        m.to_str().unwrap(),
+        "--adapter",
+        adapter.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--mode",
+        "stream",
+        "--calibrate",
+        "0.25",
+        "--json",
     ]);
-    let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     let res = &lines[0];
     assert_eq!(res["mode"], "stream");
     let st = &res["stream"];
@@ -368,17 +433,29 @@ fn eval_stream_mode_and_calibration_save_the_rule() {
     let cal = &lines[1]["calibrated"];
     assert!(cal["false_alarm_rate"].as_f64().unwrap() <= 0.25);
     let meta: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(adapter.join("fraudlab.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(adapter.join("fraudlab.json")).unwrap())
+            .unwrap();
     assert_eq!(meta["stream"]["threshold"], cal["threshold"]);
     assert_eq!(meta["stream"]["consecutive"], cal["consecutive"]);
     // the saved rule is used by default afterwards, and said so
     let out = run_ok(&[
-        "eval", "--model", m.to_str().unwrap(), "--adapter", adapter.to_str().unwrap(),
-        "--data", data.to_str().unwrap(), "--mode", "stream", "--json",
+        "eval",
+        "--model",
+        m.to_str().unwrap(),
+        "--adapter",
+        adapter.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--mode",
+        "stream",
+        "--json",
     ]);
     let v: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
     assert_eq!(v["stream"]["threshold"], cal["threshold"]);
-    assert_eq!(v["stream"]["threshold_source"], "the adapter's streaming rule");
+    assert_eq!(
+        v["stream"]["threshold_source"],
+        "the adapter's streaming rule"
+    );
 }
 
 fn run_ok(args: &[&str]) -> String {
@@ -406,7 +483,12 @@ fn anonymised_prompts_equal_score_mode_on_the_anonymised_prefix() {
         assert_eq!(&r.speaker, sp.trim(), "results keep the real speaker");
         let kept = mon.state("c").unwrap().turns;
         let want = score_prefix(&lm, &cfg, &kept);
-        assert!((r.p_fraud - want).abs() < 1e-4, "turn {}: {} vs {want}", i + 1, r.p_fraud);
+        assert!(
+            (r.p_fraud - want).abs() < 1e-4,
+            "turn {}: {} vs {want}",
+            i + 1,
+            r.p_fraud
+        );
         differs |= (want - score_prefix(&lm, &plain, &kept)).abs() > 1e-9;
     }
     assert!(differs, "anonymised prompts are different prompts");

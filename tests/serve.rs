@@ -33,7 +33,13 @@ impl Drop for Server {
 impl Server {
     fn start(model: &std::path::Path, extra: &[&str]) -> Server {
         let mut child = bin()
-            .args(["serve", "--model", model.to_str().unwrap(), "--addr", "127.0.0.1:0"])
+            .args([
+                "serve",
+                "--model",
+                model.to_str().unwrap(),
+                "--addr",
+                "127.0.0.1:0",
+            ])
             .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -70,7 +76,10 @@ impl Server {
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
             }
         }
-        panic!("no listening line; stderr: {:?}", server.stderr.lock().unwrap());
+        panic!(
+            "no listening line; stderr: {:?}",
+            server.stderr.lock().unwrap()
+        );
     }
 
     fn stderr(&self) -> String {
@@ -95,7 +104,8 @@ struct Resp {
 
 impl Resp {
     fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
     }
     fn header(&self, name: &str) -> Option<&str> {
         self.headers
@@ -107,10 +117,15 @@ impl Resp {
     fn assert_error(&self, status: u16, needles: &[&str]) {
         assert_eq!(self.status, status, "{self:?}");
         assert!(
-            self.header("content-type").unwrap_or("").starts_with("application/json"),
+            self.header("content-type")
+                .unwrap_or("")
+                .starts_with("application/json"),
             "{self:?}"
         );
-        let msg = self.json()["error"].as_str().unwrap_or_else(|| panic!("no error: {self:?}")).to_string();
+        let msg = self.json()["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no error: {self:?}"))
+            .to_string();
         for n in needles {
             assert!(msg.contains(n), "error {msg:?} lacks {n:?}");
         }
@@ -240,7 +255,10 @@ fn serve_answers_every_route() {
     let p2 = t2["p_fraud"].as_f64().unwrap();
     assert!((p - p2).abs() < 1e-4, "classify {p} vs turn 2 {p2}");
     // a custom instruction changes the classification prompt
-    let ci = s.post("/v1/classify", &json!({"dialogue": "A: x\nB: y", "instruction": "Is this a scam?\n"}));
+    let ci = s.post(
+        "/v1/classify",
+        &json!({"dialogue": "A: x\nB: y", "instruction": "Is this a scam?\n"}),
+    );
     assert_eq!(ci.status, 200, "{ci:?}");
 
     // the instruction: only on a first turn, only the server's own
@@ -283,7 +301,10 @@ fn serve_answers_every_route() {
     let finish = choice["finish_reason"].as_str().unwrap().to_string();
     assert!(finish == "stop" || finish == "length", "{r}");
     let u = &r["usage"];
-    let (pt, ct) = (u["prompt_tokens"].as_u64().unwrap(), u["completion_tokens"].as_u64().unwrap());
+    let (pt, ct) = (
+        u["prompt_tokens"].as_u64().unwrap(),
+        u["completion_tokens"].as_u64().unwrap(),
+    );
     assert!(pt > 0 && ct > 0 && ct <= 8, "{r}");
     assert_eq!(u["total_tokens"].as_u64().unwrap(), pt + ct);
     assert!(!content.is_empty() || finish == "stop", "{r}");
@@ -292,7 +313,12 @@ fn serve_answers_every_route() {
     ask["stream"] = json!(true);
     let st = s.post("/v1/chat/completions", &ask);
     assert_eq!(st.status, 200, "{st:?}");
-    assert!(st.header("content-type").unwrap().starts_with("text/event-stream"), "{st:?}");
+    assert!(
+        st.header("content-type")
+            .unwrap()
+            .starts_with("text/event-stream"),
+        "{st:?}"
+    );
     let data: Vec<&str> = st
         .body
         .lines()
@@ -312,25 +338,40 @@ fn serve_answers_every_route() {
         }
     }
     assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
-    assert_eq!(chunks.last().unwrap()["choices"][0]["finish_reason"], finish.as_str());
+    assert_eq!(
+        chunks.last().unwrap()["choices"][0]["finish_reason"],
+        finish.as_str()
+    );
     assert_eq!(streamed, content);
 
     // errors: JSON bodies that name the field and the problem
-    http(&s.addr, "POST", "/v1/classify", Some("{\"dialogue\": ")).assert_error(400, &["not valid JSON"]);
-    s.post("/v1/classify", &json!({})).assert_error(400, &["`dialogue`", "missing"]);
-    s.post("/v1/classify", &json!({"dialogue": 5})).assert_error(400, &["`dialogue`", "must be a string"]);
-    s.post("/v1/classify", &json!({"dialogue": "  "})).assert_error(400, &["`dialogue`", "empty"]);
-    s.post("/v1/conversations/c9/turns", &json!({"speaker": "A"})).assert_error(400, &["`text`", "missing"]);
-    s.post("/v1/conversations/c9/turns", &json!({"speaker": "A", "text": ""})).assert_error(400, &["`text`", "empty"]);
-    s.post("/v1/chat/completions", &json!({"messages": "hi"})).assert_error(400, &["`messages`", "array"]);
+    http(&s.addr, "POST", "/v1/classify", Some("{\"dialogue\": "))
+        .assert_error(400, &["not valid JSON"]);
+    s.post("/v1/classify", &json!({}))
+        .assert_error(400, &["`dialogue`", "missing"]);
+    s.post("/v1/classify", &json!({"dialogue": 5}))
+        .assert_error(400, &["`dialogue`", "must be a string"]);
+    s.post("/v1/classify", &json!({"dialogue": "  "}))
+        .assert_error(400, &["`dialogue`", "empty"]);
+    s.post("/v1/conversations/c9/turns", &json!({"speaker": "A"}))
+        .assert_error(400, &["`text`", "missing"]);
+    s.post(
+        "/v1/conversations/c9/turns",
+        &json!({"speaker": "A", "text": ""}),
+    )
+    .assert_error(400, &["`text`", "empty"]);
+    s.post("/v1/chat/completions", &json!({"messages": "hi"}))
+        .assert_error(400, &["`messages`", "array"]);
     s.post(
         "/v1/chat/completions",
         &json!({"messages": [{"role": "user", "content": "x"}], "max_tokens": "many"}),
     )
     .assert_error(400, &["`max_tokens`"]);
     let big = json!({"dialogue": format!("A: {}", "x".repeat(2000))});
-    s.post("/v1/classify", &big).assert_error(413, &["--max-body"]);
-    s.get("/v1/nothing-here").assert_error(404, &["/v1/nothing-here"]);
+    s.post("/v1/classify", &big)
+        .assert_error(413, &["--max-body"]);
+    s.get("/v1/nothing-here")
+        .assert_error(404, &["/v1/nothing-here"]);
     s.get("/v1/classify").assert_error(405, &["GET"]);
     // a conversation that failed validation was never started
     http(&s.addr, "DELETE", "/v1/conversations/c9", None).assert_error(404, &["c9"]);
@@ -391,7 +432,11 @@ fn serve_limits_the_queue_cancels_and_shuts_down() {
     let mut buf = [0u8; 4096];
     while !String::from_utf8_lossy(&got).contains("data: ") {
         let k = c.read(&mut buf).expect("read stream");
-        assert!(k > 0, "stream ended early: {}", String::from_utf8_lossy(&got));
+        assert!(
+            k > 0,
+            "stream ended early: {}",
+            String::from_utf8_lossy(&got)
+        );
         got.extend_from_slice(&buf[..k]);
     }
     assert_eq!(s.get("/healthz").json()["pending"], 1);
@@ -411,11 +456,19 @@ fn serve_limits_the_queue_cancels_and_shuts_down() {
     // SIGTERM: the request in flight finishes, then the server exits cleanly
     let addr = s.addr.clone();
     let inflight = std::thread::spawn(move || {
-        http(&addr, "POST", "/v1/chat/completions", Some(&chat("hello", 1000, false).to_string()))
+        http(
+            &addr,
+            "POST",
+            "/v1/chat/completions",
+            Some(&chat("hello", 1000, false).to_string()),
+        )
     });
     let t0 = Instant::now();
     while s.get("/healthz").json()["pending"] != 1 {
-        assert!(t0.elapsed() < Duration::from_secs(10), "the request never started");
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the request never started"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     let pid = s.child.id() as i32;
@@ -428,7 +481,10 @@ fn serve_limits_the_queue_cancels_and_shuts_down() {
         if let Some(st) = s.child.try_wait().unwrap() {
             break st;
         }
-        assert!(t0.elapsed() < Duration::from_secs(10), "still running after SIGTERM");
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "still running after SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(status.success(), "{status:?}: {}", s.stderr());
@@ -438,7 +494,10 @@ fn serve_limits_the_queue_cancels_and_shuts_down() {
         std::thread::sleep(Duration::from_millis(10));
     }
     let err = s.stderr();
-    assert!(err.contains("shutting down") && err.contains("serve: stopped"), "{err}");
+    assert!(
+        err.contains("shutting down") && err.contains("serve: stopped"),
+        "{err}"
+    );
     assert!(!err.contains("panicked"), "{err}");
 }
 
@@ -451,13 +510,22 @@ fn serve_stops_at_a_second_signal() {
     let addr = s.addr.clone();
     let _client = std::thread::spawn(move || {
         let mut c = connect(&addr);
-        write_request(&mut c, &addr, "POST", "/v1/chat/completions", Some(&chat("hello", 4000, false).to_string()));
+        write_request(
+            &mut c,
+            &addr,
+            "POST",
+            "/v1/chat/completions",
+            Some(&chat("hello", 4000, false).to_string()),
+        );
         let mut raw = Vec::new();
         let _ = c.read_to_end(&mut raw);
     });
     let t0 = Instant::now();
     while s.get("/healthz").json()["pending"] != 1 {
-        assert!(t0.elapsed() < Duration::from_secs(10), "the request never started");
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the request never started"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     let pid = s.child.id() as i32;
@@ -474,7 +542,10 @@ fn serve_stops_at_a_second_signal() {
         if let Some(st) = s.child.try_wait().unwrap() {
             break st;
         }
-        assert!(t0.elapsed() < Duration::from_secs(2), "still running after a second SIGINT");
+        assert!(
+            t0.elapsed() < Duration::from_secs(2),
+            "still running after a second SIGINT"
+        );
         std::thread::sleep(Duration::from_millis(10));
     };
     assert!(status.success(), "{status:?}: {}", s.stderr());
@@ -484,6 +555,12 @@ fn serve_stops_at_a_second_signal() {
 fn serve_names_a_model_it_cannot_load() {
     let d = tmp();
     let missing = d.path().join("no-such-model");
-    let out = run(&["serve", "--model", missing.to_str().unwrap(), "--addr", "127.0.0.1:0"]);
+    let out = run(&[
+        "serve",
+        "--model",
+        missing.to_str().unwrap(),
+        "--addr",
+        "127.0.0.1:0",
+    ]);
     assert_clean_error(&out, &["cannot load the model", "no-such-model"]);
 }

@@ -553,7 +553,8 @@ mod tests {
                 }
             }
             for s in c.get_subcommands() {
-                if s.get_about().is_none() && s.get_long_about().is_none() && s.get_name() != "help" {
+                if s.get_about().is_none() && s.get_long_about().is_none() && s.get_name() != "help"
+                {
                     missing.push(format!("{path} {} (no about)", s.get_name()));
                 }
                 walk(s, &format!("{path} {}", s.get_name()), missing);
@@ -564,4 +565,3 @@ mod tests {
         assert!(missing.is_empty(), "flags without help: {missing:#?}");
     }
 }
-

@@ -62,7 +62,12 @@ pub(super) fn cmd_eval(a: EvalArgs, session: &str) -> Result<()> {
                     .with_context(|| format!("{}: cannot read the recipe", p.display()))?;
                 Some(
                     serde_json::from_str::<crate::engine::train::TrainConfig>(&text).with_context(
-                        || format!("{}: not a training config (a run's config.json)", p.display()),
+                        || {
+                            format!(
+                                "{}: not a training config (a run's config.json)",
+                                p.display()
+                            )
+                        },
                     )?,
                 )
             }
@@ -119,7 +124,10 @@ pub(super) fn cmd_eval(a: EvalArgs, session: &str) -> Result<()> {
                 if r.stream.is_none() {
                     println!(
                         "{}: threshold {:.4} ({})",
-                        r.adapter.as_ref().map(|a| a.display().to_string()).unwrap_or_else(|| r.model.clone()),
+                        r.adapter
+                            .as_ref()
+                            .map(|a| a.display().to_string())
+                            .unwrap_or_else(|| r.model.clone()),
                         rule.threshold,
                         rule.source
                     );
@@ -161,13 +169,20 @@ fn print_stream(r: &crate::engine::eval::EvalResult, st: &crate::engine::eval::S
         opt(s.mean_share_to_alert),
         opt(s.mean_turns_from_fraudster)
     );
-    println!("  {} turns scored, {:.1} turns/s; detection rate by turn:", st.turns_scored, st.turns_per_s);
+    println!(
+        "  {} turns scored, {:.1} turns/s; detection rate by turn:",
+        st.turns_scored, st.turns_per_s
+    );
     print!("{}", crate::engine::stream_eval::detection_chart(s, 40));
 }
 
 /// `eval --mode stream --calibrate T`: the rule that keeps false alarms under T, saved in
 /// each evaluated adapter's fraudlab.json.
-fn calibrate_stream(results: &[crate::engine::eval::EvalResult], target: f64, json: bool) -> Result<()> {
+fn calibrate_stream(
+    results: &[crate::engine::eval::EvalResult],
+    target: f64,
+    json: bool,
+) -> Result<()> {
     use crate::model::adapter::{AdapterMeta, StreamRule};
     if !(0.0..=1.0).contains(&target) {
         bail!("--calibrate {target}: the false-alarm target is a share between 0 and 1");
@@ -208,7 +223,9 @@ fn calibrate_stream(results: &[crate::engine::eval::EvalResult], target: f64, js
             );
             match saved {
                 Some(p) => println!("saved in {}", p.display()),
-                None => println!("no adapter: nothing saved (pass --adapter to store the rule with it)"),
+                None => {
+                    println!("no adapter: nothing saved (pass --adapter to store the rule with it)")
+                }
             }
         }
     }
@@ -277,4 +294,3 @@ pub(super) fn kfold_eval(
     println!("{summary}");
     Ok(())
 }
-

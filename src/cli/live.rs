@@ -12,8 +12,11 @@ use crate::engine::monitor::{Monitor, TurnResult};
 pub fn parse_turn_line(line: &str) -> Result<(String, String, String)> {
     let t = line.trim();
     if t.starts_with('{') {
-        let v: Value = serde_json::from_str(t).map_err(|e| anyhow::anyhow!("not valid JSON: {e}"))?;
-        let o = v.as_object().ok_or_else(|| anyhow::anyhow!("not a JSON object"))?;
+        let v: Value =
+            serde_json::from_str(t).map_err(|e| anyhow::anyhow!("not valid JSON: {e}"))?;
+        let o = v
+            .as_object()
+            .ok_or_else(|| anyhow::anyhow!("not a JSON object"))?;
         let field = |k: &str, required: bool| -> Result<Option<String>> {
             match o.get(k) {
                 None | Some(Value::Null) if !required => Ok(None),
@@ -180,7 +183,10 @@ mod tests {
         let (c, s, t) =
             parse_turn_line(r#"{"conversation": "c1", "speaker": "A", "text": "hi"}"#).unwrap();
         assert_eq!((c.as_str(), s.as_str(), t.as_str()), ("c1", "A", "hi"));
-        assert!(parse_turn_line(r#"{"conversation": "c1"}"#).unwrap_err().to_string().contains("text"));
+        assert!(parse_turn_line(r#"{"conversation": "c1"}"#)
+            .unwrap_err()
+            .to_string()
+            .contains("text"));
         assert!(parse_turn_line(r#"{"text": 3}"#).is_err());
         assert!(parse_turn_line("{not json").is_err());
         assert!(parse_turn_line("no speaker here").is_err());

@@ -35,9 +35,7 @@ pub fn run(cli: Cli) -> Result<()> {
             out,
         }) => models::cmd_merge(&model, &adapter, &out),
         Some(Command::Data { cmd }) => data::run(cmd, &cli.session),
-        Some(Command::Label { dataset, list }) => {
-            data::label(&dataset, list, &cli.session)
-        }
+        Some(Command::Label { dataset, list }) => data::label(&dataset, list, &cli.session),
         Some(Command::Sessions { json }) => data::sessions(json),
         Some(Command::Convert { gguf, out }) => models::cmd_convert(&gguf, &out),
         Some(Command::DemoModel { out, gguf }) => models::cmd_demo(&out, gguf),

@@ -211,7 +211,11 @@ pub(super) fn cmd_demo(out: &std::path::Path, gguf: bool) -> Result<()> {
     Ok(())
 }
 
-pub(super) fn cmd_merge(m: &ModelArgs, adapter: &std::path::Path, out: &std::path::Path) -> Result<()> {
+pub(super) fn cmd_merge(
+    m: &ModelArgs,
+    adapter: &std::path::Path,
+    out: &std::path::Path,
+) -> Result<()> {
     if m.quantized {
         bail!("merge writes dense weights; load the model without --quantized");
     }

@@ -21,9 +21,9 @@ pub mod session;
 pub mod tools;
 
 pub use dataset::{
-    answer_json, dataset_id, load, load_as, load_with, parse_answer, parse_turns, Answer, BadLine,
-    anonymize_turns, is_label_leak, Dialogue, Format, LoadOptions, LoadResult, Message, Sample,
-    SampleBody, Turn, DEFAULT_INSTRUCTION, DEFAULT_SYSTEM,
+    anonymize_turns, answer_json, dataset_id, is_label_leak, load, load_as, load_with,
+    parse_answer, parse_turns, Answer, BadLine, Dialogue, Format, LoadOptions, LoadResult, Message,
+    Sample, SampleBody, Turn, DEFAULT_INSTRUCTION, DEFAULT_SYSTEM,
 };
 pub use fsutil::{append_line_durable, write_atomic};
 pub use journal::{Journal, JournalEntry, JournalLocked, JournalReport, LabelState};

@@ -196,7 +196,10 @@ fn fraud_speaker_names(s: &str) -> Vec<&str> {
 pub fn stats(samples: &[Sample], top_n: usize, token_len: Option<&dyn Fn(&str) -> usize>) -> Stats {
     let mut st = Stats {
         n: samples.len(),
-        label_leaks: samples.iter().filter(|s| !s.label_leaks().is_empty()).count(),
+        label_leaks: samples
+            .iter()
+            .filter(|s| !s.label_leaks().is_empty())
+            .count(),
         label_leak_names: {
             let mut v: Vec<String> = Vec::new();
             for s in samples {

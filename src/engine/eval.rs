@@ -526,7 +526,10 @@ fn stream_predictions(
 }
 
 /// The threshold (and K) a target is evaluated at, and where it came from.
-fn target_rule(cfg: &EvalConfig, adapter: Option<&std::path::Path>) -> Result<(f64, usize, String)> {
+fn target_rule(
+    cfg: &EvalConfig,
+    adapter: Option<&std::path::Path>,
+) -> Result<(f64, usize, String)> {
     if cfg.adapter_thresholds {
         if let Some(m) = crate::model::adapter::AdapterMeta::for_adapter(adapter)
             .ok()
@@ -535,15 +538,27 @@ fn target_rule(cfg: &EvalConfig, adapter: Option<&std::path::Path>) -> Result<(f
             match cfg.mode {
                 EvalMode::Stream => {
                     if let Some(r) = m.stream {
-                        return Ok((r.threshold, r.consecutive, "the adapter's streaming rule".into()));
+                        return Ok((
+                            r.threshold,
+                            r.consecutive,
+                            "the adapter's streaming rule".into(),
+                        ));
                     }
                     if let Some(t) = m.threshold {
-                        return Ok((t, cfg.consecutive, "the adapter's whole-dialogue threshold".into()));
+                        return Ok((
+                            t,
+                            cfg.consecutive,
+                            "the adapter's whole-dialogue threshold".into(),
+                        ));
                     }
                 }
                 _ => {
                     if let Some(t) = m.threshold {
-                        return Ok((t, cfg.consecutive, "the adapter's calibrated threshold".into()));
+                        return Ok((
+                            t,
+                            cfg.consecutive,
+                            "the adapter's calibrated threshold".into(),
+                        ));
                     }
                 }
             }
@@ -623,7 +638,9 @@ pub fn evaluate(
             }));
             (metrics::compute(&rows), preds, secs)
         } else {
-            evaluate_loaded(&lm, &samples, &tcfg, cancel, &mut |d, n| progress(&name, d, n))?
+            evaluate_loaded(&lm, &samples, &tcfg, cancel, &mut |d, n| {
+                progress(&name, d, n)
+            })?
         };
         results.push(EvalResult {
             model: t.model.clone(),

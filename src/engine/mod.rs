@@ -9,4 +9,6 @@ pub mod stream_eval;
 pub mod train;
 pub mod worker;
 
-pub use worker::{Command, Engine, EngineHandle, EngineState, Event, LoadedInfo, RequestId, Subject};
+pub use worker::{
+    Command, Engine, EngineHandle, EngineState, Event, LoadedInfo, RequestId, Subject,
+};

@@ -196,7 +196,11 @@ fn encode_incremental(tok: &TextTokenizer, prev: Option<&Tokens>, text: &str) ->
             if ls < l && next_ok {
                 if let Ok(k) = p.offsets.binary_search_by_key(&ls, |o| o.0) {
                     // the first token starting there, and nothing before it reaching past
-                    let k = (0..=k).rev().take_while(|&i| p.offsets[i].0 == ls).last().unwrap_or(k);
+                    let k = (0..=k)
+                        .rev()
+                        .take_while(|&i| p.offsets[i].0 == ls)
+                        .last()
+                        .unwrap_or(k);
                     if k == 0 || p.offsets[k - 1].1 <= ls {
                         let (ids, offs) = tok.encode_with_offsets(&text[ls..])?;
                         let mut out = Tokens {
@@ -205,7 +209,8 @@ fn encode_incremental(tok: &TextTokenizer, prev: Option<&Tokens>, text: &str) ->
                             offsets: p.offsets[..k].to_vec(),
                         };
                         out.ids.extend(ids);
-                        out.offsets.extend(offs.into_iter().map(|(a, b)| (a + ls, b + ls)));
+                        out.offsets
+                            .extend(offs.into_iter().map(|(a, b)| (a + ls, b + ls)));
                         return Ok(out);
                     }
                 }
@@ -244,7 +249,13 @@ pub fn dialogue_text(turns: &[(String, String)]) -> String {
 
 /// The fraud sample score mode scores for these turns under `cfg`'s instruction.
 pub fn turns_sample(cfg: &MonitorConfig, turns: &[(String, String)]) -> Sample {
-    let s = Sample::fraud(cfg.instruction.clone(), dialogue_text(turns), None, None, None);
+    let s = Sample::fraud(
+        cfg.instruction.clone(),
+        dialogue_text(turns),
+        None,
+        None,
+        None,
+    );
     if cfg.anonymize_speakers {
         s.anonymized()
     } else {
@@ -253,7 +264,11 @@ pub fn turns_sample(cfg: &MonitorConfig, turns: &[(String, String)]) -> Sample {
 }
 
 /// The chat prompt (assistant turn opened) for these turns.
-fn chat_prompt(tok: &TextTokenizer, cfg: &MonitorConfig, turns: &[(String, String)]) -> Result<String> {
+fn chat_prompt(
+    tok: &TextTokenizer,
+    cfg: &MonitorConfig,
+    turns: &[(String, String)],
+) -> Result<String> {
     let mut msgs = Vec::with_capacity(2);
     if !cfg.system.is_empty() {
         msgs.push(ChatMessage::new("system", cfg.system.as_str()));
@@ -281,8 +296,16 @@ struct Scoring {
 }
 
 fn scoring_ids(tok: &TextTokenizer, prev: Option<&Tokens>, prompt: &str) -> Result<Scoring> {
-    let t = encode_incremental(tok, prev, &format!("{prompt}{}", answer_json(true, None, None, false)))?;
-    let f = encode_incremental(tok, Some(&t), &format!("{prompt}{}", answer_json(false, None, None, false)))?;
+    let t = encode_incremental(
+        tok,
+        prev,
+        &format!("{prompt}{}", answer_json(true, None, None, false)),
+    )?;
+    let f = encode_incremental(
+        tok,
+        Some(&t),
+        &format!("{prompt}{}", answer_json(false, None, None, false)),
+    )?;
     let p = t.ids.iter().zip(&f.ids).take_while(|(a, b)| a == b).count();
     if p >= t.ids.len() || p >= f.ids.len() {
         bail!("the true and false answers tokenize alike");
@@ -386,7 +409,13 @@ impl Monitor {
     }
 
     /// Adds a turn to conversation `id` (started on its first turn) and scores it.
-    pub fn turn(&mut self, lm: &LoadedModel, id: &str, speaker: &str, text: &str) -> Result<TurnResult> {
+    pub fn turn(
+        &mut self,
+        lm: &LoadedModel,
+        id: &str,
+        speaker: &str,
+        text: &str,
+    ) -> Result<TurnResult> {
         let t0 = Instant::now();
         if text.trim().is_empty() && speaker.trim().is_empty() {
             bail!("an empty turn");
@@ -413,19 +442,23 @@ impl Monitor {
         }
         let window = self.window(lm);
         let cfg = self.cfg.clone();
-        let conv = self.convs.entry(id.to_string()).or_insert_with(|| Conversation {
-            turns: Vec::new(),
-            start: 0,
-            cache: None,
-            cached: Vec::new(),
-            base: None,
-            above: 0,
-            alert_turn: None,
-            risks: Vec::new(),
-            last_used: clock,
-        });
+        let conv = self
+            .convs
+            .entry(id.to_string())
+            .or_insert_with(|| Conversation {
+                turns: Vec::new(),
+                start: 0,
+                cache: None,
+                cached: Vec::new(),
+                base: None,
+                above: 0,
+                alert_turn: None,
+                risks: Vec::new(),
+                last_used: clock,
+            });
         conv.last_used = clock;
-        conv.turns.push((speaker.trim().to_string(), text.trim().to_string()));
+        conv.turns
+            .push((speaker.trim().to_string(), text.trim().to_string()));
         let r = score_turn(lm, &cfg, window, conv);
         let (sc, slid) = match r {
             Ok(x) => x,
@@ -469,7 +502,13 @@ impl Monitor {
     /// `"fraud_speaker": "` (and then up to `"reason": "`), since adapters trained on
     /// `is_fraud` alone do not write those fields unprompted; greedy, at most `max_tokens`
     /// tokens for each field.
-    pub fn explain(&mut self, lm: &LoadedModel, id: &str, max_tokens: usize, cancel: &AtomicBool) -> Result<Explanation> {
+    pub fn explain(
+        &mut self,
+        lm: &LoadedModel,
+        id: &str,
+        max_tokens: usize,
+        cancel: &AtomicBool,
+    ) -> Result<Explanation> {
         let cfg = self.cfg.clone();
         let window = self.window(lm);
         let Some(conv) = self.convs.get_mut(id) else {
@@ -531,7 +570,12 @@ impl Monitor {
 
 /// Scores the conversation's turns in its window: (P(fraud), tokens computed), and whether
 /// the window slid.
-fn score_turn(lm: &LoadedModel, cfg: &MonitorConfig, window: usize, conv: &mut Conversation) -> Result<((f64, usize), bool)> {
+fn score_turn(
+    lm: &LoadedModel,
+    cfg: &MonitorConfig,
+    window: usize,
+    conv: &mut Conversation,
+) -> Result<((f64, usize), bool)> {
     let tok = &lm.tokenizer;
     let prompt = chat_prompt(tok, cfg, &conv.turns[conv.start..])?;
     let mut sc = scoring_ids(tok, conv.base.as_ref(), &prompt)?;
@@ -572,7 +616,9 @@ fn score_turn(lm: &LoadedModel, cfg: &MonitorConfig, window: usize, conv: &mut C
             }
         }
     }
-    let cache = conv.cache.get_or_insert_with(|| lm.model.new_reserved_cache());
+    let cache = conv
+        .cache
+        .get_or_insert_with(|| lm.model.new_reserved_cache());
     let lcp = conv
         .cached
         .iter()

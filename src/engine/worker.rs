@@ -22,12 +22,23 @@ pub type RequestId = u64;
 pub enum Subject {
     /// The engine itself (an internal error while running some command).
     Engine,
-    Load { key: String, spec: String },
-    Generate { request: RequestId, key: String },
-    Score { request: RequestId, key: String },
+    Load {
+        key: String,
+        spec: String,
+    },
+    Generate {
+        request: RequestId,
+        key: String,
+    },
+    Score {
+        request: RequestId,
+        key: String,
+    },
     Train,
     Eval,
-    Download { id: String },
+    Download {
+        id: String,
+    },
     Monitor {
         request: RequestId,
         key: String,
@@ -53,8 +64,8 @@ impl std::fmt::Display for Subject {
 }
 
 use super::eval::{evaluate, EvalConfig, EvalResult};
-use super::monitor::{Explanation, Monitor, MonitorConfig, TurnResult};
 use super::generate::{build_prompt, generate, Generation, SamplingParams};
+use super::monitor::{Explanation, Monitor, MonitorConfig, TurnResult};
 use super::train::{train, TrainConfig, TrainControl, TrainEvent};
 use crate::model::{self, LoadOptions, LoadedModel};
 
@@ -395,7 +406,6 @@ impl Worker {
         let _ = self.events.send(e);
     }
 
-
     /// Streamed text: pieces the full queue cannot take now are coalesced into the next
     /// `Token` event (and the final `Generated` event carries the whole text anyway).
     fn emit_text(&self, pending: &mut String, request: RequestId, key: &str, piece: &str) {
@@ -433,7 +443,8 @@ impl Worker {
     fn monitor(&mut self, key: &str) -> anyhow::Result<&mut Monitor> {
         if !self.monitors.contains_key(key) {
             let adapter = self.adapters.get(key);
-            let meta = crate::model::adapter::AdapterMeta::for_adapter(adapter.map(|p| p.as_path()))?;
+            let meta =
+                crate::model::adapter::AdapterMeta::for_adapter(adapter.map(|p| p.as_path()))?;
             let m = Monitor::new(MonitorConfig::from_meta(&meta))?;
             self.monitors.insert(key.to_string(), m);
         }

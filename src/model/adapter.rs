@@ -373,7 +373,10 @@ impl AdapterMeta {
         };
         let m: Self = serde_json::from_str(&text)
             .with_context(|| format!("{}: not a valid {META_FILE}", p.display()))?;
-        for (what, t) in [("threshold", m.threshold), ("stream.threshold", m.stream.map(|s| s.threshold))] {
+        for (what, t) in [
+            ("threshold", m.threshold),
+            ("stream.threshold", m.stream.map(|s| s.threshold)),
+        ] {
             if let Some(t) = t {
                 if !(0.0..=1.0).contains(&t) {
                     bail!("{}: {what} {t} is not a probability", p.display());

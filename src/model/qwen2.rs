@@ -529,7 +529,12 @@ impl KvSlot<'_> {
         }
         let (b, nkv, s, d) = k.dims4()?;
         let need = self.len + s;
-        let cap = self.kv.as_ref().map(|(pk, _)| pk.dim(2)).transpose()?.unwrap_or(0);
+        let cap = self
+            .kv
+            .as_ref()
+            .map(|(pk, _)| pk.dim(2))
+            .transpose()?
+            .unwrap_or(0);
         if cap < need {
             let new_cap = need.max(cap * 2).max(64);
             let nk = Tensor::zeros((b, nkv, new_cap, d), k.dtype(), k.device())?;

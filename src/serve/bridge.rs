@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
-use crate::engine::worker::{Command, Engine, EngineHandle, EngineState, Event, RequestId, Subject};
+use crate::engine::worker::{
+    Command, Engine, EngineHandle, EngineState, Event, RequestId, Subject,
+};
 
 /// The request an event belongs to, if any.
 fn event_request(e: &Event) -> Option<RequestId> {
@@ -291,7 +293,9 @@ mod tests {
                 samples: Vec::new(),
             })
             .unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
         let r = rt.block_on(t.result());
         assert!(r.unwrap_err().contains("not loaded"));
         // the place was freed before the error was delivered
@@ -313,7 +317,13 @@ mod tests {
         });
         // (unless the engine already answered the first)
         if let Err(b) = second {
-            assert_eq!(b, Busy { pending: 1, capacity: 1 });
+            assert_eq!(
+                b,
+                Busy {
+                    pending: 1,
+                    capacity: 1
+                }
+            );
         }
         pump.stop();
     }

@@ -53,7 +53,10 @@ impl Meta {
     }
 }
 
-pub async fn completions(State(s): State<Shared>, b: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+pub async fn completions(
+    State(s): State<Shared>,
+    b: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
     let mut r = request::chat_request(&body(&s, b)?)?;
     let mut t = s.submit(|request| {
         if !r.seeded {
@@ -102,7 +105,9 @@ pub async fn completions(State(s): State<Shared>, b: Result<Bytes, BytesRejectio
             }
             None => {
                 t.finish();
-                return Err(ApiError::internal("the engine ended the request without a result"));
+                return Err(ApiError::internal(
+                    "the engine ended the request without a result",
+                ));
             }
             Some(e @ (Event::Token { .. } | Event::Generated { .. })) => break e,
             Some(_) => continue,
@@ -117,8 +122,11 @@ pub async fn completions(State(s): State<Shared>, b: Result<Bytes, BytesRejectio
         include_usage: r.include_usage,
         meta,
     };
-    st.out
-        .push_back(st.meta.chunk(json!({"role": "assistant", "content": ""}), None).to_string());
+    st.out.push_back(
+        st.meta
+            .chunk(json!({"role": "assistant", "content": ""}), None)
+            .to_string(),
+    );
     let stream = futures_util::stream::unfold(st, |mut st| async move {
         let data = st.next_data().await?;
         Some((Ok::<_, Infallible>(SseEvent::default().data(data)), st))
@@ -167,12 +175,16 @@ impl ChatStream {
                     // pieces the engine coalesced and never sent as tokens
                     if let Some(rest) = g.text.strip_prefix(self.streamed.as_str()) {
                         if !rest.is_empty() {
-                            self.out
-                                .push_back(self.meta.chunk(json!({"content": rest}), None).to_string());
+                            self.out.push_back(
+                                self.meta.chunk(json!({"content": rest}), None).to_string(),
+                            );
                         }
                     }
-                    self.out
-                        .push_back(self.meta.chunk(json!({}), Some(finish_reason(&g))).to_string());
+                    self.out.push_back(
+                        self.meta
+                            .chunk(json!({}), Some(finish_reason(&g)))
+                            .to_string(),
+                    );
                     if self.include_usage {
                         self.out.push_back(
                             json!({

@@ -79,7 +79,8 @@ pub fn run(a: crate::cli::ServeArgs) -> Result<()> {
         bail!("cannot load the model {spec}: the engine reported nothing");
     };
 
-    let (bridge, pump) = bridge::EventPump::start(engine, a.queue).context("serve: event thread")?;
+    let (bridge, pump) =
+        bridge::EventPump::start(engine, a.queue).context("serve: event thread")?;
     let threshold = cfg.threshold;
     let consecutive = cfg.consecutive;
     // classify decides on a whole dialogue: --threshold, else the adapter's whole-dialogue

@@ -233,7 +233,9 @@ pub fn chat_request(body: &[u8]) -> Result<ChatRequest, ApiError> {
     let o = parse_object(body)?;
     opt_string(&o, "model")?;
     let msgs = match o.get("messages") {
-        None | Some(Value::Null) => return Err(ApiError::bad_request("field `messages` is missing")),
+        None | Some(Value::Null) => {
+            return Err(ApiError::bad_request("field `messages` is missing"))
+        }
         Some(Value::Array(a)) => a,
         Some(v) => {
             return Err(ApiError::bad_request(format!(
@@ -299,12 +301,10 @@ pub fn chat_request(body: &[u8]) -> Result<ChatRequest, ApiError> {
                     "field `messages[{i}].content` is missing"
                 )))
             }
-            Some(v) => {
-                return Err(ApiError::bad_request(format!(
-                    "field `messages[{i}].content` must be a string or an array of text parts, not {}",
-                    type_name(v)
-                )))
-            }
+            Some(v) => return Err(ApiError::bad_request(format!(
+                "field `messages[{i}].content` must be a string or an array of text parts, not {}",
+                type_name(v)
+            ))),
         };
         messages.push(ChatMessage::new(role, content));
     }
@@ -313,7 +313,11 @@ pub fn chat_request(body: &[u8]) -> Result<ChatRequest, ApiError> {
         None => opt_u64(&o, "max_tokens")?,
     };
     let max_tokens = match max_tokens {
-        Some(0) => return Err(ApiError::bad_request("field `max_tokens` must be at least 1")),
+        Some(0) => {
+            return Err(ApiError::bad_request(
+                "field `max_tokens` must be at least 1",
+            ))
+        }
         Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
         None => DEFAULT_MAX_TOKENS,
     };
@@ -350,7 +354,9 @@ pub fn chat_request(body: &[u8]) -> Result<ChatRequest, ApiError> {
     let include_usage = match o.get("stream_options") {
         None | Some(Value::Null) => false,
         Some(Value::Object(so)) => opt_bool(so, "include_usage")
-            .map_err(|e| ApiError::bad_request(e.message.replace("field `", "field `stream_options.")))?
+            .map_err(|e| {
+                ApiError::bad_request(e.message.replace("field `", "field `stream_options."))
+            })?
             .unwrap_or(false),
         Some(v) => {
             return Err(ApiError::bad_request(format!(
@@ -397,9 +403,13 @@ mod tests {
         assert_eq!(r.dialogue, "A: x\nB: y");
         assert_eq!(r.instruction, None);
         assert!(err(classify_request(b"{}")).contains("field `dialogue` is missing"));
-        assert!(err(classify_request(br#"{"dialogue": 3}"#)).contains("`dialogue` must be a string, not a number"));
+        assert!(err(classify_request(br#"{"dialogue": 3}"#))
+            .contains("`dialogue` must be a string, not a number"));
         assert!(err(classify_request(br#"{"dialogue": "  "}"#)).contains("`dialogue` is empty"));
-        assert!(err(classify_request(br#"{"dialogue": "x", "instructions": "y"}"#)).contains("unknown field `instructions`"));
+        assert!(err(classify_request(
+            br#"{"dialogue": "x", "instructions": "y"}"#
+        ))
+        .contains("unknown field `instructions`"));
     }
 
     #[test]
@@ -429,15 +439,28 @@ mod tests {
         assert!(!d.seeded && !d.stream);
         assert!(err(chat_request(b"{}")).contains("field `messages` is missing"));
         assert!(err(chat_request(br#"{"messages": []}"#)).contains("`messages` is empty"));
-        assert!(err(chat_request(br#"{"messages": [{"content": "x"}]}"#)).contains("`messages[0].role` is missing"));
-        assert!(err(chat_request(br#"{"messages": [{"role": "robot", "content": "x"}]}"#)).contains("`robot`"));
-        assert!(err(chat_request(br#"{"messages": [{"role": "user", "content": "x"}], "max_tokens": -1}"#))
-            .contains("`max_tokens` must be a non-negative integer"));
-        assert!(err(chat_request(br#"{"messages": [{"role": "user", "content": "x"}], "temperature": "hot"}"#))
-            .contains("`temperature` must be a number"));
-        assert!(err(chat_request(br#"{"messages": [{"role": "user", "content": "x"}], "n": 2}"#)).contains("n = 1"));
-        assert!(err(chat_request(br#"{"messages": [{"role": "user", "content": "x"}], "stream": "yes"}"#))
-            .contains("`stream` must be a boolean"));
+        assert!(err(chat_request(br#"{"messages": [{"content": "x"}]}"#))
+            .contains("`messages[0].role` is missing"));
+        assert!(err(chat_request(
+            br#"{"messages": [{"role": "robot", "content": "x"}]}"#
+        ))
+        .contains("`robot`"));
+        assert!(err(chat_request(
+            br#"{"messages": [{"role": "user", "content": "x"}], "max_tokens": -1}"#
+        ))
+        .contains("`max_tokens` must be a non-negative integer"));
+        assert!(err(chat_request(
+            br#"{"messages": [{"role": "user", "content": "x"}], "temperature": "hot"}"#
+        ))
+        .contains("`temperature` must be a number"));
+        assert!(err(chat_request(
+            br#"{"messages": [{"role": "user", "content": "x"}], "n": 2}"#
+        ))
+        .contains("n = 1"));
+        assert!(err(chat_request(
+            br#"{"messages": [{"role": "user", "content": "x"}], "stream": "yes"}"#
+        ))
+        .contains("`stream` must be a boolean"));
         assert!(err(chat_request(br#"{"messages": [{"role": "user", "content": "x"}], "stream_options": {"include_usage": 1}}"#))
             .contains("`stream_options.include_usage`"));
     }

@@ -37,7 +37,13 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(bridge: Bridge, key: String, model: String, cfg: MonitorConfig, max_body: usize) -> Self {
+    pub fn new(
+        bridge: Bridge,
+        key: String,
+        model: String,
+        cfg: MonitorConfig,
+        max_body: usize,
+    ) -> Self {
         Self {
             bridge,
             key,
@@ -106,13 +112,17 @@ pub fn body(state: &AppState, b: Result<Bytes, BytesRejection>) -> Result<Bytes,
                 ),
             )
         } else {
-            ApiError::new(r.status(), format!("cannot read the request body: {}", r.body_text()))
+            ApiError::new(
+                r.status(),
+                format!("cannot read the request body: {}", r.body_text()),
+            )
         }
     })
 }
 
 fn path_id(p: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
-    let Path(id) = p.map_err(|r| ApiError::bad_request(format!("bad conversation id: {}", r.body_text())))?;
+    let Path(id) =
+        p.map_err(|r| ApiError::bad_request(format!("bad conversation id: {}", r.body_text())))?;
     request::conversation_id(&id)?;
     Ok(id)
 }
@@ -164,7 +174,10 @@ async fn models(State(s): State<Shared>) -> Response {
     )
 }
 
-async fn classify(State(s): State<Shared>, b: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+async fn classify(
+    State(s): State<Shared>,
+    b: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
     let r = request::classify_request(&body(&s, b)?)?;
     let instruction = r.instruction.unwrap_or_else(|| s.cfg.instruction.clone());
     let sample = Sample::fraud(instruction, r.dialogue, None, None, None);
@@ -254,7 +267,9 @@ async fn end_conversation(
     let id = path_id(p)?;
     let mut convs = s.conversations();
     if convs.remove(&id).is_none() {
-        return Err(ApiError::not_found(format!("conversation `{id}` is not followed")));
+        return Err(ApiError::not_found(format!(
+            "conversation `{id}` is not followed"
+        )));
     }
     // in the engine's order, so a later turn starts the conversation afresh
     s.bridge.send(Command::MonitorEnd {

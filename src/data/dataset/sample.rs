@@ -362,7 +362,14 @@ impl Sample {
 /// Words in a speaker's name that give the label away (`诈骗者`, `骗子`, "fraudster"…): a
 /// shortcut a live meeting transcript never offers.
 pub const LABEL_WORDS: &[&str] = &[
-    "诈骗", "骗子", "骗局", "嫌疑人", "犯罪", "fraud", "scam", "suspect",
+    "诈骗",
+    "骗子",
+    "骗局",
+    "嫌疑人",
+    "犯罪",
+    "fraud",
+    "scam",
+    "suspect",
 ];
 
 /// Whether a speaker name gives the label away (see [`LABEL_WORDS`]).
@@ -446,7 +453,13 @@ impl Sample {
         };
         let input = anon
             .iter()
-            .map(|(s, u)| if s.is_empty() { u.clone() } else { format!("{s}: {u}") })
+            .map(|(s, u)| {
+                if s.is_empty() {
+                    u.clone()
+                } else {
+                    format!("{s}: {u}")
+                }
+            })
             .collect::<Vec<_>>()
             .join("\n");
         let fraud_speaker = self.fraud_speaker.as_ref().map(|f| {

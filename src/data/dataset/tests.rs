@@ -375,6 +375,13 @@ fn anonymised_speakers_and_label_leaks() {
     // not a leak: ordinary names
     assert!(!is_label_leak("张建辉") && is_label_leak("Fraudster") && is_label_leak("骗子小王"));
     // consistent per dialogue, first appearance order
-    let t = anonymize_turns(&[("乙".into(), "x".into()), ("甲".into(), "y".into()), ("乙".into(), "z".into())]);
-    assert_eq!(t.iter().map(|x| x.0.as_str()).collect::<Vec<_>>(), ["A", "B", "A"]);
+    let t = anonymize_turns(&[
+        ("乙".into(), "x".into()),
+        ("甲".into(), "y".into()),
+        ("乙".into(), "z".into()),
+    ]);
+    assert_eq!(
+        t.iter().map(|x| x.0.as_str()).collect::<Vec<_>>(),
+        ["A", "B", "A"]
+    );
 }

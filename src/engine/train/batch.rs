@@ -97,7 +97,6 @@ pub fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
     v
 }
 
-
 /// A batch packed into one row: the prompt prefix all its examples share (once), then the
 /// rest of each example back to back (no padding; each sees the prefix and itself), the
 /// lengths of those rests, and the flat positions whose next token is a target, with those

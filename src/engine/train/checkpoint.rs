@@ -166,7 +166,6 @@ pub(super) fn adapter_meta(tc: &TrainConfig) -> crate::model::adapter::AdapterMe
     }
 }
 
-
 pub(super) fn prune_checkpoints(run_dir: &Path, keep: usize) {
     let Ok(rd) = std::fs::read_dir(run_dir.join("checkpoints")) else {
         return;

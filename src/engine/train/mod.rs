@@ -132,7 +132,13 @@ impl<'a> Trainer<'a> {
         let val_samples: Vec<Sample> = val_s
             .into_iter()
             .filter(|s| s.label.is_some() && matches!(s.body, SampleBody::Fraud { .. }))
-            .map(|s| if tc.anonymize_speakers { s.anonymized() } else { s })
+            .map(|s| {
+                if tc.anonymize_speakers {
+                    s.anonymized()
+                } else {
+                    s
+                }
+            })
             .collect();
         on_event(TrainEvent::Log(summary));
         let tr = if tc.full {
@@ -636,14 +642,20 @@ mod tests {
 
     #[test]
     fn threshold_for_a_recall_on_known_scores() {
-        let rows: Vec<data::EvalRow> = [(true, 0.9), (true, 0.8), (true, 0.3), (true, 0.6), (false, 0.7)]
-            .iter()
-            .map(|&(label, p)| data::EvalRow {
-                label,
-                predicted: Some(p >= 0.5),
-                probability: Some(p),
-            })
-            .collect();
+        let rows: Vec<data::EvalRow> = [
+            (true, 0.9),
+            (true, 0.8),
+            (true, 0.3),
+            (true, 0.6),
+            (false, 0.7),
+        ]
+        .iter()
+        .map(|&(label, p)| data::EvalRow {
+            label,
+            predicted: Some(p >= 0.5),
+            probability: Some(p),
+        })
+        .collect();
         // 4 fraud scores 0.9 0.8 0.6 0.3: recall 0.95 needs all four, 0.75 three, 0.5 two
         assert_eq!(threshold_for_recall(&rows, 0.95), Some(0.3));
         assert_eq!(threshold_for_recall(&rows, 0.75), Some(0.6));

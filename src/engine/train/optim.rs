@@ -16,7 +16,6 @@ pub fn lr_at(cfg: &TrainConfig, step: usize, total: usize, warmup: usize) -> f64
     }
 }
 
-
 /// The trainable tensors of a run under stable names.
 pub(super) struct Trainable {
     pub(super) names: Vec<String>,
@@ -110,7 +109,13 @@ impl AdamW {
             t: 0,
         })
     }
-    pub(super) fn step(&mut self, vars: &[Var], grads: &[Tensor], lr: f64, cfg: &TrainConfig) -> Result<()> {
+    pub(super) fn step(
+        &mut self,
+        vars: &[Var],
+        grads: &[Tensor],
+        lr: f64,
+        cfg: &TrainConfig,
+    ) -> Result<()> {
         self.t += 1;
         let (b1, b2) = (cfg.beta1, cfg.beta2);
         let c1 = 1.0 - b1.powi(self.t as i32);
