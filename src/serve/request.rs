@@ -301,10 +301,12 @@ pub fn chat_request(body: &[u8]) -> Result<ChatRequest, ApiError> {
                     "field `messages[{i}].content` is missing"
                 )))
             }
-            Some(v) => return Err(ApiError::bad_request(format!(
+            Some(v) => {
+                return Err(ApiError::bad_request(format!(
                 "field `messages[{i}].content` must be a string or an array of text parts, not {}",
                 type_name(v)
-            ))),
+            )))
+            }
         };
         messages.push(ChatMessage::new(role, content));
     }
