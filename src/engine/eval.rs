@@ -480,10 +480,10 @@ pub fn evaluate_loaded(
             let mcfg = super::monitor::MonitorConfig {
                 threshold: cfg.threshold,
                 consecutive: cfg.consecutive,
+                anonymize_speakers: cfg.anonymize_speakers.unwrap_or(false),
                 ..Default::default()
             };
-            let risks = super::stream_eval::replay(lm, samples, None, &mcfg, cancel, progress)?;
-            stream_predictions(&risks, cfg.threshold, cfg.consecutive)
+            evaluate_stream(lm, samples, None, &mcfg, "given", cancel, progress)?.0
         }
         EvalMode::Generate => {
             let answers =
@@ -504,6 +504,33 @@ pub fn evaluate_loaded(
     let secs = t0.elapsed().as_secs_f64();
     let rows: Vec<EvalRow> = preds.iter().map(Prediction::row).collect();
     Ok((metrics::compute(&rows), preds, secs))
+}
+
+/// Stream mode on one loaded model: every dialogue replayed turn by turn under `mcfg`; the
+/// dialogue-level predictions and the early-detection figures.
+pub fn evaluate_stream(
+    lm: &LoadedModel,
+    samples: &[Sample],
+    dialogues: Option<&[data::Dialogue]>,
+    mcfg: &super::monitor::MonitorConfig,
+    source: &str,
+    cancel: &AtomicBool,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<(Vec<Prediction>, StreamOutcome)> {
+    let t0 = Instant::now();
+    let risks = super::stream_eval::replay(lm, samples, dialogues, mcfg, cancel, progress)?;
+    let secs = t0.elapsed().as_secs_f64();
+    let (threshold, k) = (mcfg.threshold, mcfg.consecutive);
+    let preds = stream_predictions(&risks, threshold, k);
+    let turns: usize = risks.iter().map(|d| d.risks.len()).sum();
+    let outcome = StreamOutcome {
+        report: super::stream_eval::report(&risks, threshold, k),
+        threshold_source: source.to_string(),
+        turns_scored: turns,
+        turns_per_s: turns as f64 / secs.max(1e-9),
+        risks,
+    };
+    Ok((preds, outcome))
 }
 
 /// Dialogue-level predictions of stream mode: fraud when the alert fired at some turn, with
@@ -528,44 +555,24 @@ fn stream_predictions(
 /// The threshold (and K) a target is evaluated at, and where it came from.
 fn target_rule(
     cfg: &EvalConfig,
-    adapter: Option<&std::path::Path>,
-) -> Result<(f64, usize, String)> {
-    if cfg.adapter_thresholds {
-        if let Some(m) = crate::model::adapter::AdapterMeta::for_adapter(adapter)
-            .ok()
-            .filter(|_| adapter.is_some())
-        {
-            match cfg.mode {
-                EvalMode::Stream => {
-                    if let Some(r) = m.stream {
-                        return Ok((
-                            r.threshold,
-                            r.consecutive,
-                            "the adapter's streaming rule".into(),
-                        ));
-                    }
-                    if let Some(t) = m.threshold {
-                        return Ok((
-                            t,
-                            cfg.consecutive,
-                            "the adapter's whole-dialogue threshold".into(),
-                        ));
-                    }
-                }
-                _ => {
-                    if let Some(t) = m.threshold {
-                        return Ok((
-                            t,
-                            cfg.consecutive,
-                            "the adapter's calibrated threshold".into(),
-                        ));
-                    }
-                }
-            }
-        }
-        return Ok((cfg.threshold, cfg.consecutive, "the default".into()));
+    meta: Option<&crate::model::adapter::AdapterMeta>,
+) -> (f64, usize, String) {
+    if !cfg.adapter_thresholds {
+        return (cfg.threshold, cfg.consecutive, "given".into());
     }
-    Ok((cfg.threshold, cfg.consecutive, "given".into()))
+    let saved = meta.and_then(|m| match cfg.mode {
+        EvalMode::Stream => m
+            .stream
+            .map(|r| (r.threshold, r.consecutive, "the adapter's streaming rule"))
+            .or(m
+                .threshold
+                .map(|t| (t, cfg.consecutive, "the adapter's whole-dialogue threshold"))),
+        _ => m
+            .threshold
+            .map(|t| (t, cfg.consecutive, "the adapter's calibrated threshold")),
+    });
+    let (t, k, source) = saved.unwrap_or((cfg.threshold, cfg.consecutive, "the default"));
+    (t, k, source.to_string())
 }
 
 /// Evaluates every target on the same samples; writes config.json, metrics.json and
@@ -592,7 +599,12 @@ pub fn evaluate(
             crate::model::adapter::load_adapter(&mut lm.model, a)?;
         }
         let name = lm.name.clone();
-        let (threshold, k, source) = target_rule(cfg, t.adapter.as_deref())?;
+        let saved = match &t.adapter {
+            Some(a) => crate::model::adapter::AdapterMeta::read(a)?,
+            None => None,
+        };
+        let meta = saved.clone().unwrap_or_default();
+        let (threshold, k, source) = target_rule(cfg, saved.as_ref());
         let rule_source = source.clone();
         let tcfg = EvalConfig {
             threshold,
@@ -600,7 +612,6 @@ pub fn evaluate(
             ..cfg.clone()
         };
         let mut stream = None;
-        let meta = crate::model::adapter::AdapterMeta::for_adapter(t.adapter.as_deref())?;
         let anonymize = cfg.anonymize_speakers.unwrap_or(meta.anonymize_speakers);
         let anon_samples: Vec<Sample>;
         let samples: &[Sample] = if anonymize && cfg.mode != EvalMode::Stream {
@@ -617,25 +628,18 @@ pub fn evaluate(
                 ..super::monitor::MonitorConfig::from_meta(&meta)
             };
             let t0 = Instant::now();
-            let risks = super::stream_eval::replay(
+            let (preds, outcome) = evaluate_stream(
                 &lm,
                 samples,
                 dialogues.as_deref(),
                 &mcfg,
+                &source,
                 cancel,
                 &mut |d, n| progress(&name, d, n),
             )?;
             let secs = t0.elapsed().as_secs_f64();
-            let preds = stream_predictions(&risks, threshold, k);
+            stream = Some(Box::new(outcome));
             let rows: Vec<EvalRow> = preds.iter().map(Prediction::row).collect();
-            let turns: usize = risks.iter().map(|d| d.risks.len()).sum();
-            stream = Some(Box::new(StreamOutcome {
-                report: super::stream_eval::report(&risks, threshold, k),
-                threshold_source: source,
-                turns_scored: turns,
-                turns_per_s: turns as f64 / secs.max(1e-9),
-                risks,
-            }));
             (metrics::compute(&rows), preds, secs)
         } else {
             evaluate_loaded(&lm, &samples, &tcfg, cancel, &mut |d, n| {

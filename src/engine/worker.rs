@@ -439,6 +439,49 @@ impl Worker {
         }
     }
 
+    /// Emits the result of a request, or the error with its subject.
+    fn reply<T>(&self, r: anyhow::Result<T>, subject: Subject, ok: impl FnOnce(T) -> Event) {
+        match r {
+            Ok(v) => self.emit(ok(v)),
+            Err(e) => self.emit(Event::Error {
+                subject,
+                message: format!("{e:#}"),
+            }),
+        }
+    }
+
+    /// Generates from prompt ids with model `key`, streaming its text as `Token` events.
+    fn stream_generation(
+        &self,
+        request: RequestId,
+        key: &str,
+        ids: &[u32],
+        params: &SamplingParams,
+    ) -> anyhow::Result<Generation> {
+        let lm = self
+            .models
+            .get(key)
+            .ok_or_else(|| anyhow::anyhow!("model is not loaded"))?;
+        let mut pending = String::new();
+        generate(lm, ids, params, &self.cancel, &mut |piece| {
+            self.emit_text(&mut pending, request, key, piece)
+        })
+    }
+
+    /// Runs `f` on the monitor of model `key` and the model.
+    fn with_monitor<T>(
+        &mut self,
+        key: &str,
+        f: impl FnOnce(&mut Monitor, &LoadedModel) -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
+        if !self.models.contains_key(key) {
+            anyhow::bail!("model is not loaded");
+        }
+        self.monitor(key)?;
+        let m = self.monitors.get_mut(key).expect("monitor");
+        f(m, &self.models[key])
+    }
+
     /// The monitor of model `key` (made from its adapter's metadata on first use).
     fn monitor(&mut self, key: &str) -> anyhow::Result<&mut Monitor> {
         if !self.monitors.contains_key(key) {
@@ -515,38 +558,24 @@ impl Worker {
                     if self.cancel.load(Ordering::SeqCst) {
                         break;
                     }
-                    let Some(lm) = self.models.get(&key) else {
-                        self.emit(Event::Error {
-                            subject: Subject::Generate {
-                                request,
-                                key: key.clone(),
-                            },
-                            message: "model is not loaded".into(),
-                        });
-                        continue;
-                    };
                     let r = (|| -> anyhow::Result<Generation> {
+                        let lm = self
+                            .models
+                            .get(&key)
+                            .ok_or_else(|| anyhow::anyhow!("model is not loaded"))?;
                         let text = build_prompt(&lm.tokenizer, system.as_deref(), &prompt, raw)?;
                         let ids = lm.tokenizer.encode(&text)?;
-                        let mut pending = String::new();
-                        generate(lm, &ids, &params, &self.cancel, &mut |piece| {
-                            self.emit_text(&mut pending, request, &key, piece)
-                        })
+                        self.stream_generation(request, &key, &ids, &params)
                     })();
-                    match r {
-                        Ok(generation) => self.emit(Event::Generated {
-                            request,
-                            key: key.clone(),
-                            generation,
-                        }),
-                        Err(e) => self.emit(Event::Error {
-                            subject: Subject::Generate {
-                                request,
-                                key: key.clone(),
-                            },
-                            message: format!("{e:#}"),
-                        }),
-                    }
+                    let subject = Subject::Generate {
+                        request,
+                        key: key.clone(),
+                    };
+                    self.reply(r, subject, |generation| Event::Generated {
+                        request,
+                        key,
+                        generation,
+                    });
                 }
             }
             Command::Chat {
@@ -564,27 +593,19 @@ impl Worker {
                     if self.cancel.load(Ordering::SeqCst) {
                         anyhow::bail!("cancelled");
                     }
-                    let Some(lm) = self.models.get(&key) else {
-                        anyhow::bail!("model is not loaded");
-                    };
+                    let lm = self
+                        .models
+                        .get(&key)
+                        .ok_or_else(|| anyhow::anyhow!("model is not loaded"))?;
                     let text = lm.tokenizer.apply_chat_template(&messages, true)?;
                     let ids = lm.tokenizer.encode(&text)?;
-                    let mut pending = String::new();
-                    generate(lm, &ids, &params, &self.cancel, &mut |piece| {
-                        self.emit_text(&mut pending, request, &key, piece)
-                    })
+                    self.stream_generation(request, &key, &ids, &params)
                 })();
-                match r {
-                    Ok(generation) => self.emit(Event::Generated {
-                        request,
-                        key,
-                        generation,
-                    }),
-                    Err(e) => self.emit(Event::Error {
-                        subject,
-                        message: format!("{e:#}"),
-                    }),
-                }
+                self.reply(r, subject, |generation| Event::Generated {
+                    request,
+                    key,
+                    generation,
+                });
             }
             Command::Score {
                 request,
@@ -684,29 +705,16 @@ impl Worker {
                     key: key.clone(),
                     conversation: conversation.clone(),
                 };
-                let r = (|| -> anyhow::Result<TurnResult> {
-                    if self.cancel.load(Ordering::SeqCst) {
-                        anyhow::bail!("cancelled");
-                    }
-                    if !self.models.contains_key(&key) {
-                        anyhow::bail!("model is not loaded");
-                    }
-                    self.monitor(&key)?;
-                    let lm = &self.models[&key];
-                    let m = self.monitors.get_mut(&key).expect("monitor");
-                    m.turn(lm, &conversation, &speaker, &text)
-                })();
-                match r {
-                    Ok(result) => self.emit(Event::MonitorTurn {
-                        request,
-                        key,
-                        result,
-                    }),
-                    Err(e) => self.emit(Event::Error {
-                        subject,
-                        message: format!("{e:#}"),
-                    }),
-                }
+                let r = if self.cancel.load(Ordering::SeqCst) {
+                    Err(anyhow::anyhow!("cancelled"))
+                } else {
+                    self.with_monitor(&key, |m, lm| m.turn(lm, &conversation, &speaker, &text))
+                };
+                self.reply(r, subject, |result| Event::MonitorTurn {
+                    request,
+                    key,
+                    result,
+                });
             }
             Command::MonitorExplain {
                 request,
@@ -721,26 +729,14 @@ impl Worker {
                     conversation: conversation.clone(),
                 };
                 let cancel = self.cancel.clone();
-                let r = (|| -> anyhow::Result<Explanation> {
-                    if !self.models.contains_key(&key) {
-                        anyhow::bail!("model is not loaded");
-                    }
-                    self.monitor(&key)?;
-                    let lm = &self.models[&key];
-                    let m = self.monitors.get_mut(&key).expect("monitor");
+                let r = self.with_monitor(&key, |m, lm| {
                     m.explain(lm, &conversation, max_tokens, &cancel)
-                })();
-                match r {
-                    Ok(explanation) => self.emit(Event::Explained {
-                        request,
-                        key,
-                        explanation,
-                    }),
-                    Err(e) => self.emit(Event::Error {
-                        subject,
-                        message: format!("{e:#}"),
-                    }),
-                }
+                });
+                self.reply(r, subject, |explanation| Event::Explained {
+                    request,
+                    key,
+                    explanation,
+                });
             }
             Command::Evaluate(cfg) => {
                 self.emit(Event::State(EngineState::Evaluating));
