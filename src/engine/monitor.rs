@@ -441,7 +441,8 @@ impl Monitor {
             }
         }
         let window = self.window(lm);
-        let cfg = self.cfg.clone();
+        // borrow the settings and the conversations apart: no copy of the settings per turn
+        let cfg = &self.cfg;
         let conv = self
             .convs
             .entry(id.to_string())
@@ -459,7 +460,7 @@ impl Monitor {
         conv.last_used = clock;
         conv.turns
             .push((speaker.trim().to_string(), text.trim().to_string()));
-        let r = score_turn(lm, &cfg, window, conv);
+        let r = score_turn(lm, cfg, window, conv);
         let (sc, slid) = match r {
             Ok(x) => x,
             Err(e) => {
