@@ -257,6 +257,11 @@ pub struct TrainArgs {
         default_value = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
     )]
     pub target: String,
+    /// Decoder layers that get LoRA (e.g. 12-23, or 0-3,20-23; default all). Layers below
+    /// the lowest one are frozen: no backward pass there, and their output is cached after
+    /// the first pass over each sample.
+    #[arg(long, conflicts_with = "full")]
+    pub layers: Option<String>,
     /// Full fine-tuning (all weights) instead of LoRA.
     #[arg(long)]
     pub full: bool,
@@ -315,12 +320,25 @@ pub struct TrainArgs {
     /// that give the label away); recorded in the adapter's fraudlab.json.
     #[arg(long = "anonymize-speakers")]
     pub anonymize_speakers: bool,
+    /// Fit the run in this time from its first step, validation included (e.g. 15m, 1h):
+    /// the step count, warmup and decay are planned from the first step's measured cost
+    /// (--epochs is then ignored; --max-steps still caps it).
+    #[arg(long = "time-budget", value_parser = parse_budget)]
+    pub time_budget: Option<f64>,
+    /// Memory for the frozen-prefix cache in MiB (past it, a spill file in the run folder;
+    /// 0 turns it off). Default: a quarter of the available memory, at most 8 GiB.
+    #[arg(long = "frozen-cache-mib")]
+    pub frozen_cache_mib: Option<usize>,
     /// Continue the run in --out (or the session's newest run) from its newest checkpoint.
     #[arg(long)]
     pub resume: bool,
     /// One JSON object per step and a summary, for scripts.
     #[arg(long)]
     pub json: bool,
+}
+
+fn parse_budget(s: &str) -> std::result::Result<f64, String> {
+    crate::engine::train::parse_duration(s).map_err(|e| e.to_string())
 }
 
 #[derive(Args, Debug)]

@@ -40,6 +40,11 @@ pub(super) fn cmd_train(a: TrainArgs, session: &str) -> Result<()> {
             lora_dropout: a.lora_dropout,
             target_modules: targets,
             use_rslora: false,
+            layers_to_transform: a
+                .layers
+                .as_deref()
+                .map(model::adapter::parse_layers)
+                .transpose()?,
         },
         lr: a.lr,
         epochs: a.epochs,
@@ -60,6 +65,8 @@ pub(super) fn cmd_train(a: TrainArgs, session: &str) -> Result<()> {
         answer_fields: a.answer_fields,
         anonymize_speakers: a.anonymize_speakers,
         limit: a.limit,
+        time_budget_s: a.time_budget,
+        frozen_cache_mib: a.frozen_cache_mib,
         ..TrainConfig::default()
     };
     let control = TrainControl::default();
@@ -123,6 +130,11 @@ pub(super) fn cmd_train(a: TrainArgs, session: &str) -> Result<()> {
                     eprintln!("{l}");
                 }
             }
+            TrainEvent::Planned(p) => {
+                if json {
+                    println!("{}", json!({ "plan": p }));
+                }
+            }
             TrainEvent::Checkpoint { .. }
             | TrainEvent::Eval { .. }
             | TrainEvent::Paused { .. }
@@ -138,9 +150,13 @@ pub(super) fn cmd_train(a: TrainArgs, session: &str) -> Result<()> {
         println!("{}", json!({"finished": summary}));
     } else {
         eprintln!(
-            "{} after {} steps; output in {}",
+            "{} after {} steps ({} samples, {:.0}s of training; setup {:.0}s, calibration {:.0}s); output in {}",
             summary.end,
             summary.steps,
+            summary.samples_seen,
+            summary.train_s,
+            summary.setup_s,
+            summary.calibrate_s,
             summary.output_dir.display()
         );
     }

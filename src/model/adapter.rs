@@ -18,6 +18,11 @@ pub struct LoraSpec {
     pub target_modules: Vec<String>,
     #[serde(default)]
     pub use_rslora: bool,
+    /// Decoder layers that get LoRA (PEFT's `layers_to_transform`); all when `None`. Below
+    /// the lowest one nothing is trained, so training neither back-propagates there nor,
+    /// with a frozen-prefix cache, recomputes those layers after the first pass.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layers_to_transform: Option<Vec<usize>>,
 }
 
 impl Default for LoraSpec {
@@ -29,8 +34,63 @@ impl Default for LoraSpec {
             lora_dropout: 0.05,
             target_modules: PROJECTIONS.iter().map(|s| s.to_string()).collect(),
             use_rslora: false,
+            layers_to_transform: None,
         }
     }
+}
+
+/// A layer list as `--layers` takes it: `12-23`, `0,2,4` or a mix (`0-3,20-23`); sorted,
+/// without repeats.
+pub fn parse_layers(s: &str) -> Result<Vec<usize>> {
+    let mut out = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let num = |t: &str| -> Result<usize> {
+            t.trim()
+                .parse()
+                .with_context(|| format!("--layers `{s}`: `{t}` is not a layer number"))
+        };
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b) = (num(a)?, num(b)?);
+                if a > b {
+                    bail!("--layers `{s}`: range {a}-{b} runs backwards");
+                }
+                out.extend(a..=b);
+            }
+            None => out.push(num(part)?),
+        }
+    }
+    if out.is_empty() {
+        bail!("--layers `{s}`: no layer given");
+    }
+    out.sort_unstable();
+    out.dedup();
+    Ok(out)
+}
+
+/// A layer list written back compactly (`12-23`, `0-3,20-23`).
+pub fn format_layers(layers: &[usize]) -> String {
+    let mut parts = Vec::new();
+    let mut i = 0;
+    while i < layers.len() {
+        let mut j = i;
+        while j + 1 < layers.len() && layers[j + 1] == layers[j] + 1 {
+            j += 1;
+        }
+        parts.push(if i == j {
+            layers[i].to_string()
+        } else {
+            format!("{}-{}", layers[i], layers[j])
+        });
+        i = j + 1;
+    }
+    parts.join(",")
+}
+
+/// The decoder layer a PEFT module name belongs to (`model.layers.7.mlp.up_proj` → 7).
+pub fn layer_of(module: &str) -> Option<usize> {
+    let rest = module.split("layers.").nth(1)?;
+    rest.split('.').next()?.parse().ok()
 }
 
 impl LoraSpec {
@@ -60,7 +120,19 @@ impl LoraSpec {
     }
     fn targets(&self, module_name: &str) -> bool {
         let last = module_name.rsplit('.').next().unwrap_or("");
-        self.target_modules.iter().any(|t| t == last)
+        let layer_ok = match (&self.layers_to_transform, layer_of(module_name)) {
+            (Some(ls), Some(l)) => ls.contains(&l),
+            _ => true,
+        };
+        layer_ok && self.target_modules.iter().any(|t| t == last)
+    }
+
+    /// The lowest adapted layer (0 when every layer is).
+    pub fn lowest_layer(&self) -> usize {
+        self.layers_to_transform
+            .as_ref()
+            .and_then(|l| l.iter().min().copied())
+            .unwrap_or(0)
     }
 }
 
@@ -95,6 +167,13 @@ fn uniform(seed: u64, n: usize, bound: f64) -> Vec<f32> {
 /// A Kaiming-uniform (a = sqrt 5, i.e. U(-1/sqrt(in), 1/sqrt(in))), B zeros.
 pub fn attach_lora(model: &mut Qwen2, spec: &LoraSpec, seed: u64) -> Result<Vec<LoraVars>> {
     spec.validate()?;
+    let n = model.layers.len();
+    if let Some(bad) = spec.layers_to_transform.iter().flatten().find(|&&l| l >= n) {
+        bail!(
+            "LoRA layer {bad} does not exist: the model has layers 0-{}",
+            n - 1
+        );
+    }
     let dev = model.device.clone();
     let dtype = super::qwen2::compute_dtype(model.dtype);
     let mut out = Vec::new();
@@ -148,6 +227,9 @@ struct PeftConfig {
     fan_in_fan_out: bool,
     #[serde(default)]
     bias: Option<String>,
+    /// null, one layer, or a list
+    #[serde(default)]
+    layers_to_transform: serde_json::Value,
 }
 
 /// Writes an adapter in the PEFT layout.
@@ -179,7 +261,7 @@ pub fn save_adapter(
         "inference_mode": true,
         "init_lora_weights": true,
         "layers_pattern": null,
-        "layers_to_transform": null,
+        "layers_to_transform": spec.layers_to_transform,
         "lora_alpha": spec.lora_alpha,
         "lora_dropout": spec.lora_dropout,
         "modules_to_save": null,
@@ -246,6 +328,28 @@ pub fn load_adapter(model: &mut Qwen2, dir: &Path) -> Result<LoraSpec> {
             _ => vec![],
         },
         use_rslora: pc.use_rslora,
+        layers_to_transform: match &pc.layers_to_transform {
+            serde_json::Value::Null => None,
+            serde_json::Value::Number(n) => Some(vec![n
+                .as_u64()
+                .with_context(|| format!("{}: layers_to_transform {n}", cp.display()))?
+                as usize]),
+            serde_json::Value::Array(a) => Some(
+                a.iter()
+                    .map(|x| x.as_u64().map(|v| v as usize))
+                    .collect::<Option<Vec<_>>>()
+                    .with_context(|| {
+                        format!(
+                            "{}: layers_to_transform must hold layer numbers",
+                            cp.display()
+                        )
+                    })?,
+            ),
+            v => bail!(
+                "{}: layers_to_transform {v} is not a layer list",
+                cp.display()
+            ),
+        },
     };
     let dev: Device = model.device.clone();
     let mut found = 0;

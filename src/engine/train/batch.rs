@@ -171,7 +171,23 @@ pub(super) fn make_batch(examples: &[&Example]) -> Result<Batch> {
 
 /// Summed negative log-likelihood of a batch's targets (logits computed only where needed).
 pub(super) fn batch_nll(model: &Qwen2, batch: &Batch, mode: Mode) -> Result<Tensor> {
-    let hidden = model.forward_packed_shared(&batch.ids, batch.shared, &batch.lens, mode)?;
+    batch_nll_at(model, batch, None, mode)
+}
+
+/// [`batch_nll`] from the batch's hidden states entering a layer when given (a frozen-prefix
+/// cache's), else from its ids.
+pub(super) fn batch_nll_at(
+    model: &Qwen2,
+    batch: &Batch,
+    start: Option<&(Tensor, usize)>,
+    mode: Mode,
+) -> Result<Tensor> {
+    let hidden = match start {
+        Some((x, layer)) => {
+            model.forward_packed_shared_from(x, *layer, batch.shared, &batch.lens, mode)?
+        }
+        None => model.forward_packed_shared(&batch.ids, batch.shared, &batch.lens, mode)?,
+    };
     let (b, s, h) = hidden.dims3()?;
     let dev = hidden.device();
     let pos = Tensor::new(batch.positions.as_slice(), dev)?;
@@ -192,6 +208,26 @@ pub fn mean_loss(model: &Qwen2, examples: &[Example], mode: Mode) -> Result<Tens
     let b = make_batch(&refs)?;
     let n = b.targets.len().max(1);
     Ok((batch_nll(model, &b, mode)? / n as f64)?)
+}
+
+/// [`mean_loss`] starting from a frozen-prefix cache's hidden states (the examples are
+/// the cache's training examples 0..n), for checks and tools.
+pub fn mean_loss_cached(
+    model: &Qwen2,
+    examples: &[Example],
+    cache: &mut super::FrozenCache,
+    mode: Mode,
+) -> Result<Tensor> {
+    let refs: Vec<&Example> = examples.iter().collect();
+    let b = make_batch(&refs)?;
+    let members: Vec<(usize, &[u32])> = examples
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (i, e.ids.as_slice()))
+        .collect();
+    let x = cache.batch_input(model, super::Set::Train, &members, b.shared)?;
+    let n = b.targets.len().max(1);
+    Ok((batch_nll_at(model, &b, Some(&(x, cache.layer())), mode)? / n as f64)?)
 }
 
 /// Mean loss of examples without gradients (validation).

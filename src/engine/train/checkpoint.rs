@@ -15,6 +15,14 @@ pub(super) struct TrainerState {
     pub(super) evals_without_improvement: usize,
     pub(super) adam_t: usize,
     pub(super) last_loss: Option<f64>,
+    /// a time-budgeted run's schedule, once made
+    #[serde(default)]
+    pub(super) plan: Option<Plan>,
+    /// seconds of training so far (what a time budget counts)
+    #[serde(default)]
+    pub(super) train_s: f64,
+    #[serde(default)]
+    pub(super) samples_seen: usize,
 }
 
 pub(super) fn write_checkpoint(

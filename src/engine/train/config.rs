@@ -74,6 +74,14 @@ pub struct TrainConfig {
     /// label away; the data is not rewritten.
     #[serde(default)]
     pub anonymize_speakers: bool,
+    /// Fit the run into this many seconds from its first step (validation included): the
+    /// schedule is planned after the first step from its measured cost.
+    #[serde(default)]
+    pub time_budget_s: Option<f64>,
+    /// Memory for the frozen-prefix cache, MiB (past it, a spill file in the run folder);
+    /// 0 turns the cache off. Default: a quarter of the available memory, at most 8 GiB.
+    #[serde(default)]
+    pub frozen_cache_mib: Option<usize>,
 }
 
 pub(super) fn yes() -> bool {
@@ -114,9 +122,14 @@ impl Default for TrainConfig {
             keep_checkpoints: 2,
             shuffle: true,
             anonymize_speakers: false,
+            time_budget_s: None,
+            frozen_cache_mib: None,
         }
     }
 }
+
+/// Validation passes a time-budgeted run makes unless `eval_every` says otherwise.
+pub const BUDGET_EVALS: usize = 4;
 
 /// Pause and stop, set from any thread, read between steps.
 #[derive(Debug, Default)]
@@ -170,6 +183,8 @@ pub enum TrainEvent {
     Resumed {
         step: usize,
     },
+    /// A time-budgeted run's schedule, fixed after its first step.
+    Planned(Plan),
     Log(String),
     Finished(TrainSummary),
 }
@@ -190,6 +205,26 @@ pub struct TrainSummary {
     /// fraudlab.json).
     #[serde(default)]
     pub calibration: Option<Calibration>,
+    /// training samples the run took (an example seen twice counts twice)
+    #[serde(default)]
+    pub samples_seen: usize,
+    /// seconds from the first step to the end of the last step and validation (what a
+    /// time budget counts)
+    #[serde(default)]
+    pub train_s: f64,
+    /// seconds before the first step (examples, caches, resume) and for the final
+    /// calibration, reported apart from `train_s`
+    #[serde(default)]
+    pub setup_s: f64,
+    #[serde(default)]
+    pub calibrate_s: f64,
+    #[serde(default)]
+    pub plan: Option<Plan>,
+    #[serde(default)]
+    pub frozen_cache: Option<CacheStats>,
+    /// where the training time went
+    #[serde(default)]
+    pub meter: Meter,
 }
 
 /// The whole-dialogue decision threshold a run chose on its validation dialogues.

@@ -1,19 +1,23 @@
 //! Supervised fine-tuning on the engine: LoRA (PEFT layout) or full fine-tuning, AdamW with
 //! warmup + constant / linear / cosine schedules, gradient accumulation and clipping, a
 //! validation split with best-checkpoint keeping and early stopping, atomic checkpoints that a
-//! killed run resumes from exactly, and live metrics (events + `metrics.jsonl`).
+//! killed run resumes from exactly, time-budgeted schedules, a frozen-prefix cache for LoRA on
+//! a range of layers, and live metrics (events + `metrics.jsonl`).
 //!
-//! Rooms: `config` (what a run is told and reports), `data` (its examples), `batch`
+//! Rooms: `config` (what a run is told and reports), `load` (its examples), `batch`
 //! (examples, packing, losses), `optim` (what is trained, AdamW, schedule), `checkpoint`
-//! (save, resume, prune), `memory` (figures and the estimate), and here the [`Trainer`] that
-//! drives the loop: [`Trainer::start`] sets a run up (or resumes it), [`Trainer::run`] takes
-//! optimizer steps until the end, a stop or early stopping, and writes the final adapter.
+//! (save, resume, prune), `memory` (figures and the estimate), `budget` (clock, costs, the
+//! time-budget plan), `frozen` (the frozen-prefix cache), `tune` (the recipe search), and
+//! here the [`Trainer`] that drives the loop: [`Trainer::start`] sets a run up (or resumes
+//! it), [`Trainer::run`] takes optimizer steps until the end, a stop, early stopping or the
+//! time budget, and writes the final adapter.
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Tensor, Var, D};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crate::data::{self, Sample, SampleBody, DEFAULT_SYSTEM};
@@ -23,24 +27,35 @@ use crate::model::safetensors_io::{save_atomic, SafetensorsFile};
 use crate::model::{self, LoadOptions, LoadedModel, Qwen2, TextTokenizer};
 
 mod batch;
+mod budget;
 mod checkpoint;
 mod config;
+mod frozen;
 mod load;
 mod memory;
 mod optim;
 
-pub use batch::{epoch_order, eval_loss, make_example, mean_loss, Example};
+pub use batch::{epoch_order, eval_loss, make_example, mean_loss, mean_loss_cached, Example};
+pub use budget::{
+    parse_duration, plan, Clock, Costs, EvalLoad, Meter, Plan, SimClock, StepLoad, WallClock, Work,
+    PLAN_FILL,
+};
 pub use checkpoint::latest_checkpoint;
 pub use config::{
     Calibration, Schedule, StepMetrics, TrainConfig, TrainControl, TrainEvent, TrainSummary,
+    BUDGET_EVALS,
 };
+pub use frozen::{CacheStats, FrozenCache, Set};
 pub use load::load_examples;
 pub use memory::{available_mib, estimate_mib, rss_mib};
 pub use optim::lr_at;
 #[allow(unused_imports)]
 use {batch::*, checkpoint::*, config::*, memory::*, optim::*};
 
-/// Runs (or resumes) a training run to the end, a stop, or early stopping.
+/// A frozen-prefix cache several runs share (the trials of `tune`).
+pub type SharedCache = Arc<Mutex<FrozenCache>>;
+
+/// Runs (or resumes) a training run to the end, a stop, early stopping or its time budget.
 pub fn train(
     tc: &TrainConfig,
     control: &TrainControl,
@@ -57,7 +72,18 @@ pub fn train_loaded(
     control: &TrainControl,
     on_event: &mut dyn FnMut(TrainEvent),
 ) -> Result<TrainSummary> {
-    Trainer::start(lm, tc, on_event)?.run(control, on_event)
+    Trainer::start(lm, tc, RunOptions::default(), on_event)?.run(control, on_event)
+}
+
+/// What a run borrows from its caller besides the config: the clock it reads, and a
+/// frozen-prefix cache shared with other runs.
+#[derive(Default)]
+pub struct RunOptions {
+    /// the wall clock when `None`
+    pub clock: Option<Box<dyn Clock>>,
+    /// a cache made for these examples (at or below the run's lowest adapted layer); the run
+    /// makes its own when `None` and the run freezes some layers
+    pub frozen: Option<SharedCache>,
 }
 
 /// Figures of the optimizer step being gathered (over its micro-batches).
@@ -68,7 +94,8 @@ struct Window {
     samples: usize,
     /// targets of all its micro-batches: each micro-batch's loss is divided by them
     targets: usize,
-    batches: Vec<Batch>,
+    /// the micro-batches, with the indices of their examples
+    batches: Vec<(Batch, Vec<usize>)>,
     grads: Option<Vec<Tensor>>,
 }
 
@@ -96,10 +123,25 @@ pub struct Trainer<'a> {
     micro_per_epoch: usize,
     total: usize,
     warmup: usize,
+    eval_every: usize,
     start_step: usize,
-    t_start: Instant,
-    step_t: Instant,
+    clock: Box<dyn Clock>,
+    /// training seconds before this process took the run over (a resumed run)
+    t_offset: f64,
+    /// the clock's reading at the first step of this process
+    t_first: f64,
+    setup_s: f64,
+    step_t: f64,
+    meter: Meter,
+    frozen: Option<SharedCache>,
     window: Window,
+}
+
+/// Memory a frozen-prefix cache may take by default: a quarter of what is available, at
+/// most 8 GiB.
+fn default_cache_bytes() -> u64 {
+    let avail = available_mib().unwrap_or(4096.0);
+    ((avail / 4.0).min(8192.0) * 1048576.0) as u64
 }
 
 impl<'a> Trainer<'a> {
@@ -109,11 +151,18 @@ impl<'a> Trainer<'a> {
     pub fn start(
         lm: LoadedModel,
         tc: &'a TrainConfig,
+        opts: RunOptions,
         on_event: &mut dyn FnMut(TrainEvent),
     ) -> Result<Self> {
-        let t_start = Instant::now();
+        let wall = Instant::now();
         if tc.batch == 0 || tc.grad_accum == 0 || tc.max_len < 8 {
             bail!("batch and grad-accum must be positive and max-len at least 8");
+        }
+        if tc
+            .time_budget_s
+            .is_some_and(|b| !(b > 0.0 && b.is_finite()))
+        {
+            bail!("the time budget must be a positive number of seconds");
         }
         if lm.quantized {
             bail!("training needs the dense model (load without --quantized)");
@@ -162,12 +211,29 @@ impl<'a> Trainer<'a> {
                 );
             }
         }
+        let frozen = match opts.frozen {
+            Some(c) => {
+                let layer = c
+                    .lock()
+                    .map_err(|_| anyhow::anyhow!("cache poisoned"))?
+                    .layer();
+                if layer > model.frozen_below() {
+                    bail!(
+                        "the shared frozen-prefix cache is at layer {layer}, above the run's lowest trained layer {}",
+                        model.frozen_below()
+                    );
+                }
+                Some(c)
+            }
+            None => new_frozen_cache(&model, tc, &train_ex, &val_ex, &run_dir, on_event)?,
+        };
         let micro_per_epoch = train_ex.len().div_ceil(tc.batch);
         let steps_per_epoch = micro_per_epoch.div_ceil(tc.grad_accum);
-        let total = tc.max_steps.unwrap_or(steps_per_epoch * tc.epochs).max(1);
-        let warmup = tc
+        let mut total = tc.max_steps.unwrap_or(steps_per_epoch * tc.epochs).max(1);
+        let mut warmup = tc
             .warmup_steps
             .unwrap_or((tc.warmup_ratio * total as f64).ceil() as usize);
+        let mut eval_every = tc.eval_every;
         let mut opt = AdamW::new(&tr.vars)?;
         let mut st = TrainerState {
             step: 0,
@@ -178,6 +244,9 @@ impl<'a> Trainer<'a> {
             evals_without_improvement: 0,
             adam_t: 0,
             last_loss: None,
+            plan: None,
+            train_s: 0.0,
+            samples_seen: 0,
         };
         let metrics_path = run_dir.join("metrics.jsonl");
         if tc.resume {
@@ -186,6 +255,12 @@ impl<'a> Trainer<'a> {
             }
         } else if metrics_path.exists() {
             std::fs::remove_file(&metrics_path)?;
+        }
+        if let Some(p) = &st.plan {
+            // a resumed time-budgeted run keeps the schedule it planned
+            total = p.total_steps;
+            warmup = p.warmup_steps;
+            eval_every = p.eval_every;
         }
         data::write_atomic(
             &run_dir.join("config.json"),
@@ -199,6 +274,8 @@ impl<'a> Trainer<'a> {
             val_samples: val_ex.len(),
             estimate_mib: est,
         });
+        let clock = opts.clock.unwrap_or_else(|| Box::new(WallClock::new()));
+        let t_first = clock.now();
         Ok(Self {
             tc,
             model,
@@ -207,6 +284,7 @@ impl<'a> Trainer<'a> {
             tr,
             opt,
             start_step: st.step,
+            t_offset: st.train_s,
             st,
             train_ex,
             val_ex,
@@ -215,13 +293,24 @@ impl<'a> Trainer<'a> {
             micro_per_epoch,
             total,
             warmup,
-            t_start,
-            step_t: Instant::now(),
+            eval_every,
+            step_t: t_first,
+            t_first,
+            setup_s: wall.elapsed().as_secs_f64(),
+            clock,
+            meter: Meter::default(),
+            frozen,
             window: Window::default(),
         })
     }
 
-    /// Optimizer steps until the end, a stop or early stopping; then the final output.
+    /// Training seconds so far (what a time budget counts).
+    fn now(&self) -> f64 {
+        self.t_offset + self.clock.now() - self.t_first
+    }
+
+    /// Optimizer steps until the end, a stop, early stopping or the time budget; then the
+    /// final output.
     pub fn run(
         mut self,
         control: &TrainControl,
@@ -229,16 +318,16 @@ impl<'a> Trainer<'a> {
     ) -> Result<TrainSummary> {
         let mut end = "completed";
         'outer: while self.st.step < self.total {
-            let order = if self.tc.shuffle {
-                epoch_order(self.train_ex.len(), self.tc.seed, self.st.epoch)
-            } else {
-                (0..self.train_ex.len()).collect()
-            };
+            let order = self.order(self.st.epoch);
             while self.st.micro < self.micro_per_epoch && self.st.step < self.total {
                 if !self.micro_step(&order)? {
                     continue;
                 }
-                let m = self.optimizer_step()?;
+                let mut m = self.optimizer_step()?;
+                if self.tc.time_budget_s.is_some() && self.st.plan.is_none() {
+                    self.make_plan(on_event)?;
+                    m.total_steps = self.total;
+                }
                 match self.after_step(m, control, on_event)? {
                     Next::Continue => {}
                     Next::NewEpoch => continue 'outer,
@@ -252,32 +341,57 @@ impl<'a> Trainer<'a> {
         self.finish(end, on_event)
     }
 
+    /// The examples' order in `epoch`.
+    fn order(&self, epoch: usize) -> Vec<usize> {
+        if self.tc.shuffle {
+            epoch_order(self.train_ex.len(), self.tc.seed, epoch)
+        } else {
+            (0..self.train_ex.len()).collect()
+        }
+    }
+
+    /// The micro-batches (example indices) of the optimizer step starting at micro-batch
+    /// `micro` of an epoch in `order`.
+    fn step_members(&self, order: &[usize], micro: usize) -> Vec<Vec<usize>> {
+        let tc = self.tc;
+        let upto = (micro + tc.grad_accum).min(self.micro_per_epoch);
+        (micro..upto)
+            .map(|m| order[m * tc.batch..((m + 1) * tc.batch).min(order.len())].to_vec())
+            .collect()
+    }
+
     /// One micro-batch: forward, backward, gradients accumulated. True when it was the last
     /// of its optimizer step.
     fn micro_step(&mut self, order: &[usize]) -> Result<bool> {
         let tc = self.tc;
-        let w = &mut self.window;
         // gather the micro-batches of one optimizer step first, to normalise by their targets
-        if w.batches.is_empty() {
-            let upto = (self.st.micro + tc.grad_accum).min(self.micro_per_epoch);
-            for m in self.st.micro..upto {
-                let idx = &order[m * tc.batch..((m + 1) * tc.batch).min(order.len())];
+        if self.window.batches.is_empty() {
+            for idx in self.step_members(order, self.st.micro) {
                 let refs: Vec<&Example> = idx.iter().map(|&i| &self.train_ex[i]).collect();
-                w.batches.push(make_batch(&refs)?);
+                let b = make_batch(&refs)?;
+                self.window.batches.push((b, idx));
             }
-            w.targets = w
+            self.window.targets = self
+                .window
                 .batches
                 .iter()
-                .map(|b| b.targets.len())
+                .map(|(b, _)| b.targets.len())
                 .sum::<usize>()
                 .max(1);
         }
-        let batch = w.batches.remove(0);
+        let (batch, idx) = self.window.batches.remove(0);
         let seed = tc.seed.wrapping_mul(0x2545F4914F6CDD1D)
             ^ ((self.st.epoch * self.micro_per_epoch + self.st.micro) as u64)
                 .wrapping_mul(0x9E3779B97F4A7C15);
-        let nll = batch_nll(&self.model, &batch, Mode::Train { dropout_seed: seed })?;
-        let loss = (nll / w.targets as f64)?;
+        let start = self.frozen_input(Set::Train, &batch, &idx)?;
+        let t0 = self.clock.now();
+        let nll = batch_nll_at(
+            &self.model,
+            &batch,
+            start.as_ref(),
+            Mode::Train { dropout_seed: seed },
+        )?;
+        let loss = (nll / self.window.targets as f64)?;
         let grads = loss.backward()?;
         let g: Vec<Tensor> = self
             .tr
@@ -291,6 +405,7 @@ impl<'a> Trainer<'a> {
                     .unwrap_or_else(|| v.as_tensor().zeros_like())
             })
             .collect::<candle_core::Result<_>>()?;
+        let w = &mut self.window;
         w.grads = Some(match w.grads.take() {
             None => g,
             Some(a) => a
@@ -302,13 +417,51 @@ impl<'a> Trainer<'a> {
         w.loss += scalar(&loss)?;
         w.tokens += batch.tokens;
         w.samples += batch.lens.len();
+        self.clock.charge(Work::Step {
+            tokens: batch.ids.len(),
+        });
+        self.meter.step_s += self.clock.now() - t0;
+        self.meter.step_tokens += batch.ids.len() as u64;
         self.st.micro += 1;
-        Ok(w.batches.is_empty())
+        Ok(self.window.batches.is_empty())
+    }
+
+    /// A batch's hidden states at the frozen-prefix cache's layer (computed and kept for the
+    /// examples not seen yet), with that layer; `None` without a cache.
+    fn frozen_input(
+        &mut self,
+        set: Set,
+        batch: &Batch,
+        idx: &[usize],
+    ) -> Result<Option<(Tensor, usize)>> {
+        let Some(cache) = &self.frozen else {
+            return Ok(None);
+        };
+        let mut c = cache
+            .lock()
+            .map_err(|_| anyhow::anyhow!("frozen-prefix cache poisoned"))?;
+        let ex = match set {
+            Set::Train => &self.train_ex,
+            Set::Val => &self.val_ex,
+        };
+        let members: Vec<(usize, &[u32])> =
+            idx.iter().map(|&i| (i, ex[i].ids.as_slice())).collect();
+        let before = c.stats.computed_tokens;
+        let t0 = self.clock.now();
+        let x = c.batch_input(&self.model, set, &members, batch.shared)?;
+        let tokens = (c.stats.computed_tokens - before) as usize;
+        if tokens > 0 {
+            self.clock.charge(Work::Frozen { tokens });
+            self.meter.frozen_s += self.clock.now() - t0;
+            self.meter.frozen_tokens += tokens as u64;
+        }
+        Ok(Some((x, c.layer())))
     }
 
     /// Clips the accumulated gradients and applies AdamW; the step's figures.
     fn optimizer_step(&mut self) -> Result<StepMetrics> {
         let tc = self.tc;
+        let t0 = self.clock.now();
         let w = std::mem::take(&mut self.window);
         let mut g = w.grads.unwrap_or_default();
         let sq: f64 = g
@@ -333,13 +486,18 @@ impl<'a> Trainer<'a> {
         }
         let lr = lr_at(tc, self.st.step, self.total, self.warmup);
         self.opt.step(&self.tr.vars, &g, lr, tc)?;
+        self.clock.charge(Work::Optim);
+        self.meter.optim_s += self.clock.now() - t0;
+        self.meter.optim_n += 1;
+        let now = self.now();
         let st = &mut self.st;
         st.step += 1;
         st.adam_t = self.opt.t;
         st.last_loss = Some(w.loss);
-        let step_s = self.step_t.elapsed().as_secs_f64();
-        self.step_t = Instant::now();
-        let elapsed = self.t_start.elapsed().as_secs_f64();
+        st.samples_seen += w.samples;
+        let step_s = self.clock.now() - self.step_t;
+        self.step_t = self.clock.now();
+        let elapsed = now - self.t_offset;
         let done = st.step - self.start_step;
         let eta = elapsed / done as f64 * (self.total - st.step) as f64;
         Ok(StepMetrics {
@@ -352,14 +510,168 @@ impl<'a> Trainer<'a> {
             step_s,
             tokens_per_s: w.tokens as f64 / step_s.max(1e-9),
             samples_per_s: w.samples as f64 / step_s.max(1e-9),
-            elapsed_s: elapsed,
+            elapsed_s: now,
             eta_s: eta,
             rss_mib: rss_mib().0,
             eval_loss: None,
         })
     }
 
-    /// Validation, the metrics line, checkpoints, stop / early stopping / pause.
+    /// Mean validation loss, from the frozen-prefix cache where there is one.
+    fn val_loss(&mut self, idx: &[usize]) -> Result<f64> {
+        let mut sum = 0.0;
+        let mut n = 0usize;
+        for chunk in idx.chunks(self.tc.batch.max(1)) {
+            let refs: Vec<&Example> = chunk.iter().map(|&i| &self.val_ex[i]).collect();
+            let b = make_batch(&refs)?;
+            if b.targets.is_empty() {
+                continue;
+            }
+            let start = self.frozen_input(Set::Val, &b, chunk)?;
+            let t0 = self.clock.now();
+            sum += scalar(&batch_nll_at(&self.model, &b, start.as_ref(), Mode::Infer)?)?;
+            self.clock.charge(Work::Eval {
+                tokens: b.ids.len(),
+            });
+            self.meter.eval_s += self.clock.now() - t0;
+            self.meter.eval_tokens += b.ids.len() as u64;
+            n += b.targets.len();
+        }
+        Ok(if n == 0 { f64::NAN } else { sum / n as f64 })
+    }
+
+    /// The time-budget plan, made once the first optimizer step has shown what a token
+    /// costs: a first validation batch is timed too, then the run's own batches, in their
+    /// seeded order, are walked until the budget is full.
+    fn make_plan(&mut self, on_event: &mut dyn FnMut(TrainEvent)) -> Result<()> {
+        let tc = self.tc;
+        let budget = tc.time_budget_s.context("no time budget")?;
+        if !self.val_ex.is_empty() {
+            let first: Vec<usize> = (0..self.val_ex.len().min(tc.batch)).collect();
+            self.val_loss(&first)?;
+        }
+        let costs = self.meter.costs(&Costs::default());
+        let cached = |set: Set, i: usize| -> bool {
+            self.frozen
+                .as_ref()
+                .is_some_and(|c| c.lock().map(|c| c.contains(set, i)).unwrap_or(false))
+        };
+        let prefix = self
+            .frozen
+            .as_ref()
+            .and_then(|c| c.lock().ok().map(|c| c.prefix_len()))
+            .unwrap_or(0);
+        let frozen_on = self.frozen.is_some();
+        let row_tokens = |e: &Example| e.ids.len().saturating_sub(prefix);
+        // the steps after this one, in the order the run will take them, as far as the
+        // budget could reach
+        let remaining = (budget - self.now()).max(0.0);
+        let mut seen: std::collections::HashSet<usize> = std::collections::HashSet::new();
+        let mut loads = Vec::new();
+        let mut acc = 0.0;
+        let (mut epoch, mut micro) = (self.st.epoch, self.st.micro);
+        if micro >= self.micro_per_epoch {
+            epoch += 1;
+            micro = 0;
+        }
+        let mut order = self.order(epoch);
+        while acc <= remaining && loads.len() < 1_000_000 {
+            let members = self.step_members(&order, micro);
+            let mut load = StepLoad {
+                step_tokens: 0,
+                frozen_tokens: 0,
+                samples: 0,
+            };
+            for idx in &members {
+                let refs: Vec<&Example> = idx.iter().map(|&i| &self.train_ex[i]).collect();
+                load.step_tokens += make_batch(&refs)?.ids.len();
+                load.samples += idx.len();
+                if frozen_on {
+                    for &i in idx {
+                        if !cached(Set::Train, i) && seen.insert(i) {
+                            load.frozen_tokens += row_tokens(&self.train_ex[i]);
+                        }
+                    }
+                }
+            }
+            acc += load.step_tokens as f64 * costs.step_per_token
+                + load.frozen_tokens as f64 * costs.frozen_per_token
+                + costs.optim;
+            loads.push(load);
+            micro += members.len();
+            if micro >= self.micro_per_epoch {
+                epoch += 1;
+                micro = 0;
+                order = self.order(epoch);
+            }
+        }
+        let eval = (!self.val_ex.is_empty()).then(|| {
+            let mut e = EvalLoad {
+                first_frozen_tokens: 0,
+                frozen_tokens: 0,
+                eval_tokens: 0,
+            };
+            for (k, chunk) in self.val_ex.chunks(tc.batch.max(1)).enumerate() {
+                let refs: Vec<&Example> = chunk.iter().collect();
+                e.eval_tokens += make_batch(&refs).map(|b| b.ids.len()).unwrap_or(0);
+                for (j, ex) in chunk.iter().enumerate() {
+                    let i = k * tc.batch.max(1) + j;
+                    if frozen_on && !cached(Set::Val, i) {
+                        e.first_frozen_tokens += row_tokens(ex);
+                    }
+                }
+            }
+            e
+        });
+        let evals = if tc.eval_every > 0 {
+            // what a fixed interval gives over a run of about the reachable length
+            (self.st.step + loads.len()).div_ceil(tc.eval_every).max(1)
+        } else {
+            BUDGET_EVALS
+        };
+        let mut p = plan(
+            budget,
+            self.now(),
+            self.st.step,
+            &loads,
+            eval,
+            evals,
+            costs,
+            tc.warmup_ratio,
+            tc.warmup_steps,
+            self.st.samples_seen,
+            self.train_ex.len(),
+        );
+        if let Some(m) = tc.max_steps {
+            p.total_steps = p.total_steps.min(m.max(self.st.step));
+        }
+        if tc.eval_every > 0 {
+            p.eval_every = tc.eval_every;
+        }
+        self.total = p.total_steps;
+        self.warmup = p.warmup_steps;
+        self.eval_every = p.eval_every;
+        on_event(TrainEvent::Log(format!(
+            "time budget {}: {} steps ({} samples, {:.2} epochs), warmup {}, validation every {} steps; predicted {} (a step of {} tokens: {:.2}s)",
+            fmt_s(budget),
+            p.total_steps,
+            p.samples,
+            p.epochs,
+            p.warmup_steps,
+            p.eval_every,
+            fmt_s(p.predicted_s),
+            loads.first().map(|l| l.step_tokens).unwrap_or(0),
+            loads
+                .first()
+                .map(|l| l.step_tokens as f64 * costs.step_per_token + costs.optim)
+                .unwrap_or(0.0)
+        )));
+        on_event(TrainEvent::Planned(p.clone()));
+        self.st.plan = Some(p);
+        Ok(())
+    }
+
+    /// Validation, the metrics line, checkpoints, stop / early stopping / budget / pause.
     fn after_step(
         &mut self,
         mut m: StepMetrics,
@@ -368,15 +680,21 @@ impl<'a> Trainer<'a> {
     ) -> Result<Next> {
         let tc = self.tc;
         let epoch_end = self.st.micro >= self.micro_per_epoch;
-        let st = &mut self.st;
+        let step = self.st.step;
+        let over_budget = tc
+            .time_budget_s
+            .is_some_and(|b| step < self.total && self.now() >= b);
         let want_eval = !self.val_ex.is_empty()
-            && ((tc.eval_every > 0 && st.step % tc.eval_every == 0)
-                || (tc.eval_every == 0 && epoch_end)
-                || st.step == self.total);
+            && ((self.eval_every > 0 && step.is_multiple_of(self.eval_every))
+                || (self.eval_every == 0 && epoch_end)
+                || step == self.total
+                || over_budget);
         let mut improved = false;
         if want_eval {
-            let el = eval_loss(&self.model, &self.val_ex, tc.batch)?;
+            let all: Vec<usize> = (0..self.val_ex.len()).collect();
+            let el = self.val_loss(&all)?;
             m.eval_loss = Some(el);
+            let st = &mut self.st;
             improved = st.best_eval_loss.is_none_or(|b| el < b);
             if improved {
                 st.best_eval_loss = Some(el);
@@ -391,11 +709,14 @@ impl<'a> Trainer<'a> {
                 best: improved,
             });
         }
+        self.st.train_s = self.now();
+        m.elapsed_s = self.st.train_s;
         data::append_line_durable(
             &self.metrics_path,
             format!("{}\n", serde_json::to_string(&m)?).as_bytes(),
         )?;
         on_event(TrainEvent::Step(m));
+        let st = &mut self.st;
         if epoch_end {
             st.epoch += 1;
             st.micro = 0;
@@ -404,10 +725,11 @@ impl<'a> Trainer<'a> {
         let early = tc
             .early_stopping
             .is_some_and(|p| st.evals_without_improvement >= p);
-        let save = (tc.save_every > 0 && st.step % tc.save_every == 0)
+        let save = (tc.save_every > 0 && st.step.is_multiple_of(tc.save_every))
             || st.step == self.total
             || stop
             || early
+            || over_budget
             || improved;
         if save {
             let dir = self
@@ -430,13 +752,19 @@ impl<'a> Trainer<'a> {
         if early {
             return Ok(Next::End("early-stopped"));
         }
+        if over_budget {
+            return Ok(Next::End("time-budget"));
+        }
         if control.pause.load(Ordering::SeqCst) {
             on_event(TrainEvent::Paused { step: st.step });
+            let paused = self.clock.now();
             while control.pause.load(Ordering::SeqCst) && !control.stop.load(Ordering::SeqCst) {
                 std::thread::sleep(std::time::Duration::from_millis(50));
             }
-            on_event(TrainEvent::Resumed { step: st.step });
-            self.step_t = Instant::now();
+            // a pause does not count against the time budget
+            self.t_offset -= self.clock.now() - paused;
+            on_event(TrainEvent::Resumed { step: self.st.step });
+            self.step_t = self.clock.now();
         }
         Ok(if epoch_end {
             Next::NewEpoch // a new epoch: a new order
@@ -449,6 +777,7 @@ impl<'a> Trainer<'a> {
     /// `summary.json`.
     fn finish(self, end: &str, on_event: &mut dyn FnMut(TrainEvent)) -> Result<TrainSummary> {
         let tc = self.tc;
+        let train_s = self.now();
         let output_dir = if tc.full {
             let out = self.run_dir.join("model");
             crate::model::convert::write_hf_folder(
@@ -463,11 +792,13 @@ impl<'a> Trainer<'a> {
             out
         };
         // the decision threshold, chosen on validation (never on test data)
+        let t_cal = Instant::now();
         let calibration = if end == "stopped" {
             None
         } else {
             self.calibrate(on_event)?
         };
+        let calibrate_s = t_cal.elapsed().as_secs_f64();
         if !tc.full {
             let mut meta = adapter_meta(tc);
             if let Some(c) = &calibration {
@@ -478,6 +809,10 @@ impl<'a> Trainer<'a> {
             }
             meta.write(&output_dir)?;
         }
+        let frozen_cache = self
+            .frozen
+            .as_ref()
+            .and_then(|c| c.lock().ok().map(|c| c.stats.clone()));
         let summary = TrainSummary {
             run_dir: self.run_dir.clone(),
             output_dir,
@@ -486,8 +821,15 @@ impl<'a> Trainer<'a> {
             best_eval_loss: self.st.best_eval_loss,
             best_step: self.st.best_step,
             end: end.to_string(),
-            seconds: self.t_start.elapsed().as_secs_f64(),
+            seconds: self.setup_s + train_s - self.t_offset + calibrate_s,
             calibration,
+            samples_seen: self.st.samples_seen,
+            train_s,
+            setup_s: self.setup_s,
+            calibrate_s,
+            plan: self.st.plan.clone(),
+            frozen_cache,
+            meter: self.meter,
         };
         data::write_atomic(
             &self.run_dir.join("summary.json"),
@@ -496,6 +838,56 @@ impl<'a> Trainer<'a> {
         on_event(TrainEvent::Finished(summary.clone()));
         Ok(summary)
     }
+}
+
+/// Seconds as `1h02m`, `12m30s` or `42s`.
+fn fmt_s(s: f64) -> String {
+    let s = s.max(0.0).round() as u64;
+    match (s / 3600, s / 60 % 60, s % 60) {
+        (0, 0, x) => format!("{x}s"),
+        (0, m, x) => format!("{m}m{x:02}s"),
+        (h, m, _) => format!("{h}h{m:02}m"),
+    }
+}
+
+/// The run's own frozen-prefix cache, when it freezes some layers (LoRA on a range whose
+/// lowest layer is above 0) and the cache is not turned off.
+fn new_frozen_cache(
+    model: &Qwen2,
+    tc: &TrainConfig,
+    train_ex: &[Example],
+    val_ex: &[Example],
+    run_dir: &Path,
+    on_event: &mut dyn FnMut(TrainEvent),
+) -> Result<Option<SharedCache>> {
+    let layer = model.frozen_below();
+    if layer == 0 || layer >= model.layers.len() || tc.frozen_cache_mib == Some(0) {
+        return Ok(None);
+    }
+    let budget = tc
+        .frozen_cache_mib
+        .map(|m| m as u64 * 1048576)
+        .unwrap_or_else(default_cache_bytes);
+    let ids: Vec<&[u32]> = train_ex
+        .iter()
+        .chain(val_ex)
+        .map(|e| e.ids.as_slice())
+        .collect();
+    let p = crate::engine::eval::common_prefix(&ids);
+    let cache = FrozenCache::new(
+        model,
+        layer,
+        &ids[0][..p],
+        budget,
+        run_dir.join("frozen-cache.bin"),
+    )?;
+    on_event(TrainEvent::Log(format!(
+        "layers 0-{} are frozen: their output is cached after the first pass ({} MiB in memory, then {}; prompt prefix of {p} tokens run once)",
+        layer - 1,
+        budget / 1048576,
+        run_dir.join("frozen-cache.bin").display()
+    )));
+    Ok(Some(Arc::new(Mutex::new(cache))))
 }
 
 impl Trainer<'_> {

@@ -6,8 +6,11 @@ use super::*;
 
 pub(super) fn rms_norm(x: &Tensor, w: &Tensor, eps: f64, mode: Mode) -> Result<Tensor> {
     match mode {
-        Mode::Infer => Ok(candle_nn::ops::rms_norm(&x.contiguous()?, w, eps as f32)?),
-        Mode::Train { .. } => {
+        // Candle's fused kernel has no f64 path (f64 serves gradient checks)
+        Mode::Infer if x.dtype() != DType::F64 => {
+            Ok(candle_nn::ops::rms_norm(&x.contiguous()?, w, eps as f32)?)
+        }
+        _ => {
             if let Some(y) = crate::model::ops::rms_norm_trainable(x, w, eps) {
                 return Ok(y?);
             }

@@ -30,6 +30,20 @@ pub use weights::*;
 #[allow(unused_imports)]
 use {cache::*, layers::*, linear::*, weights::*};
 
+/// Where a forward through the layers begins.
+enum Start<'a> {
+    /// token ids (b, s)
+    Ids(&'a Tensor),
+    /// the hidden states (b, s, h) entering `layer`
+    Hidden { x: &'a Tensor, layer: usize },
+}
+
+/// The input of a packed row: its ids, or the hidden states entering a layer.
+enum PackedInput<'a> {
+    Ids(&'a [u32]),
+    Hidden { x: &'a Tensor, layer: usize },
+}
+
 #[derive(Debug, Clone)]
 pub struct Qwen2 {
     pub cfg: Qwen2Config,
@@ -155,10 +169,40 @@ impl Qwen2 {
         cache: Option<&mut KvCache>,
         mode: Mode,
     ) -> Result<Tensor> {
-        self.forward_rows(ids, valid, cache, mode, false)
+        self.forward_rows(ids, valid, cache, mode, false, self.layers.len())
     }
 
-    /// `forward_hidden`, or with `last_only` the last position of each row only (b, 1, h).
+    /// The hidden states entering `layer` (1, s, h) of `ids` run from the start with the
+    /// inference kernels, and the KV cache of the layers below `layer` (a prefix that
+    /// [`Self::hidden_at_after`] continues).
+    pub fn prefix_at(&self, ids: &[u32], layer: usize) -> Result<(Tensor, KvCache)> {
+        let mut cache = self.new_cache(1);
+        let input = Tensor::new(ids, &self.device)?.unsqueeze(0)?;
+        let x = self.forward_rows(&input, None, Some(&mut cache), Mode::Infer, false, layer)?;
+        Ok((x, cache))
+    }
+
+    /// The hidden states entering `layer` (1, s, h) of `ids` continuing `prefix` (a cache
+    /// [`Self::prefix_at`] made for the same layer, or none), with the inference kernels.
+    pub fn hidden_at_after(
+        &self,
+        ids: &[u32],
+        prefix: Option<&KvCache>,
+        layer: usize,
+    ) -> Result<Tensor> {
+        self.packed_at(
+            PackedInput::Ids(ids),
+            layer,
+            0,
+            &[ids.len()],
+            prefix,
+            Mode::Infer,
+            false,
+        )
+    }
+
+    /// `forward_hidden`, or with `last_only` the last position of each row only (b, 1, h);
+    /// short of the last layer (`end`), the hidden states entering layer `end`.
     fn forward_rows(
         &self,
         ids: &Tensor,
@@ -166,6 +210,7 @@ impl Qwen2 {
         mut cache: Option<&mut KvCache>,
         mode: Mode,
         last_only: bool,
+        end: usize,
     ) -> Result<Tensor> {
         let (b, s) = ids.dims2()?;
         let past_valid: Vec<Vec<bool>> = match &cache {
@@ -226,7 +271,8 @@ impl Qwen2 {
             .collect();
         let mask = AttnMask::causal(b, s, past, all.concat(), QUERY_BLOCK);
         let hidden = self.run_layers(
-            ids,
+            Start::Ids(ids),
+            end,
             &cos,
             &sin,
             &mask,
@@ -248,10 +294,17 @@ impl Qwen2 {
     /// layer computes just those rows (b, s', h): the keys and values of every token still
     /// go into the cache, but queries, the output projection and the MLP of the tokens
     /// nobody reads are skipped.
+    ///
+    /// `start` is where the forward begins (token ids, or the hidden states entering a layer)
+    /// and `end` the layer it stops before: short of the last layer it returns the hidden
+    /// states entering `end`, without the final norm. In training, the layers below the
+    /// lowest one holding a trainable tensor run the inference kernels: nothing below it
+    /// needs a gradient.
     #[allow(clippy::too_many_arguments)]
     fn run_layers(
         &self,
-        ids: &Tensor,
+        start: Start<'_>,
+        end: usize,
         cos: &Tensor,
         sin: &Tensor,
         mask: &AttnMask,
@@ -259,13 +312,29 @@ impl Qwen2 {
         mode: Mode,
         only: Option<(&[u32], &[usize])>,
     ) -> Result<Tensor> {
-        let (b, s) = ids.dims2()?;
-        let mut x = self
-            .embed_tokens
-            .index_select(&ids.flatten_all()?, 0)?
-            .reshape((b, s, ()))?;
+        let (mut x, from) = match start {
+            Start::Ids(ids) => {
+                let (b, s) = ids.dims2()?;
+                let x = self
+                    .embed_tokens
+                    .index_select(&ids.flatten_all()?, 0)?
+                    .reshape((b, s, ()))?;
+                (x, 0)
+            }
+            Start::Hidden { x, layer } => (x.clone(), layer),
+        };
+        let (_, s, _) = x.dims3()?;
         let n = self.layers.len();
-        for (li, layer) in self.layers.iter().enumerate() {
+        if from > end || end > n {
+            bail!("layers {from}..{end} of a {n}-layer model");
+        }
+        let frozen_below = if mode.is_train() {
+            self.frozen_below()
+        } else {
+            0
+        };
+        for (li, layer) in self.layers.iter().enumerate().take(end).skip(from) {
+            let mode = if li < frozen_below { Mode::Infer } else { mode };
             let slot = kv.as_mut().map(|(k, len, reserved)| KvSlot {
                 kv: &mut k[li],
                 len: *len,
@@ -299,7 +368,43 @@ impl Qwen2 {
             )?;
             x = (&x + layer.mlp.forward(&hn, mode)?)?;
         }
+        if end < n {
+            return Ok(x);
+        }
         rms_norm(&x, &self.norm, self.cfg.rms_norm_eps, mode)
+    }
+
+    /// The lowest layer holding a trainable tensor (a LoRA factor or a weight being trained):
+    /// no gradient flows below it. `layers.len()` when nothing is trained, 0 when the
+    /// embeddings are.
+    pub fn frozen_below(&self) -> usize {
+        if self.embed_tokens.is_variable() {
+            return 0;
+        }
+        let var = |t: &Tensor| t.is_variable();
+        let lin = |l: &Linear| {
+            matches!(&l.weight, LinearWeight::Dense(w) if var(w))
+                || l.bias.as_ref().is_some_and(var)
+                || l.lora.as_ref().is_some_and(|r| var(&r.a) || var(&r.b))
+        };
+        self.layers
+            .iter()
+            .position(|l| {
+                var(&l.input_layernorm)
+                    || var(&l.post_attention_layernorm)
+                    || [
+                        &l.attn.q_proj,
+                        &l.attn.k_proj,
+                        &l.attn.v_proj,
+                        &l.attn.o_proj,
+                        &l.mlp.gate_proj,
+                        &l.mlp.up_proj,
+                        &l.mlp.down_proj,
+                    ]
+                    .into_iter()
+                    .any(lin)
+            })
+            .unwrap_or(self.layers.len())
     }
 
     /// Sequences of `lens` tokens packed back to back in one row (`ids` holds them all, no
@@ -341,6 +446,49 @@ impl Qwen2 {
         self.packed(ids, 0, lens, prefix, mode, true)
     }
 
+    /// The hidden states entering `layer` (1, shared + Σ lens, h) of a packed row (see
+    /// [`Self::forward_packed_shared`]), computed with the inference kernels: what a
+    /// frozen-prefix cache keeps of layers that are not trained.
+    pub fn packed_hidden_at(
+        &self,
+        ids: &[u32],
+        shared: usize,
+        lens: &[usize],
+        layer: usize,
+    ) -> Result<Tensor> {
+        self.packed_at(
+            PackedInput::Ids(ids),
+            layer,
+            shared,
+            lens,
+            None,
+            Mode::Infer,
+            false,
+        )
+    }
+
+    /// [`Self::forward_packed_shared`] continued from `x`, the hidden states entering
+    /// `layer` (as [`Self::packed_hidden_at`] gives them): the same result as running the
+    /// ids from the start.
+    pub fn forward_packed_shared_from(
+        &self,
+        x: &Tensor,
+        layer: usize,
+        shared: usize,
+        lens: &[usize],
+        mode: Mode,
+    ) -> Result<Tensor> {
+        self.packed_at(
+            PackedInput::Hidden { x, layer },
+            self.layers.len(),
+            shared,
+            lens,
+            None,
+            mode,
+            false,
+        )
+    }
+
     fn packed(
         &self,
         ids: &[u32],
@@ -350,12 +498,35 @@ impl Qwen2 {
         mode: Mode,
         ends_only: bool,
     ) -> Result<Tensor> {
+        self.packed_at(
+            PackedInput::Ids(ids),
+            self.layers.len(),
+            shared,
+            lens,
+            prefix,
+            mode,
+            ends_only,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn packed_at(
+        &self,
+        input: PackedInput<'_>,
+        end: usize,
+        shared: usize,
+        lens: &[usize],
+        prefix: Option<&KvCache>,
+        mode: Mode,
+        ends_only: bool,
+    ) -> Result<Tensor> {
         let total: usize = shared + lens.iter().sum::<usize>();
-        if total != ids.len() || total == 0 {
-            bail!(
-                "packed lengths add up to {total}, the ids are {}",
-                ids.len()
-            );
+        let given = match &input {
+            PackedInput::Ids(ids) => ids.len(),
+            PackedInput::Hidden { x, .. } => x.dim(1)?,
+        };
+        if total != given || total == 0 {
+            bail!("packed lengths add up to {total}, the input holds {given}");
         }
         let (past, mut kv) = match prefix {
             Some(c) if !c.is_empty() => {
@@ -382,7 +553,14 @@ impl Qwen2 {
         let positions = Positions::PerRow(Tensor::from_vec(pos, (1, total), &self.device)?);
         let (cos, sin) = self.rope.tables(&positions)?;
         let mask = AttnMask::packed(past, shared, lens);
-        let input = Tensor::new(ids, &self.device)?.unsqueeze(0)?;
+        let ids_t;
+        let start = match input {
+            PackedInput::Ids(ids) => {
+                ids_t = Tensor::new(ids, &self.device)?.unsqueeze(0)?;
+                Start::Ids(&ids_t)
+            }
+            PackedInput::Hidden { x, layer } => Start::Hidden { x, layer },
+        };
         let use_kv = past > 0;
         let ends = ends_only.then(|| {
             let mut cols = Vec::new();
@@ -395,7 +573,8 @@ impl Qwen2 {
             (cols, at)
         });
         self.run_layers(
-            &input,
+            start,
+            end,
             &cos,
             &sin,
             &mask,
@@ -418,7 +597,7 @@ impl Qwen2 {
         valid: Option<&[Vec<bool>]>,
         cache: Option<&mut KvCache>,
     ) -> Result<Tensor> {
-        let hidden = self.forward_rows(ids, valid, cache, Mode::Infer, true)?;
+        let hidden = self.forward_rows(ids, valid, cache, Mode::Infer, true, self.layers.len())?;
         let last = hidden.squeeze(1)?;
         self.logits(&last, Mode::Infer)
     }

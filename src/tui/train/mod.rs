@@ -460,6 +460,9 @@ impl App {
                 ));
             }
             TrainEvent::Step(m) => live.push_step(m),
+            TrainEvent::Planned(p) => {
+                live.total_steps = p.total_steps;
+            }
             TrainEvent::Eval {
                 step,
                 eval_loss,

@@ -1,0 +1,355 @@
+//! Time-budgeted training: the clock the trainer reads, what each kind of work costs, and the
+//! plan. After the first optimizer step the trainer knows what a token costs in the frozen
+//! layers, in a training step and in a validation pass, and what an optimizer step costs on
+//! top; the plan then walks the exact batches the run will take (their order is fixed by the
+//! seed) and picks the number of steps whose predicted time fills the budget, so the schedule
+//! (warmup, then the decay) ends on time with the learning rate annealed. The plan is frozen
+//! in the trainer state: a resumed run follows it unchanged.
+
+#[allow(unused_imports)]
+use super::*;
+
+/// Where the trainer reads the time: the wall clock, or a simulated clock (tests) that
+/// advances by the cost of the work the trainer reports.
+pub trait Clock: Send {
+    /// Seconds since the clock started.
+    fn now(&self) -> f64;
+    /// Work just done (the wall clock ignores it).
+    fn charge(&mut self, _work: Work) {}
+}
+
+/// A piece of work, as the trainer reports it to its clock.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Work {
+    /// tokens run through the frozen layers (frozen-prefix cache misses)
+    Frozen { tokens: usize },
+    /// tokens of a micro-batch's training forward and backward
+    Step { tokens: usize },
+    /// one optimizer update
+    Optim,
+    /// tokens of a validation forward
+    Eval { tokens: usize },
+}
+
+pub struct WallClock(Instant);
+
+impl WallClock {
+    pub fn new() -> Self {
+        Self(Instant::now())
+    }
+}
+
+impl Default for WallClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Clock for WallClock {
+    fn now(&self) -> f64 {
+        self.0.elapsed().as_secs_f64()
+    }
+}
+
+/// A clock that advances only by the cost of the work reported to it.
+pub struct SimClock {
+    t: f64,
+    pub costs: Costs,
+}
+
+impl SimClock {
+    pub fn new(costs: Costs) -> Self {
+        Self { t: 0.0, costs }
+    }
+}
+
+impl Clock for SimClock {
+    fn now(&self) -> f64 {
+        self.t
+    }
+    fn charge(&mut self, w: Work) {
+        let c = &self.costs;
+        self.t += match w {
+            Work::Frozen { tokens } => c.frozen_per_token * tokens as f64,
+            Work::Step { tokens } => c.step_per_token * tokens as f64,
+            Work::Optim => c.optim,
+            Work::Eval { tokens } => c.eval_per_token * tokens as f64,
+        };
+    }
+}
+
+/// Seconds per unit of work.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Costs {
+    pub frozen_per_token: f64,
+    pub step_per_token: f64,
+    pub optim: f64,
+    pub eval_per_token: f64,
+}
+
+/// Time spent and work done per kind, as measured by the trainer's clock.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Meter {
+    pub frozen_s: f64,
+    pub frozen_tokens: u64,
+    pub step_s: f64,
+    pub step_tokens: u64,
+    pub optim_s: f64,
+    pub optim_n: u64,
+    pub eval_s: f64,
+    pub eval_tokens: u64,
+}
+
+impl Meter {
+    /// The costs these figures show (a kind never seen costs what `fallback` says).
+    pub fn costs(&self, fallback: &Costs) -> Costs {
+        let per = |s: f64, n: u64, f: f64| if n > 0 { s / n as f64 } else { f };
+        Costs {
+            frozen_per_token: per(self.frozen_s, self.frozen_tokens, fallback.frozen_per_token),
+            step_per_token: per(self.step_s, self.step_tokens, fallback.step_per_token),
+            optim: per(self.optim_s, self.optim_n, fallback.optim),
+            eval_per_token: per(self.eval_s, self.eval_tokens, fallback.eval_per_token),
+        }
+    }
+}
+
+/// A time-budgeted run's schedule, fixed after its first optimizer step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    /// the budget, from the first step to the end of the last validation
+    pub budget_s: f64,
+    pub total_steps: usize,
+    pub warmup_steps: usize,
+    /// validation every this many optimizer steps (and at the last)
+    pub eval_every: usize,
+    pub costs: Costs,
+    /// the time the plan expects the run to take
+    pub predicted_s: f64,
+    /// samples the planned steps take (an epoch is the training set once)
+    pub samples: usize,
+    pub epochs: f64,
+}
+
+/// What one future optimizer step holds, for the plan.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepLoad {
+    /// tokens the training forward/backward runs (packed rows)
+    pub step_tokens: usize,
+    /// tokens the frozen layers run (examples not cached yet; every token without a cache)
+    pub frozen_tokens: usize,
+    pub samples: usize,
+}
+
+/// What a validation pass costs in tokens: the first pass (frozen layers included) and the
+/// later ones.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EvalLoad {
+    pub first_frozen_tokens: usize,
+    pub frozen_tokens: usize,
+    pub eval_tokens: usize,
+}
+
+/// The share of the remaining budget a plan fills (the rest absorbs noise).
+pub const PLAN_FILL: f64 = 0.97;
+
+/// The largest number of steps (counting the `done` already taken) whose predicted time,
+/// validation passes included, fits in `remaining_s`, with its schedule. `steps` lists the
+/// loads of the steps after the `done` ones, as far as the budget could reach; `evals` is
+/// how many validation passes the run makes (spread evenly, the last at the end; 0 without
+/// a validation set).
+#[allow(clippy::too_many_arguments)]
+pub fn plan(
+    budget_s: f64,
+    spent_s: f64,
+    done: usize,
+    steps: &[StepLoad],
+    eval: Option<EvalLoad>,
+    evals: usize,
+    costs: Costs,
+    warmup_ratio: f64,
+    warmup_steps: Option<usize>,
+    samples_done: usize,
+    epoch_samples: usize,
+) -> Plan {
+    let remaining = (budget_s - spent_s).max(0.0) * PLAN_FILL;
+    let step_cost = |l: &StepLoad| {
+        l.step_tokens as f64 * costs.step_per_token
+            + l.frozen_tokens as f64 * costs.frozen_per_token
+            + costs.optim
+    };
+    let eval_cost = |first: bool| match eval {
+        Some(e) => {
+            let frozen = if first {
+                e.first_frozen_tokens
+            } else {
+                e.frozen_tokens
+            };
+            frozen as f64 * costs.frozen_per_token + e.eval_tokens as f64 * costs.eval_per_token
+        }
+        None => 0.0,
+    };
+    let evals_cost = |n: usize| -> f64 {
+        if eval.is_none() || n == 0 {
+            return 0.0;
+        }
+        eval_cost(true) + (n - 1) as f64 * eval_cost(false)
+    };
+    let mut acc = 0.0;
+    let mut best = (done.max(1), 0.0, 0usize);
+    let mut samples = 0;
+    for (k, l) in steps.iter().enumerate() {
+        acc += step_cost(l);
+        samples += l.samples;
+        let total = done + k + 1;
+        let n_evals = if eval.is_some() {
+            evals.min(total).max(1)
+        } else {
+            0
+        };
+        let t = acc + evals_cost(n_evals);
+        if t > remaining {
+            break;
+        }
+        best = (total, t, samples);
+    }
+    let (total, predicted, new_samples) = best;
+    let n_evals = if eval.is_some() {
+        evals.min(total).max(1)
+    } else {
+        0
+    };
+    let eval_every = if n_evals == 0 {
+        0
+    } else {
+        total.div_ceil(n_evals)
+    };
+    let warmup = warmup_steps.unwrap_or((warmup_ratio * total as f64).ceil() as usize);
+    let seen = samples_done + new_samples;
+    Plan {
+        budget_s,
+        total_steps: total,
+        warmup_steps: warmup,
+        eval_every,
+        costs,
+        predicted_s: spent_s + predicted,
+        samples: seen,
+        epochs: seen as f64 / epoch_samples.max(1) as f64,
+    }
+}
+
+/// A duration as `--time-budget` takes it: `90s`, `15m`, `1h`, `1h30m` or plain seconds.
+pub fn parse_duration(s: &str) -> Result<f64> {
+    let t = s.trim();
+    if let Ok(v) = t.parse::<f64>() {
+        if v > 0.0 && v.is_finite() {
+            return Ok(v);
+        }
+    }
+    let mut total = 0.0;
+    let mut num = String::new();
+    let mut any = false;
+    for c in t.chars() {
+        if c.is_ascii_digit() || c == '.' {
+            num.push(c);
+            continue;
+        }
+        let unit = match c {
+            'h' => 3600.0,
+            'm' => 60.0,
+            's' => 1.0,
+            _ => bail!("duration `{s}`: use e.g. 90s, 15m, 1h or 1h30m"),
+        };
+        let v: f64 = num
+            .parse()
+            .map_err(|_| anyhow::anyhow!("duration `{s}`: a number must come before `{c}`"))?;
+        total += v * unit;
+        num.clear();
+        any = true;
+    }
+    if !num.is_empty() || !any || total <= 0.0 || !total.is_finite() {
+        bail!("duration `{s}`: use e.g. 90s, 15m, 1h or 1h30m");
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90s").unwrap(), 90.0);
+        assert_eq!(parse_duration("15m").unwrap(), 900.0);
+        assert_eq!(parse_duration("1h30m").unwrap(), 5400.0);
+        assert_eq!(parse_duration("120").unwrap(), 120.0);
+        assert_eq!(parse_duration("0.5h").unwrap(), 1800.0);
+        for bad in ["", "m", "10x", "-5", "0", "5m3"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_plan_fills_the_budget_with_its_evaluations() {
+        let costs = Costs {
+            frozen_per_token: 0.001,
+            step_per_token: 0.01,
+            optim: 0.5,
+            eval_per_token: 0.002,
+        };
+        // the first 10 steps see new samples (frozen layers run), the rest hit the cache
+        let steps: Vec<StepLoad> = (0..1000)
+            .map(|k| StepLoad {
+                step_tokens: 400,
+                frozen_tokens: if k < 10 { 300 } else { 0 },
+                samples: 4,
+            })
+            .collect();
+        let eval = EvalLoad {
+            first_frozen_tokens: 1000,
+            frozen_tokens: 0,
+            eval_tokens: 1000,
+        };
+        let p = plan(
+            200.0,
+            10.0,
+            1,
+            &steps,
+            Some(eval),
+            4,
+            costs,
+            0.1,
+            None,
+            4,
+            44,
+        );
+        // each later step costs 4.5 s (4.8 s while new samples come), an evaluation 2 s
+        // (3 s the first time): 184.3 s available
+        let step = |k: usize| if k < 10 { 4.8 } else { 4.5 };
+        let predicted: f64 = (0..p.total_steps - 1).map(step).sum::<f64>() + 3.0 + 3.0 * 2.0 + 10.0;
+        assert!((p.predicted_s - predicted).abs() < 1e-9);
+        assert!(p.predicted_s <= 10.0 + 190.0 * PLAN_FILL);
+        assert!(
+            p.predicted_s + 4.5 > 10.0 + 190.0 * PLAN_FILL,
+            "one more step would not fit"
+        );
+        assert_eq!(p.eval_every, p.total_steps.div_ceil(4));
+        assert_eq!(p.warmup_steps, (0.1 * p.total_steps as f64).ceil() as usize);
+        assert_eq!(p.samples, 4 * p.total_steps);
+    }
+
+    #[test]
+    fn a_budget_too_small_for_a_second_step_plans_one() {
+        let steps = [StepLoad {
+            step_tokens: 100,
+            frozen_tokens: 0,
+            samples: 1,
+        }];
+        let costs = Costs {
+            step_per_token: 1.0,
+            ..Default::default()
+        };
+        let p = plan(5.0, 4.0, 1, &steps, None, 0, costs, 0.1, None, 1, 10);
+        assert_eq!(p.total_steps, 1);
+        assert_eq!(p.eval_every, 0);
+    }
+}
