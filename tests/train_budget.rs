@@ -441,3 +441,37 @@ fn cli_train_with_a_layer_range_and_a_time_budget() {
         assert_eq!(o.status.code(), Some(2), "{bad:?}");
     }
 }
+
+#[test]
+fn a_validation_pass_reads_p_fraud_as_score_mode_does() {
+    let d = tmp();
+    let m = tiny_model(d.path(), TinySpec::default());
+    let lm = load(&m, DType::F32);
+    let f = d.path().join("ex.jsonl");
+    fraud_jsonl(&f, 6);
+    let samples = fraudlab::data::load(&f).unwrap().samples;
+    let ex: Vec<_> = samples
+        .iter()
+        .map(|s| make_example(&lm.tokenizer, s, 512, false).unwrap().unwrap())
+        .collect();
+    for (e, s) in ex.iter().zip(&samples) {
+        let v = e.verdict.expect("a labelled fraud sample has a verdict");
+        assert_eq!(v.label, s.label.unwrap());
+        assert_eq!(e.ids[v.pos], if v.label { v.t } else { v.f });
+        assert!(e.labels[v.pos].is_some());
+    }
+    let got = fraudlab::engine::train::val_probabilities(&lm.model, &ex, 4).unwrap();
+    let want = fraudlab::engine::eval::score_with(
+        &lm.model,
+        &lm.tokenizer,
+        &samples,
+        3,
+        &std::sync::atomic::AtomicBool::new(false),
+        &mut |_, _| {},
+    )
+    .unwrap();
+    for (g, w) in got.iter().zip(&want) {
+        let g = g.unwrap();
+        assert!((g - w).abs() < 1e-5, "{g} vs {w}");
+    }
+}

@@ -148,6 +148,7 @@ pub fn step_metrics(step: usize, total: usize) -> StepMetrics {
         eta_s: (total - step.min(total)) as f64 * 1.4,
         rss_mib: 2400.0,
         eval_loss: (step % 50 == 0).then(|| 2.2 * (-x / 150.0).exp() + 0.45),
+        eval_auc: None,
     }
 }
 

@@ -9,6 +9,20 @@ use super::*;
 pub struct Example {
     pub ids: Vec<u32>,
     pub labels: Vec<Option<u32>>,
+    /// For a labelled fraud sample: where its answer says true or false, so a validation
+    /// pass reads P(fraud) there as score mode does.
+    pub verdict: Option<Verdict>,
+}
+
+/// The verdict token of a fraud sample's answer.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Verdict {
+    /// index in `ids` of the token that says true or false
+    pub pos: usize,
+    /// the tokens of the true and the false answer there
+    pub t: u32,
+    pub f: u32,
+    pub label: bool,
 }
 
 impl Example {
@@ -27,6 +41,7 @@ pub fn make_example(
     max_len: usize,
     answer_fields: bool,
 ) -> Result<Option<Example>> {
+    let mut verdict = None;
     let (ids, labels) = match &s.body {
         SampleBody::Text { text } => {
             let mut ids = tok.encode(text)?;
@@ -66,6 +81,25 @@ pub fn make_example(
                 ids = prompt;
                 ids.extend_from_slice(&answer);
             }
+            if let (SampleBody::Fraud { .. }, Some(label)) = (&s.body, s.label) {
+                // the same conversation with the other answer parts from this one at the
+                // verdict token
+                let mut other = s.clone();
+                other.label = Some(!label);
+                let alt = tok.encode(&tok.apply_chat_template(
+                    &other.to_chat_messages(DEFAULT_SYSTEM, true, answer_fields),
+                    false,
+                )?)?;
+                let pos = ids.iter().zip(&alt).take_while(|(a, b)| a == b).count();
+                if pos < ids.len() && pos < alt.len() && labels[pos].is_some() {
+                    let (t, f) = if label {
+                        (ids[pos], alt[pos])
+                    } else {
+                        (alt[pos], ids[pos])
+                    };
+                    verdict = Some(Verdict { pos, t, f, label });
+                }
+            }
             (ids, labels)
         }
     };
@@ -79,6 +113,9 @@ pub fn make_example(
         } else {
             // the prompt part loses its middle, by the rule scoring uses too
             let cut = crate::engine::eval::middle_cut(first_target, max_len - answer_len);
+            if let Some(v) = verdict.as_mut() {
+                v.pos -= cut.len(); // the cut lies in the prompt, before the answer
+            }
             ids.drain(cut.clone());
             labels.drain(cut);
         }
@@ -86,7 +123,12 @@ pub fn make_example(
     if labels.iter().all(|l| l.is_none()) {
         return Ok(None);
     }
-    Ok(Some(Example { ids, labels }))
+    let verdict = verdict.filter(|v| v.pos < ids.len());
+    Ok(Some(Example {
+        ids,
+        labels,
+        verdict,
+    }))
 }
 
 /// Deterministic order of `n` items for an epoch (Fisher-Yates with SplitMix64).
@@ -109,6 +151,9 @@ pub(super) struct Batch {
     pub(super) targets: Vec<u32>,
     /// tokens of the examples (the shared prefix counted for each)
     pub(super) tokens: usize,
+    /// per example: the index in `targets` of its verdict token, with the true and false
+    /// tokens (fraud samples)
+    pub(super) verdicts: Vec<Option<(usize, u32, u32)>>,
 }
 
 /// How many leading tokens every example of a batch can share: their common prefix, leaving
@@ -145,19 +190,25 @@ pub(super) fn make_batch(examples: &[&Example]) -> Result<Batch> {
     let mut positions = Vec::new();
     let mut targets = Vec::new();
     let mut tokens = 0;
+    let mut verdicts = Vec::with_capacity(examples.len());
     for e in examples {
         let o = ids.len();
         ids.extend_from_slice(&e.ids[shared..]);
         lens.push(e.ids.len() - shared);
         tokens += e.ids.len();
+        let mut verdict = None;
         // position t predicts token t+1; positions in the prefix are its shared rows
         for t in 0..e.ids.len().saturating_sub(1) {
             if let Some(y) = e.labels[t + 1] {
                 let row = if t < shared { t } else { o + t - shared };
+                if let Some(v) = e.verdict.filter(|v| v.pos == t + 1) {
+                    verdict = Some((targets.len(), v.t, v.f));
+                }
                 positions.push(row as u32);
                 targets.push(y);
             }
         }
+        verdicts.push(verdict);
     }
     Ok(Batch {
         ids,
@@ -166,6 +217,7 @@ pub(super) fn make_batch(examples: &[&Example]) -> Result<Batch> {
         positions,
         targets,
         tokens,
+        verdicts,
     })
 }
 
@@ -174,9 +226,44 @@ pub(super) fn batch_nll(model: &Qwen2, batch: &Batch, mode: Mode) -> Result<Tens
     batch_nll_at(model, batch, None, mode)
 }
 
-/// [`batch_nll`] from the batch's hidden states entering a layer when given (a frozen-prefix
-/// cache's), else from its ids.
-pub(super) fn batch_nll_at(
+/// A validation forward of a batch (from a frozen-prefix cache's hidden states when given):
+/// its summed negative log-likelihood and, per example with a verdict, P(fraud) read where
+/// score mode reads it (the true against the false token).
+pub(super) fn batch_eval(
+    model: &Qwen2,
+    batch: &Batch,
+    start: Option<&(Tensor, usize)>,
+) -> Result<(f64, Vec<Option<f64>>)> {
+    let logits = batch_logits(model, batch, start, Mode::Infer)?;
+    let nll = scalar(&nll_of(&logits, batch)?)?;
+    let rows: Vec<usize> = batch.verdicts.iter().flatten().map(|v| v.0).collect();
+    let mut probs = vec![None; batch.verdicts.len()];
+    if !rows.is_empty() {
+        let idx = Tensor::new(
+            rows.iter()
+                .map(|&r| r as u32)
+                .collect::<Vec<u32>>()
+                .as_slice(),
+            logits.device(),
+        )?;
+        let sel: Vec<Vec<f64>> = logits
+            .index_select(&idx, 0)?
+            .to_dtype(DType::F64)?
+            .to_vec2()?;
+        let mut k = 0;
+        for (p, v) in probs.iter_mut().zip(&batch.verdicts) {
+            if let Some((_, t, f)) = v {
+                let d = sel[k][*t as usize] - sel[k][*f as usize];
+                *p = Some(1.0 / (1.0 + (-d).exp()));
+                k += 1;
+            }
+        }
+    }
+    Ok((nll, probs))
+}
+
+/// Logits at a batch's target positions (n, vocab).
+fn batch_logits(
     model: &Qwen2,
     batch: &Batch,
     start: Option<&(Tensor, usize)>,
@@ -192,10 +279,24 @@ pub(super) fn batch_nll_at(
     let dev = hidden.device();
     let pos = Tensor::new(batch.positions.as_slice(), dev)?;
     let sel = hidden.reshape((b * s, h))?.index_select(&pos, 0)?;
-    let logits = model.logits(&sel, mode)?; // (n, vocab) f32
-    let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-    let tg = Tensor::new(batch.targets.as_slice(), dev)?.unsqueeze(1)?;
+    model.logits(&sel, mode) // (n, vocab) f32
+}
+
+fn nll_of(logits: &Tensor, batch: &Batch) -> Result<Tensor> {
+    let logp = candle_nn::ops::log_softmax(logits, D::Minus1)?;
+    let tg = Tensor::new(batch.targets.as_slice(), logits.device())?.unsqueeze(1)?;
     Ok(logp.gather(&tg, 1)?.sum_all()?.neg()?)
+}
+
+/// [`batch_nll`] from the batch's hidden states entering a layer when given (a frozen-prefix
+/// cache's), else from its ids.
+pub(super) fn batch_nll_at(
+    model: &Qwen2,
+    batch: &Batch,
+    start: Option<&(Tensor, usize)>,
+    mode: Mode,
+) -> Result<Tensor> {
+    nll_of(&batch_logits(model, batch, start, mode)?, batch)
 }
 
 pub(super) fn scalar(t: &Tensor) -> Result<f64> {
@@ -228,6 +329,21 @@ pub fn mean_loss_cached(
     let x = cache.batch_input(model, super::Set::Train, &members, b.shared)?;
     let n = b.targets.len().max(1);
     Ok((batch_nll_at(model, &b, Some(&(x, cache.layer())), mode)? / n as f64)?)
+}
+
+/// P(fraud) of each example with a verdict, as a validation pass reads it (batches of
+/// `batch` packed examples).
+pub fn val_probabilities(
+    model: &Qwen2,
+    examples: &[Example],
+    batch: usize,
+) -> Result<Vec<Option<f64>>> {
+    let mut out = Vec::with_capacity(examples.len());
+    for chunk in examples.chunks(batch.max(1)) {
+        let refs: Vec<&Example> = chunk.iter().collect();
+        out.extend(batch_eval(model, &make_batch(&refs)?, None)?.1);
+    }
+    Ok(out)
 }
 
 /// Mean loss of examples without gradients (validation).

@@ -155,6 +155,9 @@ pub struct StepMetrics {
     pub rss_mib: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub eval_loss: Option<f64>,
+    /// ROC-AUC of P(fraud) on the validation dialogues, where validation ran
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_auc: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -241,4 +244,6 @@ pub struct Calibration {
     pub f1_at_half: f64,
     /// highest threshold keeping recall at 0.95 or more
     pub threshold_for_recall_95: Option<f64>,
+    #[serde(default)]
+    pub roc_auc: Option<f64>,
 }

@@ -35,7 +35,10 @@ mod load;
 mod memory;
 mod optim;
 
-pub use batch::{epoch_order, eval_loss, make_example, mean_loss, mean_loss_cached, Example};
+pub use batch::{
+    epoch_order, eval_loss, make_example, mean_loss, mean_loss_cached, val_probabilities, Example,
+    Verdict,
+};
 pub use budget::{
     parse_duration, plan, Clock, Costs, EvalLoad, Meter, Plan, SimClock, StepLoad, WallClock, Work,
     PLAN_FILL,
@@ -110,9 +113,6 @@ enum Next {
 pub struct Trainer<'a> {
     tc: &'a TrainConfig,
     model: Qwen2,
-    tok: TextTokenizer,
-    /// labelled fraud-format validation samples, for the decision threshold at the end
-    val_samples: Vec<Sample>,
     tr: Trainable,
     opt: AdamW,
     st: TrainerState,
@@ -134,6 +134,8 @@ pub struct Trainer<'a> {
     step_t: f64,
     meter: Meter,
     frozen: Option<SharedCache>,
+    /// the last full validation pass: per example with a verdict, its label and P(fraud)
+    last_val: Option<Vec<(bool, f64)>>,
     window: Window,
 }
 
@@ -178,17 +180,7 @@ impl<'a> Trainer<'a> {
         let (train_s, val_s, summary) = load::load_split(tc)?;
         let (train_ex, val_ex) = load::examples_of(tc, &tok, &train_s, &val_s)?;
         drop(train_s);
-        let val_samples: Vec<Sample> = val_s
-            .into_iter()
-            .filter(|s| s.label.is_some() && matches!(s.body, SampleBody::Fraud { .. }))
-            .map(|s| {
-                if tc.anonymize_speakers {
-                    s.anonymized()
-                } else {
-                    s
-                }
-            })
-            .collect();
+        drop(val_s);
         on_event(TrainEvent::Log(summary));
         let tr = if tc.full {
             make_all_trainable(&mut model)?
@@ -279,8 +271,6 @@ impl<'a> Trainer<'a> {
         Ok(Self {
             tc,
             model,
-            tok,
-            val_samples,
             tr,
             opt,
             start_step: st.step,
@@ -300,6 +290,7 @@ impl<'a> Trainer<'a> {
             clock,
             meter: Meter::default(),
             frozen,
+            last_val: None,
             window: Window::default(),
         })
     }
@@ -514,13 +505,16 @@ impl<'a> Trainer<'a> {
             eta_s: eta,
             rss_mib: rss_mib().0,
             eval_loss: None,
+            eval_auc: None,
         })
     }
 
-    /// Mean validation loss, from the frozen-prefix cache where there is one.
+    /// Mean validation loss, from the frozen-prefix cache where there is one. A pass over
+    /// every validation example also keeps their P(fraud) (`last_val`).
     fn val_loss(&mut self, idx: &[usize]) -> Result<f64> {
         let mut sum = 0.0;
         let mut n = 0usize;
+        let mut scored = Vec::new();
         for chunk in idx.chunks(self.tc.batch.max(1)) {
             let refs: Vec<&Example> = chunk.iter().map(|&i| &self.val_ex[i]).collect();
             let b = make_batch(&refs)?;
@@ -529,7 +523,13 @@ impl<'a> Trainer<'a> {
             }
             let start = self.frozen_input(Set::Val, &b, chunk)?;
             let t0 = self.clock.now();
-            sum += scalar(&batch_nll_at(&self.model, &b, start.as_ref(), Mode::Infer)?)?;
+            let (nll, probs) = batch_eval(&self.model, &b, start.as_ref())?;
+            sum += nll;
+            for (&i, p) in chunk.iter().zip(probs) {
+                if let (Some(p), Some(v)) = (p, self.val_ex[i].verdict) {
+                    scored.push((v.label, p));
+                }
+            }
             self.clock.charge(Work::Eval {
                 tokens: b.ids.len(),
             });
@@ -537,7 +537,25 @@ impl<'a> Trainer<'a> {
             self.meter.eval_tokens += b.ids.len() as u64;
             n += b.targets.len();
         }
+        if idx.len() == self.val_ex.len() {
+            self.last_val = Some(scored);
+        }
         Ok(if n == 0 { f64::NAN } else { sum / n as f64 })
+    }
+
+    /// ROC-AUC of the last full validation pass.
+    fn val_auc(&self) -> Option<f64> {
+        let rows: Vec<data::EvalRow> = self
+            .last_val
+            .as_ref()?
+            .iter()
+            .map(|&(label, p)| data::EvalRow {
+                label,
+                predicted: Some(p >= 0.5),
+                probability: Some(p),
+            })
+            .collect();
+        data::metrics::roc_auc(&rows)
     }
 
     /// The time-budget plan, made once the first optimizer step has shown what a token
@@ -694,6 +712,7 @@ impl<'a> Trainer<'a> {
             let all: Vec<usize> = (0..self.val_ex.len()).collect();
             let el = self.val_loss(&all)?;
             m.eval_loss = Some(el);
+            m.eval_auc = self.val_auc();
             let st = &mut self.st;
             improved = st.best_eval_loss.is_none_or(|b| el < b);
             if improved {
@@ -891,30 +910,23 @@ fn new_frozen_cache(
 }
 
 impl Trainer<'_> {
-    /// The F1-best decision threshold on the labelled validation dialogues (score mode on
-    /// the trained model), with its precision and recall and the threshold that keeps recall
-    /// at 0.95; `None` without a validation set holding both labels.
+    /// The F1-best decision threshold on the labelled validation dialogues, from the last
+    /// validation pass (on the final weights: a run always validates at its last step),
+    /// whose P(fraud) is read where score mode reads it; with its precision and recall, the
+    /// threshold that keeps recall at 0.95, and the ROC-AUC. `None` without a validation set
+    /// holding both labels.
     fn calibrate(&self, on_event: &mut dyn FnMut(TrainEvent)) -> Result<Option<Calibration>> {
-        let v = &self.val_samples;
-        let pos = v.iter().filter(|s| s.label == Some(true)).count();
+        let Some(v) = &self.last_val else {
+            return Ok(None);
+        };
+        let pos = v.iter().filter(|x| x.0).count();
         if pos == 0 || pos == v.len() {
             return Ok(None);
         }
-        let t0 = Instant::now();
-        let cancel = AtomicBool::new(false);
-        let probs = crate::engine::eval::score_with(
-            &self.model,
-            &self.tok,
-            v,
-            self.tc.batch.max(1),
-            &cancel,
-            &mut |_, _| {},
-        )?;
         let rows: Vec<data::EvalRow> = v
             .iter()
-            .zip(&probs)
-            .map(|(s, &p)| data::EvalRow {
-                label: s.label == Some(true),
+            .map(|&(label, p)| data::EvalRow {
+                label,
                 predicted: Some(p >= 0.5),
                 probability: Some(p),
             })
@@ -931,16 +943,17 @@ impl Trainer<'_> {
             f1: m.f1,
             f1_at_half: at_half.f1,
             threshold_for_recall_95: threshold_for_recall(&rows, 0.95),
+            roc_auc: data::metrics::roc_auc(&rows),
         };
         on_event(TrainEvent::Log(format!(
-            "decision threshold {:.4} (F1-best on {} validation dialogues, {:.0}s): precision {:.3} recall {:.3} F1 {:.3} (F1 {:.3} at 0.5)",
+            "decision threshold {:.4} (F1-best on {} validation dialogues): precision {:.3} recall {:.3} F1 {:.3} (F1 {:.3} at 0.5), ROC-AUC {}",
             c.threshold,
             c.n,
-            t0.elapsed().as_secs_f64(),
             c.precision,
             c.recall,
             c.f1,
-            c.f1_at_half
+            c.f1_at_half,
+            c.roc_auc.map(|a| format!("{a:.3}")).unwrap_or_else(|| "–".into())
         )));
         Ok(Some(c))
     }
