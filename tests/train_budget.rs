@@ -475,3 +475,96 @@ fn a_validation_pass_reads_p_fraud_as_score_mode_does() {
         assert!((g - w).abs() < 1e-5, "{g} vs {w}");
     }
 }
+
+#[test]
+fn tune_halves_its_grid_within_the_budget_and_keeps_the_best_adapter() {
+    let d = tmp();
+    let m = tiny_model(d.path(), four_layers());
+    let data = d.path().join("train.jsonl");
+    fraud_jsonl(&data, 16);
+    let out = d.path().join("tune");
+    let t0 = std::time::Instant::now();
+    let o = run(&[
+        "tune",
+        "--model",
+        m.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--time-budget",
+        "10s",
+        "--grid-lr",
+        "1e-3,1e-2",
+        "--grid-layers",
+        "all;2-3",
+        "--eta",
+        "2",
+        "--batch",
+        "2",
+        "--grad-accum",
+        "1",
+        "--json",
+    ]);
+    let took = t0.elapsed().as_secs_f64();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("tune.json")).unwrap()).unwrap();
+    let trials = r["trials"].as_array().unwrap();
+    // 4 recipes, then the best 2, then the best 1
+    let per_rung: Vec<usize> = (0..3)
+        .map(|k| trials.iter().filter(|t| t["rung"] == k).count())
+        .collect();
+    assert_eq!(per_rung, vec![4, 2, 1]);
+    let kept: Vec<&serde_json::Value> = trials.iter().filter(|t| t["kept"] == true).collect();
+    assert_eq!(kept.len(), 2 + 1 + 1);
+    // a rung's survivors are the ones with the best validation ROC-AUC
+    for rung in 0..2 {
+        let rt: Vec<&serde_json::Value> = trials.iter().filter(|t| t["rung"] == rung).collect();
+        let worst_kept = rt
+            .iter()
+            .filter(|t| t["kept"] == true)
+            .map(|t| t["val_auc"].as_f64().unwrap_or(-1.0))
+            .fold(f64::INFINITY, f64::min);
+        let best_dropped = rt
+            .iter()
+            .filter(|t| t["kept"] != true)
+            .map(|t| t["val_auc"].as_f64().unwrap_or(-1.0))
+            .fold(f64::NEG_INFINITY, f64::max);
+        assert!(worst_kept >= best_dropped);
+    }
+    // later rungs get more time per trial
+    let budget_of = |k: usize| {
+        trials.iter().find(|t| t["rung"] == k).unwrap()["budget_s"]
+            .as_f64()
+            .unwrap()
+    };
+    assert!(
+        budget_of(2) > budget_of(0),
+        "{} {} {}",
+        budget_of(0),
+        budget_of(1),
+        budget_of(2)
+    );
+    assert!(
+        took < 10.0 + 8.0,
+        "the search kept to its budget ({took:.1}s)"
+    );
+    // the winner's adapter, with its threshold, is the result
+    let best = &r["best"];
+    assert_eq!(best["rung"], 2);
+    let meta = fraudlab::model::adapter::AdapterMeta::read(&out.join("adapter"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(meta.threshold, best["threshold"].as_f64());
+    assert!(out.join("adapter/adapter_model.safetensors").exists());
+    // a search needs a budget
+    let o = run(&[
+        "tune",
+        "--model",
+        m.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+}

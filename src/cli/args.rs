@@ -47,6 +47,9 @@ pub enum Command {
     },
     /// Fine-tune a model (LoRA or full) on a dataset, with checkpoints and live metrics.
     Train(Box<TrainArgs>),
+    /// Search LoRA recipes (learning rate, rank, layer range) by successive halving within a
+    /// time budget, selecting on validation only; the best adapter with its threshold.
+    Tune(Box<TuneArgs>),
     /// Precision / recall / F1 of models (and adapters) on a labelled dataset.
     Eval(EvalArgs),
     /// Write base model + LoRA adapter as one standalone Hugging Face folder.
@@ -335,6 +338,28 @@ pub struct TrainArgs {
     /// One JSON object per step and a summary, for scripts.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct TuneArgs {
+    /// The run settings every trial shares (--model, --data, --val or --val-split, --batch,
+    /// --max-len…); --time-budget is the whole search's; --lr, --lora-r and --layers come
+    /// from the grid.
+    #[command(flatten)]
+    pub train: TrainArgs,
+    /// Learning rates to try (comma-separated).
+    #[arg(long = "grid-lr", default_value = "1e-4,2e-4,4e-4")]
+    pub grid_lr: String,
+    /// LoRA ranks to try (comma-separated).
+    #[arg(long = "grid-r", default_value = "8")]
+    pub grid_r: String,
+    /// Layer ranges to try, separated by `;` (`all` for every layer). Default: every layer,
+    /// the upper half and the upper quarter of the model.
+    #[arg(long = "grid-layers")]
+    pub grid_layers: Option<String>,
+    /// Successive halving keeps the best 1/eta of each rung and gives it eta times the time.
+    #[arg(long, default_value_t = 3)]
+    pub eta: usize,
 }
 
 fn parse_budget(s: &str) -> std::result::Result<f64, String> {

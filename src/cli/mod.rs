@@ -28,6 +28,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Some(Command::Probe(a)) => models::cmd_probe(a, &cli.session),
         Some(Command::Logits(a)) => models::cmd_logits(a),
         Some(Command::Train(a)) => train::cmd_train(*a, &cli.session),
+        Some(Command::Tune(a)) => train::cmd_tune(*a, &cli.session),
         Some(Command::Eval(a)) => eval::cmd_eval(a, &cli.session),
         Some(Command::Merge {
             model,

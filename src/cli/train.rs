@@ -5,16 +5,11 @@ use serde_json::json;
 
 use super::args::*;
 use super::common::*;
+use crate::engine::train::TrainConfig;
 use crate::model;
 
 pub(super) fn cmd_train(a: TrainArgs, session: &str) -> Result<()> {
-    use crate::engine::train::{train, TrainConfig, TrainControl, TrainEvent};
-    let targets: Vec<String> = a
-        .target
-        .split(',')
-        .map(|t| t.trim().to_string())
-        .filter(|t| !t.is_empty())
-        .collect();
+    use crate::engine::train::{train, TrainControl, TrainEvent};
     let sess = open_session(session)?;
     let out = match (&a.out, a.resume) {
         (Some(o), _) => o.clone(),
@@ -27,48 +22,7 @@ pub(super) fn cmd_train(a: TrainArgs, session: &str) -> Result<()> {
         }
         (None, false) => sess.run_dir(&sess.new_run_id()?),
     };
-    let tc = TrainConfig {
-        model: a.model.clone(),
-        data: a.data.clone(),
-        val: a.val.clone(),
-        val_split: a.val_split,
-        out_dir: out,
-        full: a.full,
-        lora: model::adapter::LoraSpec {
-            r: a.lora_r,
-            lora_alpha: a.lora_alpha,
-            lora_dropout: a.lora_dropout,
-            target_modules: targets,
-            use_rslora: false,
-            layers_to_transform: a
-                .layers
-                .as_deref()
-                .map(model::adapter::parse_layers)
-                .transpose()?,
-        },
-        lr: a.lr,
-        epochs: a.epochs,
-        max_steps: a.max_steps,
-        batch: a.batch,
-        grad_accum: a.grad_accum,
-        max_len: a.max_len,
-        schedule: a.schedule.parse()?,
-        warmup_ratio: a.warmup_ratio,
-        warmup_steps: a.warmup_steps,
-        weight_decay: a.weight_decay,
-        max_grad_norm: a.max_grad_norm,
-        seed: a.seed,
-        save_every: a.save_every,
-        eval_every: a.eval_every,
-        early_stopping: a.early_stopping,
-        resume: a.resume,
-        answer_fields: a.answer_fields,
-        anonymize_speakers: a.anonymize_speakers,
-        limit: a.limit,
-        time_budget_s: a.time_budget,
-        frozen_cache_mib: a.frozen_cache_mib,
-        ..TrainConfig::default()
-    };
+    let tc = train_config(&a, out)?;
     let control = TrainControl::default();
     // Ctrl-C (SIGINT) or SIGTERM stops after the current step with a checkpoint and the adapter.
     install_stop_signals();
@@ -161,4 +115,183 @@ pub(super) fn cmd_train(a: TrainArgs, session: &str) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The run `train`'s arguments describe, written to `out`.
+fn train_config(a: &TrainArgs, out: std::path::PathBuf) -> Result<TrainConfig> {
+    let targets: Vec<String> = a
+        .target
+        .split(',')
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty())
+        .collect();
+    Ok(TrainConfig {
+        model: a.model.clone(),
+        data: a.data.clone(),
+        val: a.val.clone(),
+        val_split: a.val_split,
+        out_dir: out,
+        full: a.full,
+        lora: model::adapter::LoraSpec {
+            r: a.lora_r,
+            lora_alpha: a.lora_alpha,
+            lora_dropout: a.lora_dropout,
+            target_modules: targets,
+            use_rslora: false,
+            layers_to_transform: a
+                .layers
+                .as_deref()
+                .map(model::adapter::parse_layers)
+                .transpose()?,
+        },
+        lr: a.lr,
+        epochs: a.epochs,
+        max_steps: a.max_steps,
+        batch: a.batch,
+        grad_accum: a.grad_accum,
+        max_len: a.max_len,
+        schedule: a.schedule.parse()?,
+        warmup_ratio: a.warmup_ratio,
+        warmup_steps: a.warmup_steps,
+        weight_decay: a.weight_decay,
+        max_grad_norm: a.max_grad_norm,
+        seed: a.seed,
+        save_every: a.save_every,
+        eval_every: a.eval_every,
+        early_stopping: a.early_stopping,
+        resume: a.resume,
+        answer_fields: a.answer_fields,
+        anonymize_speakers: a.anonymize_speakers,
+        limit: a.limit,
+        time_budget_s: a.time_budget,
+        frozen_cache_mib: a.frozen_cache_mib,
+        ..TrainConfig::default()
+    })
+}
+
+/// `fraudlab tune`.
+pub(super) fn cmd_tune(a: TuneArgs, session: &str) -> Result<()> {
+    use crate::engine::train::tune::{tune, Grid, TuneEvent};
+    use crate::engine::train::{TrainControl, TrainEvent};
+    let t = &a.train;
+    let budget = t
+        .time_budget
+        .context("tune needs --time-budget (the whole search's, e.g. 60m)")?;
+    let sess = open_session(session)?;
+    let out = match &t.out {
+        Some(o) => o.clone(),
+        None => sess.run_dir(&format!("tune-{}", sess.new_run_id()?)),
+    };
+    let mut base = train_config(t, out)?;
+    if base.val.is_none() && base.val_split <= 0.0 {
+        base.val_split = 0.1;
+    }
+    let list = |s: &str, what: &str| -> Result<Vec<String>> {
+        let v: Vec<String> = s
+            .split(',')
+            .map(|x| x.trim().to_string())
+            .filter(|x| !x.is_empty())
+            .collect();
+        if v.is_empty() {
+            anyhow::bail!("--grid-{what}: nothing to try");
+        }
+        Ok(v)
+    };
+    let lrs = list(&a.grid_lr, "lr")?
+        .iter()
+        .map(|x| {
+            x.parse::<f64>()
+                .ok()
+                .filter(|v| *v > 0.0 && v.is_finite())
+                .with_context(|| format!("--grid-lr: `{x}` is not a learning rate"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let ranks = list(&a.grid_r, "r")?
+        .iter()
+        .map(|x| {
+            x.parse::<usize>()
+                .ok()
+                .filter(|v| *v > 0)
+                .with_context(|| format!("--grid-r: `{x}` is not a rank"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    // no layer list: the model's default ranges, once it is loaded
+    let layers = match &a.grid_layers {
+        Some(g) => g
+            .split(';')
+            .map(str::trim)
+            .filter(|x| !x.is_empty())
+            .map(|x| {
+                if x == "all" {
+                    Ok(None)
+                } else {
+                    model::adapter::parse_layers(x).map(Some)
+                }
+            })
+            .collect::<Result<Vec<_>>>()?,
+        None => vec![],
+    };
+    let grid = Grid { lrs, ranks, layers };
+    let control = TrainControl::default();
+    install_stop_signals();
+    let json = t.json;
+    let result = tune(&base, &grid, budget, a.eta, &control, &mut |e| {
+        if STOP_SIGNAL.load(std::sync::atomic::Ordering::SeqCst) {
+            control
+                .stop
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        match e {
+            TuneEvent::TrialStarted {
+                name,
+                rung,
+                index,
+                of,
+                budget_s,
+            } => {
+                if !json {
+                    eprintln!(
+                        "trial {index}/{of} (rung {rung}): {name}, {}",
+                        fmt_secs(budget_s)
+                    );
+                }
+            }
+            TuneEvent::TrialFinished(t) => {
+                if json {
+                    println!("{}", json!({ "trial": t }));
+                } else {
+                    eprintln!(
+                        "  {}: {} steps, {} samples in {}; validation loss {} ROC-AUC {} F1 {}",
+                        t.name,
+                        t.steps,
+                        t.samples,
+                        fmt_secs(t.train_s),
+                        opt3(t.eval_loss),
+                        opt3(t.val_auc),
+                        opt3(t.val_f1)
+                    );
+                }
+            }
+            TuneEvent::Train(TrainEvent::Log(l)) if !json => eprintln!("  {l}"),
+            TuneEvent::Train(_) | TuneEvent::Finished(_) => {}
+        }
+    })?;
+    if json {
+        println!("{}", json!({ "finished": result }));
+    } else {
+        eprintln!(
+            "best recipe {} (validation ROC-AUC {}, F1 {} at threshold {}); adapter in {}; every trial in {}",
+            result.best.name,
+            opt3(result.best.val_auc),
+            opt3(result.best.val_f1),
+            opt3(result.best.threshold),
+            result.adapter.display(),
+            base.out_dir.join("tune.json").display()
+        );
+    }
+    Ok(())
+}
+
+fn opt3(x: Option<f64>) -> String {
+    x.map(|v| format!("{v:.3}")).unwrap_or_else(|| "–".into())
 }

@@ -47,6 +47,7 @@ impl ModelLocation {
     }
 }
 
+#[derive(Clone)]
 pub struct LoadedModel {
     pub model: Qwen2,
     pub tokenizer: TextTokenizer,

@@ -13,6 +13,7 @@ pub use crate::data::dataset::Message as ChatMessage;
 /// ChatML, used when a model ships no template of its own.
 pub const CHATML_TEMPLATE: &str = "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
 
+#[derive(Clone)]
 pub struct TextTokenizer {
     pub inner: tokenizers::Tokenizer,
     /// Generation stops at any of these.

@@ -34,6 +34,7 @@ mod frozen;
 mod load;
 mod memory;
 mod optim;
+pub mod tune;
 
 pub use batch::{
     epoch_order, eval_loss, make_example, mean_loss, mean_loss_cached, val_probabilities, Example,
