@@ -85,6 +85,12 @@ pub enum Command {
     Download {
         /// Hub id, e.g. Qwen/Qwen2-0.5B-Instruct.
         id: String,
+        /// Branch, tag or commit (default: main).
+        #[arg(long)]
+        revision: Option<String>,
+        /// One JSON object with the result on stdout, no progress bar.
+        #[arg(long)]
+        json: bool,
     },
     /// Follow live conversations turn by turn from standard input and warn in time: one line
     /// (or JSON object) per turn with P(fraud) and the alert state.
