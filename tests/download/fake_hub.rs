@@ -1,4 +1,4 @@
-//! A fake Hugging Face hub on loopback, a small HTTP/1.1 server on std threads
+//! A fake Hugging Face hub and ModelScope on loopback, a small HTTP/1.1 server on std threads
 //! (keep-alive, HEAD, Range) that speaks what real clients need:
 //! - `GET /api/models/{id}` and `/api/models/{id}/revision/{rev}` (`sha`, `siblings`; sizes,
 //!   `blobId` and `lfs` with `?blobs=true`), `GET /api/models/{id}/tree/{rev}` (Python's
@@ -6,6 +6,8 @@
 //! - `HEAD`/`GET /{id}/resolve/{rev}/{file}`: `ETag` (the git blob id), `X-Repo-Commit`; for
 //!   LFS files a 302 to a second listener (a "CDN" on another port, so another origin) with
 //!   `X-Linked-Etag` (the sha256) and `X-Linked-Size`;
+//! - ModelScope's `GET /api/v1/models/{id}/repo/files?Revision=…` and
+//!   `/api/v1/models/{id}/repo?Revision=…&FilePath=…`;
 //! - `Range: bytes=N-` (206, or 416 past the end).
 //!
 //! Knobs make it misbehave: drop the connection after N bytes of a file, send wrong bytes,
@@ -196,7 +198,7 @@ impl FakeHub {
     pub fn file_requests(&self) -> Vec<Logged> {
         self.log()
             .into_iter()
-            .filter(|l| !l.target.starts_with("/api/"))
+            .filter(|l| !l.target.starts_with("/api/") || l.target.contains("/repo?"))
             .collect()
     }
 }
@@ -456,8 +458,41 @@ fn route_hub(req: &Request, state: &State) -> Answer {
         let id = format!("{org}/{name}");
         state.repos.iter().find(|r| r.id == id)
     };
-    let rev_ok = |r: &Repo, rev: &str| rev == "main" || rev == r.commit;
+    let rev_ok = |r: &Repo, rev: &str| rev == "main" || rev == "master" || rev == r.commit;
     match p.as_slice() {
+        // ModelScope
+        ["api", "v1", "models", org, name, "repo", "files"] => {
+            let Some(r) = repo(org, name) else {
+                return Answer::new(404);
+            };
+            if let Some(l) = state.knobs.lock().unwrap().listing.clone() {
+                return Answer::json(l);
+            }
+            let files: Vec<_> = r
+                .files
+                .iter()
+                .map(|f| {
+                    serde_json::json!({
+                        "Name": f.name.rsplit('/').next(), "Path": f.name, "Type": "blob",
+                        "Size": f.data.len(), "Sha256": f.sha256(), "Revision": r.commit,
+                    })
+                })
+                .collect();
+            Answer::json(serde_json::json!({
+                "Code": 200, "Success": true, "Message": "success",
+                "Data": {"Files": files},
+            }))
+        }
+        ["api", "v1", "models", org, name, "repo"] => {
+            let Some(r) = repo(org, name) else {
+                return Answer::new(404);
+            };
+            let fp = query_param(&req.target, "FilePath").map(unescape);
+            match fp.and_then(|fp| r.files.iter().find(|f| f.name == fp)) {
+                Some(f) => file_answer(req, state, f),
+                None => Answer::new(404),
+            }
+        }
         // Hugging Face listings
         ["api", "models", org, name, rest @ ..] => {
             let Some(r) = repo(org, name) else {

@@ -1,13 +1,14 @@
 //! Downloading by hub id against a fake hub on loopback (`fake_hub`): the Hugging Face cache
 //! layout checked file by file, nothing fetched twice, resume after a dropped connection, a
 //! corrupt file refused, offline and hung hubs, `HF_HUB_OFFLINE`, the token as a header,
-//! hostile listings, cancel, and the engine's download for the workbench.
+//! hostile listings, cancel, the engine's download for the workbench, and ModelScope.
 
 #[path = "../common/mod.rs"]
 mod common;
 mod engine;
 mod fake_hub;
 mod hostile;
+mod modelscope;
 
 use common::*;
 use fake_hub::{FakeHub, Repo};
@@ -38,12 +39,15 @@ pub fn dl(endpoint: &str, home: &Path) -> Command {
         "TRANSFORMERS_OFFLINE",
         "HF_HUB_ETAG_TIMEOUT",
         "HF_HUB_DOWNLOAD_TIMEOUT",
+        "MODELSCOPE_API_TOKEN",
     ] {
         c.env_remove(v);
     }
     c.env("HF_HOME", home.join("hf-home"))
         .env("HF_HUB_CACHE", home.join("hf-cache"))
         .env("HF_ENDPOINT", endpoint)
+        .env("MODELSCOPE_CACHE", home.join("ms-cache"))
+        .env("MODELSCOPE_DOMAIN", endpoint)
         .arg("download");
     c
 }

@@ -1,14 +1,16 @@
 //! Downloading a model by hub id into the cache that other tools share: the Hugging Face
-//! cache (`models--Org--Name/blobs/`, `snapshots/<commit>/` links into it, `refs/`). Only what
+//! cache (`models--Org--Name/blobs/`, `snapshots/<commit>/` links into it, `refs/`), or the
+//! ModelScope cache (`models/<org>/<name>/`) for an id written `ms:Org/Name`. Only what
 //! fraudlab loads is fetched (`wanted`); files already in the cache are not fetched again;
 //! partial files resume; checksums the hub gives are verified; progress (size, rate, ETA) and
 //! cancel for the Models pane and `fraudlab download`.
 //!
-//! `http` owns the client (timeouts, token, resume, checks), `hf` the hub's listing and cache
-//! layout. Names from a hub pass `model::safe_path` before they touch a path.
+//! `http` owns the client (timeouts, token, resume, checks), `hf` and `modelscope` each hub's
+//! listing and cache layout. Names from a hub pass `model::safe_path` before they touch a path.
 
 mod hf;
 mod http;
+mod modelscope;
 
 pub use http::Timeouts;
 
@@ -41,6 +43,7 @@ pub struct DownloadProgress {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum Source {
     HuggingFace,
+    ModelScope,
 }
 
 /// Where and how to download. `from_env` reads what the hubs' own Python packages read;
@@ -50,7 +53,7 @@ pub struct HubConfig {
     pub source: Source,
     /// Base address, e.g. `https://huggingface.co` or a mirror.
     pub endpoint: String,
-    /// The cache folder (`HF_HUB_CACHE`…).
+    /// The cache folder (`HF_HUB_CACHE`…, or `MODELSCOPE_CACHE`…).
     pub cache: PathBuf,
     /// Sent as an `Authorization: Bearer` header to the hub's own address only.
     pub token: Option<String>,
@@ -92,6 +95,19 @@ impl HubConfig {
                     10.0,
                 ),
             },
+            Source::ModelScope => Self {
+                source,
+                endpoint: modelscope::endpoint_from_env(),
+                cache: super::loader::modelscope_cache_dir(),
+                token: env_nonempty("MODELSCOPE_API_TOKEN"),
+                offline: false,
+                timeouts: Timeouts::from_env(
+                    "MODELSCOPE_API_HTTP_CLIENT_CONNECT_TIMEOUT",
+                    "MODELSCOPE_API_HTTP_CLIENT_TIMEOUT",
+                    10.0,
+                    30.0,
+                ),
+            },
         }
     }
 }
@@ -119,7 +135,7 @@ pub struct Downloaded {
     pub id: String,
     /// The model folder (a snapshot in the Hugging Face cache).
     pub path: PathBuf,
-    /// The commit fetched.
+    /// The commit (Hugging Face) or revision (ModelScope) fetched.
     pub revision: String,
     pub files: usize,
     /// Files fetched in this run (the others were in the cache).
@@ -127,16 +143,18 @@ pub struct Downloaded {
     pub fetched_bytes: u64,
 }
 
-/// `hf:Org/Name` or `Org/Name` (Hugging Face).
+/// `ms:Org/Name` (ModelScope), `hf:Org/Name` or `Org/Name` (Hugging Face).
 pub fn parse_spec(spec: &str) -> Result<(Source, String)> {
     let spec = spec.trim();
-    let (source, id) = if let Some(id) = spec.strip_prefix("hf:") {
+    let (source, id) = if let Some(id) = spec.strip_prefix("ms:") {
+        (Source::ModelScope, id)
+    } else if let Some(id) = spec.strip_prefix("hf:") {
         (Source::HuggingFace, id)
     } else {
         (Source::HuggingFace, spec)
     };
     if !valid_id(id) {
-        bail!("`{spec}` is not a model id (expected Org/Name)");
+        bail!("`{spec}` is not a model id (expected Org/Name, or ms:Org/Name for ModelScope)");
     }
     Ok((source, id.to_string()))
 }
@@ -154,7 +172,7 @@ fn valid_id(id: &str) -> bool {
     matches!(id.split_once('/'), Some((a, b)) if ok(a) && ok(b))
 }
 
-/// Downloads `spec` (`Org/Name`) at `revision` (the hub's default branch
+/// Downloads `spec` (`Org/Name` or `ms:Org/Name`) at `revision` (the hub's default branch
 /// when `None`) with the settings of the environment.
 pub fn download(
     spec: &str,
@@ -188,6 +206,7 @@ pub fn download_with(
     }
     match cfg.source {
         Source::HuggingFace => hf::download(cfg, id, revision, cancel, progress),
+        Source::ModelScope => modelscope::download(cfg, id, revision, cancel, progress),
     }
 }
 
@@ -397,9 +416,13 @@ mod tests {
             parse_spec("Qwen/Qwen2.5-0.5B").unwrap(),
             (Source::HuggingFace, "Qwen/Qwen2.5-0.5B".into())
         );
+        assert_eq!(
+            parse_spec("ms:Qwen/Qwen2.5-0.5B").unwrap(),
+            (Source::ModelScope, "Qwen/Qwen2.5-0.5B".into())
+        );
         assert_eq!(parse_spec("hf:A/b").unwrap().0, Source::HuggingFace);
         for bad in [
-            "x", "a/b/c", "../x", "a/..", "hf:", "a/-rf", "a b/c", "a/b\\c",
+            "x", "a/b/c", "../x", "a/..", "ms:", "a/-rf", "a b/c", "a/b\\c",
         ] {
             assert!(parse_spec(bad).is_err(), "{bad}");
         }
