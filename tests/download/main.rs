@@ -2,12 +2,14 @@
 //! layout checked file by file, nothing fetched twice, resume after a dropped connection, a
 //! corrupt file refused, offline and hung hubs, `HF_HUB_OFFLINE`, the token as a header,
 //! hostile listings, cancel, the engine's download for the workbench, and ModelScope.
+//! `interchange` checks the cache against Python's `huggingface_hub` (opt-in).
 
 #[path = "../common/mod.rs"]
 mod common;
 mod engine;
 mod fake_hub;
 mod hostile;
+mod interchange;
 mod modelscope;
 
 use common::*;
