@@ -184,13 +184,20 @@ fn hub_download_explains_network() {
         id: "Nobody/NoSuchModel-0.5B".into(),
         progress: fraudlab::model::download::DownloadProgress {
             file: "model.safetensors".into(),
-            done: 50,
-            total: Some(100),
+            done: 50_000_000,
+            total: Some(100_000_000),
+            fetched: 40_000_000,
             files_done: 2,
             files_total: 5,
+            bytes_per_s: 4e6,
+            eta_s: Some(12.5),
         },
     });
-    assert!(app.message.as_ref().unwrap().text.contains("50%"));
+    let t = &app.message.as_ref().unwrap().text;
+    assert!(
+        t.contains("50%") && t.contains("ETA 13s") && t.contains("4.0 MB/s"),
+        "{t}"
+    );
     app.on_engine_event(fraudlab::engine::Event::Error {
         subject: Subject::Download {
             id: "Nobody/NoSuchModel-0.5B".into(),

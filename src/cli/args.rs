@@ -84,10 +84,17 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Download a model by hub id (e.g. Qwen/Qwen2-0.5B-Instruct) into the Hugging Face cache.
+    /// Download a model by hub id (e.g. Qwen/Qwen2-0.5B-Instruct) into the Hugging Face cache,
+    /// or with `ms:` (ms:Qwen/Qwen2-0.5B-Instruct) from ModelScope into the ModelScope cache.
     Download {
-        /// Hub id, e.g. Qwen/Qwen2-0.5B-Instruct.
+        /// Hub id, e.g. Qwen/Qwen2-0.5B-Instruct, or ms:Qwen/Qwen2-0.5B-Instruct for ModelScope.
         id: String,
+        /// Branch, tag or commit (default: main on Hugging Face, master on ModelScope).
+        #[arg(long)]
+        revision: Option<String>,
+        /// One JSON object with the result on stdout, no progress bar.
+        #[arg(long)]
+        json: bool,
     },
     /// Follow live conversations turn by turn from standard input and warn in time: one line
     /// (or JSON object) per turn with P(fraud) and the alert state.

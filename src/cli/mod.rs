@@ -5,7 +5,6 @@
 //! two handler files depend on each other.
 
 use anyhow::Result;
-use std::sync::atomic::AtomicBool;
 
 mod args;
 mod common;
@@ -18,8 +17,6 @@ mod train;
 pub use args::*;
 pub use common::{fmt_secs, load_with_adapter, open_session, sessions_root};
 pub use live::{parse_turn_line, turn_line};
-
-use common::{install_stop_signals, STOP_SIGNAL};
 
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
@@ -42,23 +39,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Some(Command::DemoModel { out, gguf }) => models::cmd_demo(&out, gguf),
         Some(Command::Monitor(a)) => live::monitor(a),
         Some(Command::Serve(a)) => crate::serve::run(a),
-        Some(Command::Download { id }) => {
-            install_stop_signals();
-            let cancel = AtomicBool::new(false);
-            let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
-            let path = crate::model::download::download(&id, &cancel, &mut |p| {
-                if STOP_SIGNAL.load(std::sync::atomic::Ordering::SeqCst) {
-                    cancel.store(true, std::sync::atomic::Ordering::SeqCst);
-                }
-                if tty {
-                    eprint!("\r{}\x1b[K", crate::model::download::bar(p, 30));
-                }
-            });
-            if tty {
-                eprintln!();
-            }
-            println!("downloaded {id} to {}", path?.display());
-            Ok(())
+        Some(Command::Download { id, revision, json }) => {
+            models::cmd_download(&id, revision.as_deref(), json)
         }
     }
 }

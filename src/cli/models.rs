@@ -230,3 +230,51 @@ pub(super) fn cmd_merge(
     );
     Ok(())
 }
+
+/// `fraudlab download`: the model into the hub's cache, with a progress bar (size, rate,
+/// ETA) on a terminal; Ctrl-C stops at once and keeps the partial file for a resume.
+pub(super) fn cmd_download(spec: &str, revision: Option<&str>, json: bool) -> Result<()> {
+    use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+    install_stop_signals();
+    let bar = if json {
+        ProgressBar::hidden()
+    } else {
+        // indicatif draws nothing when stderr is not a terminal
+        let b = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+        b.set_style(
+            ProgressStyle::with_template(
+                "[{bar:25}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta} {wide_msg}",
+            )
+            .expect("a valid template")
+            .progress_chars("=> "),
+        );
+        b
+    };
+    let mut not_fetched = 0;
+    let r = model::download::download(spec, revision, &STOP_SIGNAL, &mut |p| {
+        if let Some(t) = p.total {
+            bar.set_length(t);
+        }
+        bar.set_position(p.done);
+        // bytes found in the cache or a partial file are not part of the rate
+        if p.done - p.fetched.min(p.done) != not_fetched {
+            not_fetched = p.done - p.fetched.min(p.done);
+            bar.reset_eta();
+        }
+        bar.set_message(format!("{} ({}/{})", p.file, p.files_done, p.files_total));
+    });
+    bar.finish_and_clear();
+    let d = r?;
+    if json {
+        println!("{}", serde_json::to_string(&d)?);
+    } else {
+        println!(
+            "downloaded {spec} to {} ({} of {} files fetched, {})",
+            d.path.display(),
+            d.fetched_files,
+            d.files,
+            human_bytes(d.fetched_bytes)
+        );
+    }
+    Ok(())
+}

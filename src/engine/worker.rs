@@ -660,14 +660,14 @@ impl Worker {
             Command::Download { id } => {
                 self.emit(Event::State(EngineState::Downloading));
                 let events = self.events.clone();
-                let r = crate::model::download::download(&id, &self.cancel, &mut |p| {
+                let r = crate::model::download::download(&id, None, &self.cancel, &mut |p| {
                     let _ = events.try_send(Event::DownloadProgress {
                         id: id.clone(),
                         progress: p.clone(),
                     });
                 });
                 match r {
-                    Ok(path) => self.emit(Event::Downloaded { id, path }),
+                    Ok(d) => self.emit(Event::Downloaded { id, path: d.path }),
                     Err(e) => self.emit(Event::Error {
                         subject: Subject::Download { id: id.clone() },
                         message: format!("{e:#}"),

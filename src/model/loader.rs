@@ -88,9 +88,10 @@ pub fn modelscope_cache_dir() -> PathBuf {
 pub fn hf_snapshot(repo_dir: &Path) -> Option<PathBuf> {
     let snaps = repo_dir.join("snapshots");
     if let Ok(rev) = std::fs::read_to_string(repo_dir.join("refs/main")) {
-        let p = snaps.join(rev.trim());
-        if p.join("config.json").exists() {
-            return Some(p);
+        // a commit id only: the file's content becomes a path
+        let rev = rev.trim();
+        if super::safe_path::is_commit_hash(rev) && snaps.join(rev).join("config.json").exists() {
+            return Some(snaps.join(rev));
         }
     }
     let mut best: Option<(std::time::SystemTime, PathBuf)> = None;

@@ -8,6 +8,7 @@ pub mod loader;
 pub mod lora_op;
 pub mod ops;
 pub mod qwen2;
+pub mod safe_path;
 pub mod safetensors_io;
 pub mod tokenizer;
 

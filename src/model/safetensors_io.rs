@@ -158,6 +158,40 @@ impl SafetensorsFile {
     }
 }
 
+/// `weight_map` of a `model.safetensors.index.json`: (tensor name, shard file name), every
+/// shard name a relative path that stays inside the model folder.
+fn read_weight_map(index_path: &Path) -> Result<Vec<(String, String)>> {
+    let text = std::fs::read_to_string(index_path)
+        .with_context(|| format!("{}: cannot read", index_path.display()))?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("{}: not valid JSON", index_path.display()))?;
+    let map = v
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .with_context(|| format!("{}: no `weight_map` object", index_path.display()))?;
+    let what = index_path.display().to_string();
+    let mut out = Vec::with_capacity(map.len());
+    for (name, shard) in map {
+        let Some(shard) = shard.as_str() else {
+            bail!("{what}: the shard of `{name}` is not a file name");
+        };
+        super::safe_path::check_relative(shard, &what)?;
+        out.push((name.clone(), shard.to_string()));
+    }
+    Ok(out)
+}
+
+/// The shard file names a `model.safetensors.index.json` names, checked (sorted, unique).
+pub fn index_shards(index_path: &Path) -> Result<Vec<String>> {
+    let mut v: Vec<String> = read_weight_map(index_path)?
+        .into_iter()
+        .map(|(_, s)| s)
+        .collect();
+    v.sort();
+    v.dedup();
+    Ok(v)
+}
+
 /// The weights of a Hugging Face folder: `model.safetensors`, or the shards named by
 /// `model.safetensors.index.json`.
 pub struct WeightFiles {
@@ -171,18 +205,8 @@ impl WeightFiles {
         let single = dir.join("model.safetensors");
         let index_path = dir.join("model.safetensors.index.json");
         if index_path.exists() {
-            let text = std::fs::read_to_string(&index_path)
-                .with_context(|| format!("{}: cannot read", index_path.display()))?;
-            let v: serde_json::Value = serde_json::from_str(&text)
-                .with_context(|| format!("{}: not valid JSON", index_path.display()))?;
-            let map = v
-                .get("weight_map")
-                .and_then(|m| m.as_object())
-                .with_context(|| format!("{}: no `weight_map` object", index_path.display()))?;
-            let mut shard_names: Vec<String> = map
-                .values()
-                .filter_map(|s| s.as_str().map(String::from))
-                .collect();
+            let map = read_weight_map(&index_path)?;
+            let mut shard_names: Vec<String> = map.iter().map(|(_, s)| s.clone()).collect();
             shard_names.sort();
             shard_names.dedup();
             let mut files = Vec::new();
@@ -200,9 +224,8 @@ impl WeightFiles {
                 files.push(SafetensorsFile::open(&p)?);
             }
             let mut index = HashMap::new();
-            for (name, shard) in map {
-                let shard = shard.as_str().unwrap_or_default();
-                let i = pos[shard];
+            for (name, shard) in &map {
+                let i = pos[shard.as_str()];
                 if !files[i].entries.contains_key(name) {
                     bail!(
                         "{}: says `{name}` is in `{shard}`, but that shard has no such tensor",
@@ -272,4 +295,42 @@ pub fn save_atomic(tensors: &[(String, Tensor)], path: &Path) -> Result<()> {
         let _ = std::fs::remove_file(&tmp);
     }
     res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn index_shard_names_stay_inside_the_folder() {
+        let d = tempfile::tempdir().unwrap();
+        let index = d.path().join("model.safetensors.index.json");
+        for (shard, needle) in [
+            (
+                serde_json::json!("../evil.safetensors"),
+                "leaves its folder",
+            ),
+            (serde_json::json!("/etc/passwd"), "absolute path"),
+            (serde_json::json!("a\\b.safetensors"), "backslash"),
+            (serde_json::json!(7), "not a file name"),
+        ] {
+            let v = serde_json::json!({"weight_map": {"w": "model-1.safetensors", "x": shard}});
+            std::fs::write(&index, v.to_string()).unwrap();
+            let e = format!("{:#}", WeightFiles::open_folder(d.path()).err().unwrap());
+            assert!(
+                e.contains("model.safetensors.index.json") && e.contains(needle),
+                "{e}"
+            );
+            assert!(index_shards(&index).is_err());
+        }
+        std::fs::write(
+            &index,
+            r#"{"weight_map": {"a": "m-2.safetensors", "b": "m-1.safetensors", "c": "m-2.safetensors"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            index_shards(&index).unwrap(),
+            ["m-1.safetensors", "m-2.safetensors"]
+        );
+    }
 }

@@ -328,16 +328,22 @@ pub mod strings {
     pub const DEMO_NAME: &str = "fraudlab-demo-tiny";
     pub const DEMO_WARNING: &str = "DEMO: random weights, answers are noise";
     pub const ADD_PATH_TITLE: &str = "Add a model folder, .gguf file, or folder of models";
-    pub const HUB_TITLE: &str = "Hub id to download (e.g. Qwen/Qwen2.5-0.5B-Instruct)";
+    pub const HUB_TITLE: &str =
+        "Hub id to download (e.g. Qwen/Qwen2.5-0.5B-Instruct; ms:Org/Name for ModelScope)";
     pub const ADAPTER_PICK_TITLE: &str = "Load with which adapter?";
     pub const NO_ADAPTERS: &str =
         "no run of this session has an adapter yet (train one in the Train pane)";
     pub const ADVICE_NONE: &str = "Open a dataset (Data pane) for advice on base vs instruct.";
 
-    pub fn hub_download_started(id: &str) -> String {
-        format!(
-            "downloading {id} into the Hugging Face cache (Esc cancels; offline, fetch it elsewhere with `huggingface-cli download {id}` and press r)"
-        )
+    pub fn hub_download_started(spec: &str) -> String {
+        match spec.strip_prefix("ms:") {
+            Some(id) => format!(
+                "downloading {id} into the ModelScope cache (Esc cancels; offline, fetch it elsewhere with `modelscope download --model {id}` and press r)"
+            ),
+            None => format!(
+                "downloading {spec} into the Hugging Face cache (Esc cancels; offline, fetch it elsewhere with `huggingface-cli download {spec}` and press r)"
+            ),
+        }
     }
 
     pub fn advice(n: usize) -> String {

@@ -259,7 +259,11 @@ impl App {
         if text.is_empty() {
             return;
         }
-        match crate::model::loader::resolve(text) {
+        // `ms:Org/Name` is looked up in the caches by its id
+        let local = crate::model::download::parse_spec(text)
+            .map(|(_, id)| id)
+            .unwrap_or_else(|_| text.to_string());
+        match crate::model::loader::resolve(&local) {
             Ok(loc) => {
                 let spec = loc.path().display().to_string();
                 self.load_model(spec, None, out);
