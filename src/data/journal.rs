@@ -11,32 +11,39 @@
 //!
 //! Durability: every action is one line written with a single `write` to an
 //! `O_APPEND` file and `fdatasync`ed before the call returns `Ok` — acknowledge
-//! a label only after `Ok`. A failed append is truncated away. On open, a torn
-//! last line (no trailing newline, or not JSON) is ignored, reported, and cut
-//! off (ftruncate + fsync) so new lines are not glued to it; a corrupt line
-//! elsewhere is reported and skipped. [`Journal::compact`] rewrites the file
-//! atomically (temp file, fsync, rename, fsync folder).
+//! a label only after `Ok`. A failed append (a full disk) is truncated away. A
+//! torn last line (no trailing newline, or not JSON: what a kill or a crash can
+//! leave) is ignored, reported, and cut off (ftruncate + fsync) so new lines are
+//! not glued to it; a corrupt line elsewhere is reported and skipped.
 //!
-//! A [`Journal`] holds an exclusive advisory lock (`flock`) on its file, so a
-//! second writer — another process, or a second `Journal` on the same file in
-//! this process — gets a [`JournalLocked`] error instead of racing (a
-//! compaction by one writer would otherwise drop lines appended by the
-//! other). [`Journal::read`] reads without locking.
+//! Several writers (the workbench and `fraudlab label`, in any number of
+//! processes) share one journal. Each action takes an exclusive lock on the file
+//! (`File::lock`) for the few milliseconds it lasts, first reads the lines the
+//! others appended (so an undo sees them), then appends. [`Journal::compact`]
+//! rewrites the file atomically (temp file, fsync, rename, fsync folder) under
+//! the lock of the file it replaces; a writer that opened the old file notices,
+//! once it holds the lock, that the path names another file, and reopens it
+//! before it writes — no line goes to the replaced file. [`Journal::open`]
+//! compacts a journal whose superseded lines (undone or relabelled) pass
+//! [`COMPACT_MIN_SUPERSEDED`] and outnumber the current labels (multi-level undo
+//! does not reach back past a compaction). [`Journal::read`] reads without
+//! locking.
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
-use std::io::Read;
-use std::os::unix::io::AsRawFd;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use crate::data::fsutil;
 
-/// Another `Journal` holds the lock on this file.
+/// Another writer held the journal's lock for longer than [`LOCK_WAIT`] (a stopped
+/// process, say).
 #[derive(Debug, thiserror::Error)]
-#[error("the label journal {path} is open in another fraudlab window or process")]
+#[error("the label journal {} is locked by another fraudlab window or process (waited {}s)", path.display(), LOCK_WAIT.as_secs())]
 pub struct JournalLocked {
     pub path: PathBuf,
 }
@@ -181,6 +188,12 @@ fn clip(s: &str) -> String {
 /// Parse journal bytes. The last non-blank line is torn when it has no
 /// trailing newline or is not JSON; blank lines are skipped.
 pub fn parse_journal(bytes: &[u8]) -> JournalReport {
+    parse_chunk(bytes, 0).0
+}
+
+/// [`parse_journal`] of bytes that follow `first_line` lines of the file (for line
+/// numbers); also the number of lines before `valid_len`.
+fn parse_chunk(bytes: &[u8], first_line: usize) -> (JournalReport, usize) {
     let mut spans: Vec<(usize, usize, bool)> = Vec::new();
     let mut pos = 0;
     while pos < bytes.len() {
@@ -213,18 +226,18 @@ pub fn parse_journal(bytes: &[u8]) -> JournalReport {
         if Some(n) == last && (!has_nl || parsed.is_err()) {
             rep.torn_tail = Some(clip(&lossy));
             rep.valid_len = s as u64;
-            break;
+            return (rep, n);
         }
         match parsed.and_then(|v| JournalEntry::from_value(&v)) {
             Ok(entry) => rep.entries.push(entry),
             Err(reason) => rep.bad_lines.push(JournalBadLine {
-                line: n + 1,
+                line: first_line + n + 1,
                 reason,
                 text: clip(&lossy),
             }),
         }
     }
-    rep
+    (rep, spans.len())
 }
 
 /// The current label of a sample.
@@ -275,30 +288,58 @@ pub fn replay(entries: &[JournalEntry]) -> BTreeMap<String, LabelState> {
         .collect()
 }
 
+/// How long an action waits for another writer's lock before it gives up.
+pub const LOCK_WAIT: Duration = Duration::from_secs(10);
+
+/// [`Journal::open`] compacts a journal with at least this many superseded lines (when
+/// they also outnumber the current labels and no line is corrupt).
+pub const COMPACT_MIN_SUPERSEDED: usize = 1000;
+
+/// Takes the exclusive lock on `file`, waiting up to [`LOCK_WAIT`]. A file system without
+/// locks is used unlocked.
 fn lock_exclusive(file: &File, path: &Path) -> Result<()> {
-    // SAFETY: flock on a valid, open file descriptor owned by `file`.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc != 0 {
-        let err = std::io::Error::last_os_error();
-        if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
-            return Err(JournalLocked {
-                path: path.to_path_buf(),
+    let start = Instant::now();
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(()),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                if start.elapsed() > LOCK_WAIT {
+                    return Err(JournalLocked {
+                        path: path.to_path_buf(),
+                    }
+                    .into());
+                }
+                std::thread::sleep(Duration::from_millis(1));
             }
-            .into());
+            // file systems without flock support: go on unlocked
+            Err(std::fs::TryLockError::Error(_)) => return Ok(()),
         }
-        // file systems without flock support: go on unlocked
     }
-    Ok(())
 }
 
-/// An open, locked, appendable label journal.
+/// The identity of a file (device, inode).
+fn file_id(m: &std::fs::Metadata) -> (u64, u64) {
+    (m.dev(), m.ino())
+}
+
+/// An open, appendable label journal (see the module docs for how writers share it).
 #[derive(Debug)]
 pub struct Journal {
     path: PathBuf,
     file: File,
+    /// The identity of `file`; when `path` names another file, it was compacted.
+    id: (u64, u64),
+    /// Bytes of `file` read and applied, and the lines they hold.
+    read_len: u64,
+    read_lines: usize,
     report: JournalReport,
     stacks: HashMap<String, Vec<usize>>,
     live: Vec<bool>,
+    /// Per entry: appended by another writer while this one was open.
+    foreign: Vec<bool>,
+    opened: bool,
+    /// Lines before and after the compaction done at open.
+    compacted: Option<(usize, usize)>,
 }
 
 impl Journal {
@@ -314,51 +355,126 @@ impl Journal {
         }
     }
 
-    /// Open (creating it and its folder when missing) for appending: lock it,
-    /// read it, and cut off a torn last line.
+    /// Open (creating it and its folder when missing) for appending: read it, cut off a
+    /// torn last line, and compact it when most of its lines are superseded.
     pub fn open(path: &Path) -> Result<Journal> {
-        let (mut file, _created) = fsutil::open_append(path)?;
-        lock_exclusive(&file, path)?;
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes)
-            .with_context(|| format!("cannot read label journal {}", path.display()))?;
-        let report = parse_journal(&bytes);
-        if report.valid_len < bytes.len() as u64 {
-            file.set_len(report.valid_len)
-                .and_then(|_| file.sync_all())
+        let (file, _created) = fsutil::open_append(path)?;
+        let id = file_id(
+            &file
+                .metadata()
+                .with_context(|| format!("cannot stat label journal {}", path.display()))?,
+        );
+        let mut j = Journal {
+            path: path.to_path_buf(),
+            file,
+            id,
+            read_len: 0,
+            read_lines: 0,
+            report: JournalReport::default(),
+            stacks: HashMap::new(),
+            live: Vec::new(),
+            foreign: Vec::new(),
+            opened: false,
+            compacted: None,
+        };
+        j.locked(|j| {
+            let lines = j.read_lines;
+            let superseded =
+                j.report.entries.len() - j.stacks.values().filter(|s| !s.is_empty()).count();
+            if superseded >= COMPACT_MIN_SUPERSEDED
+                && superseded * 2 > j.report.entries.len()
+                && j.report.bad_lines.is_empty()
+            {
+                j.compact_locked()?;
+                j.compacted = Some((lines, j.read_lines));
+            }
+            Ok(())
+        })?;
+        j.opened = true;
+        Ok(j)
+    }
+
+    /// Runs `f` holding the lock on the file `path` names now, after reading what other
+    /// writers appended.
+    fn locked<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
+        lock_exclusive(&self.file, &self.path)?;
+        let r = self.catch_up().and_then(|()| f(self));
+        let _ = self.file.unlock();
+        r
+    }
+
+    /// Forgets what was read (the file is read again from its start).
+    fn reset(&mut self) {
+        self.read_len = 0;
+        self.read_lines = 0;
+        self.report = JournalReport::default();
+        self.stacks.clear();
+        self.live.clear();
+        self.foreign.clear();
+    }
+
+    /// With the lock held: follows a compaction by another writer (reopening the file the
+    /// path names now), then reads and applies the lines appended since the last read,
+    /// cutting off a torn last line.
+    fn catch_up(&mut self) -> Result<()> {
+        loop {
+            match std::fs::metadata(&self.path) {
+                Ok(m) if file_id(&m) == self.id => break,
+                _ => {
+                    let _ = self.file.unlock();
+                    let (file, _) = fsutil::open_append(&self.path)?;
+                    lock_exclusive(&file, &self.path)?;
+                    self.id = file_id(&file.metadata().with_context(|| {
+                        format!("cannot stat label journal {}", self.path.display())
+                    })?);
+                    self.file = file;
+                    self.reset();
+                }
+            }
+        }
+        let len = self
+            .file
+            .metadata()
+            .with_context(|| format!("cannot stat label journal {}", self.path.display()))?
+            .len();
+        if len < self.read_len {
+            // cut by hand: read it whole again
+            self.reset();
+        }
+        if len == self.read_len {
+            return Ok(());
+        }
+        let mut bytes = vec![0; (len - self.read_len) as usize];
+        self.file
+            .read_exact_at(&mut bytes, self.read_len)
+            .with_context(|| format!("cannot read label journal {}", self.path.display()))?;
+        let (chunk, lines) = parse_chunk(&bytes, self.read_lines);
+        if chunk.valid_len < bytes.len() as u64 {
+            self.file
+                .set_len(self.read_len + chunk.valid_len)
+                .and_then(|_| self.file.sync_all())
                 .with_context(|| {
                     format!(
                         "cannot truncate the torn last line of label journal {}",
-                        path.display()
+                        self.path.display()
                     )
                 })?;
         }
-        let (stacks, live) = replay_stacks(&report.entries);
-        Ok(Journal {
-            path: path.to_path_buf(),
-            file,
-            report,
-            stacks,
-            live,
-        })
+        self.read_len += chunk.valid_len;
+        self.read_lines += lines;
+        let foreign = self.opened;
+        for e in chunk.entries {
+            self.apply(e, foreign);
+        }
+        self.report.bad_lines.extend(chunk.bad_lines);
+        if chunk.torn_tail.is_some() {
+            self.report.torn_tail = chunk.torn_tail;
+        }
+        self.report.valid_len = self.read_len;
+        Ok(())
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// What was read at open, plus the entries appended since.
-    pub fn report(&self) -> &JournalReport {
-        &self.report
-    }
-
-    pub fn entries(&self) -> &[JournalEntry] {
-        &self.report.entries
-    }
-
-    /// Append `entry` durably, then apply it.
-    fn append(&mut self, entry: JournalEntry) -> Result<()> {
-        fsutil::append_to(&mut self.file, &self.path, entry.to_line().as_bytes())?;
+    fn apply(&mut self, entry: JournalEntry, foreign: bool) {
         let i = self.report.entries.len();
         match entry.action {
             Action::Label => {
@@ -372,7 +488,42 @@ impl Journal {
                 }
             }
         }
+        self.foreign.push(foreign);
         self.report.entries.push(entry);
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// What was read at open, plus the entries appended since (by this writer and, as of
+    /// this writer's last action, by others).
+    pub fn report(&self) -> &JournalReport {
+        &self.report
+    }
+
+    pub fn entries(&self) -> &[JournalEntry] {
+        &self.report.entries
+    }
+
+    /// Lines before and after the compaction [`Journal::open`] did, if it did one.
+    pub fn compacted_at_open(&self) -> Option<(usize, usize)> {
+        self.compacted
+    }
+
+    /// Reads what other writers appended since this writer's last action.
+    pub fn refresh(&mut self) -> Result<()> {
+        self.locked(|_| Ok(()))
+    }
+
+    /// Appends `entry` durably (with the lock held), then applies it.
+    fn append_locked(&mut self, entry: JournalEntry) -> Result<()> {
+        let line = entry.to_line();
+        fsutil::append_to(&mut self.file, &self.path, line.as_bytes())?;
+        self.read_len += line.len() as u64 + 1;
+        self.read_lines += 1;
+        self.report.valid_len = self.read_len;
+        self.apply(entry, false);
         Ok(())
     }
 
@@ -385,23 +536,28 @@ impl Journal {
         reason: Option<String>,
     ) -> Result<()> {
         anyhow::ensure!(!id.is_empty(), "cannot label a sample with an empty id");
-        self.append(JournalEntry {
+        let entry = JournalEntry {
             id: id.to_string(),
             action: Action::Label,
             label: Some(label),
             fraud_speaker,
             reason,
             time: fsutil::now_unix(),
-        })
+        };
+        self.locked(|j| j.append_locked(entry))
     }
 
-    /// Undo the sample's most recent live label. `Ok(false)` (nothing written)
-    /// when it has none.
+    /// Undo the sample's most recent live label (whoever wrote it). `Ok(false)` (nothing
+    /// written) when it has none.
     pub fn undo(&mut self, id: &str) -> Result<bool> {
+        self.locked(|j| j.undo_locked(id))
+    }
+
+    fn undo_locked(&mut self, id: &str) -> Result<bool> {
         if self.stacks.get(id).is_none_or(Vec::is_empty) {
             return Ok(false);
         }
-        self.append(JournalEntry {
+        self.append_locked(JournalEntry {
             id: id.to_string(),
             action: Action::Undo,
             label: None,
@@ -412,14 +568,20 @@ impl Journal {
         Ok(true)
     }
 
-    /// Undo the most recent live label of any sample; returns its id.
+    /// Undo the most recent live label of any sample, leaving alone those other writers
+    /// added while this one was open; returns its id.
     pub fn undo_last(&mut self) -> Result<Option<String>> {
-        let Some(i) = self.live.iter().rposition(|&l| l) else {
-            return Ok(None);
-        };
-        let id = self.report.entries[i].id.clone();
-        self.undo(&id)?;
-        Ok(Some(id))
+        self.locked(|j| {
+            let Some(i) = (0..j.live.len())
+                .rev()
+                .find(|&i| j.live[i] && !j.foreign[i])
+            else {
+                return Ok(None);
+            };
+            let id = j.report.entries[i].id.clone();
+            j.undo_locked(&id)?;
+            Ok(Some(id))
+        })
     }
 
     /// The current label of one sample.
@@ -458,6 +620,10 @@ impl Journal {
     /// (ordered by when that label was given, original times kept). Undo
     /// history, corrupt lines and the torn tail are dropped.
     pub fn compact(&mut self) -> Result<()> {
+        self.locked(Self::compact_locked)
+    }
+
+    fn compact_locked(&mut self) -> Result<()> {
         let mut current: Vec<usize> = self
             .stacks
             .values()
@@ -473,19 +639,25 @@ impl Journal {
             buf.push_str(&e.to_line());
             buf.push('\n');
         }
-        let path = self.path.clone();
-        let file =
-            fsutil::replace_file(&self.path, buf.as_bytes(), |f| lock_exclusive(f, &path))
-                .with_context(|| format!("cannot compact label journal {}", self.path.display()))?;
-        self.file = file;
-        let (stacks, live) = replay_stacks(&entries);
-        self.stacks = stacks;
-        self.live = live;
-        self.report = JournalReport {
-            valid_len: buf.len() as u64,
-            entries,
-            ..Default::default()
-        };
+        // the old file stays locked until the new one has replaced it: a writer waiting for
+        // its lock then finds the path naming the new file and reopens
+        let file = fsutil::replace_file(&self.path, buf.as_bytes(), |_| Ok(()))
+            .with_context(|| format!("cannot compact label journal {}", self.path.display()))?;
+        let id = file_id(
+            &file
+                .metadata()
+                .with_context(|| format!("cannot stat label journal {}", self.path.display()))?,
+        );
+        let old = std::mem::replace(&mut self.file, file);
+        let _ = old.unlock();
+        self.id = id;
+        self.reset();
+        self.read_len = buf.len() as u64;
+        self.read_lines = entries.len();
+        self.report.valid_len = self.read_len;
+        for e in entries {
+            self.apply(e, false);
+        }
         Ok(())
     }
 }
@@ -639,21 +811,115 @@ mod tests {
         );
         let names: Vec<_> = std::fs::read_dir(p.parent().unwrap()).unwrap().collect();
         assert_eq!(names.len(), 1, "no temp files left");
-        // the compacted file is still locked by `j`
-        let err = Journal::open(&p).unwrap_err();
-        assert!(err.downcast_ref::<JournalLocked>().is_some());
-        drop(j);
-        assert!(Journal::open(&p).is_ok());
     }
 
     #[test]
-    fn second_writer_is_refused() {
+    fn two_writers_share_the_journal() {
         let dir = tempfile::tempdir().unwrap();
         let p = jpath(dir.path());
-        let _j = Journal::open(&p).unwrap();
-        let err = Journal::open(&p).unwrap_err();
-        assert!(err.to_string().contains("ds-0123abcd.jsonl"));
-        assert!(Journal::read(&p).is_ok());
+        let mut a = Journal::open(&p).unwrap();
+        let mut b = Journal::open(&p).unwrap();
+        a.label("s1", true, None, None).unwrap();
+        b.label("s2", false, None, None).unwrap();
+        // b's undo sees a's label; a's undo_last leaves b's label alone
+        assert!(b.undo("s1").unwrap());
+        assert_eq!(
+            a.undo_last().unwrap(),
+            None,
+            "a's only label was undone by b"
+        );
+        a.refresh().unwrap();
+        assert_eq!(a.current_labels(), b.current_labels());
+        assert_eq!(a.current_labels().keys().collect::<Vec<_>>(), vec!["s2"]);
+        a.label("s3", true, None, None).unwrap();
+        assert_eq!(a.undo_last().unwrap().as_deref(), Some("s3"));
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert_eq!(text.lines().count(), 5);
+        assert!(Journal::read(&p).unwrap().bad_lines.is_empty());
+    }
+
+    #[test]
+    fn a_writer_follows_a_compaction_by_another() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = jpath(dir.path());
+        let mut old = Journal::open(&p).unwrap();
+        let mut c = Journal::open(&p).unwrap();
+        for i in 0..30 {
+            c.label(&format!("s{}", i % 3), i % 2 == 0, None, None)
+                .unwrap();
+        }
+        c.compact().unwrap();
+        assert_eq!(std::fs::read_to_string(&p).unwrap().lines().count(), 3);
+        // `old` still holds the replaced file: its next line must reach the new one
+        old.label("late", true, None, None).unwrap();
+        let on_disk = Journal::read(&p).unwrap().current_labels();
+        assert_eq!(on_disk.len(), 4);
+        assert!(on_disk["late"].label);
+        assert_eq!(old.current_labels(), on_disk);
+        c.refresh().unwrap();
+        assert_eq!(c.current_labels(), on_disk);
+    }
+
+    #[test]
+    fn open_compacts_a_journal_of_mostly_superseded_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = jpath(dir.path());
+        {
+            let mut j = Journal::open(&p).unwrap();
+            for i in 0..(COMPACT_MIN_SUPERSEDED + 20) {
+                j.label(&format!("s{}", i % 10), i % 3 == 0, None, None)
+                    .unwrap();
+            }
+            assert_eq!(j.compacted_at_open(), None);
+        }
+        let before = Journal::read(&p).unwrap().current_labels();
+        let j = Journal::open(&p).unwrap();
+        assert_eq!(
+            j.compacted_at_open(),
+            Some((COMPACT_MIN_SUPERSEDED + 20, 10))
+        );
+        assert_eq!(j.current_labels(), before);
+        assert_eq!(Journal::read(&p).unwrap().current_labels(), before);
+        assert_eq!(std::fs::read_to_string(&p).unwrap().lines().count(), 10);
+        // a few superseded lines, or a corrupt line, are left alone
+        drop(j);
+        let mut bytes = std::fs::read(&p).unwrap();
+        bytes.extend_from_slice(b"not json\n");
+        for _ in 0..COMPACT_MIN_SUPERSEDED {
+            bytes.extend_from_slice(br#"{"id":"s1","action":"label","label":true,"time":1}"#);
+            bytes.push(b'\n');
+        }
+        std::fs::write(&p, &bytes).unwrap();
+        let j = Journal::open(&p).unwrap();
+        assert_eq!(
+            j.compacted_at_open(),
+            None,
+            "a corrupt line stops compaction"
+        );
+        assert_eq!(j.report().bad_lines.len(), 1);
+    }
+
+    #[test]
+    fn a_full_disk_loses_no_label_and_labelling_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = jpath(dir.path());
+        let mut j = Journal::open(&p).unwrap();
+        j.label("a", true, None, None).unwrap();
+        let before = std::fs::read(&p).unwrap();
+        fsutil::simulate_disk_full_after(Some(10));
+        let err = j.label("b", false, None, None).unwrap_err();
+        fsutil::simulate_disk_full_after(None);
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains("ds-0123abcd.jsonl") && msg.contains("No space left"),
+            "{msg}"
+        );
+        assert_eq!(std::fs::read(&p).unwrap(), before, "no partial line");
+        assert_eq!(j.get("b"), None, "a failed label is not applied");
+        j.label("b", false, None, None).unwrap();
+        let on_disk = Journal::read(&p).unwrap();
+        assert_eq!(on_disk.current_labels().len(), 2);
+        assert!(on_disk.torn_tail.is_none() && on_disk.bad_lines.is_empty());
     }
 
     #[test]
