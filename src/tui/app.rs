@@ -460,7 +460,7 @@ impl App {
     }
 
     pub fn engine_busy(&self) -> bool {
-        self.engine_state != EngineState::Idle
+        !matches!(self.engine_state, EngineState::Idle | EngineState::Stopped)
     }
 
     // ------------------------------------------------------------ input
@@ -788,6 +788,12 @@ impl App {
                 if s == EngineState::Idle {
                     self.command_ended();
                 }
+                if s == EngineState::Stopped {
+                    // nothing sent will end now
+                    while !self.sent.is_empty() {
+                        self.command_ended();
+                    }
+                }
             }
             Event::Loaded(info) => {
                 let text = format!(
@@ -926,6 +932,10 @@ impl App {
         match self.engine_state {
             EngineState::Idle if loading > 0 => (format!("{spin} loading"), Level::Warn),
             EngineState::Idle => ("● idle".into(), Level::Ok),
+            EngineState::Stopped => (
+                "✖ engine stopped: quit and start again".into(),
+                Level::Error,
+            ),
             EngineState::Loading => (format!("{spin} loading"), Level::Warn),
             EngineState::Generating => (format!("{spin} generating"), Level::Warn),
             EngineState::Scoring => (format!("{spin} scoring"), Level::Warn),
