@@ -24,3 +24,28 @@ pub fn tune_allocator() {
         libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
     }
 }
+
+/// Test hook for the tests of panic handling: `FRAUDLAB_TEST_PANIC=ui-thread` makes the
+/// workbench's UI thread panic when F12 is pressed, `engine-load` makes the engine panic on
+/// the first model load of the process. Any other value, or none, does nothing.
+pub const TEST_PANIC_ENV: &str = "FRAUDLAB_TEST_PANIC";
+
+/// Where [`TEST_PANIC_ENV`] can ask for a panic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TestPanic {
+    UiThread,
+    EngineLoad,
+}
+
+/// Whether the test hook asks for a panic here now (the engine's: once per process).
+pub fn test_panic_due(at: TestPanic) -> bool {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static ENGINE_DONE: AtomicBool = AtomicBool::new(false);
+    static WANTED: std::sync::OnceLock<Option<TestPanic>> = std::sync::OnceLock::new();
+    let wanted = *WANTED.get_or_init(|| match std::env::var(TEST_PANIC_ENV).as_deref() {
+        Ok("ui-thread") => Some(TestPanic::UiThread),
+        Ok("engine-load") => Some(TestPanic::EngineLoad),
+        _ => None,
+    });
+    wanted == Some(at) && (at != TestPanic::EngineLoad || !ENGINE_DONE.swap(true, Ordering::SeqCst))
+}

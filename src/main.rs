@@ -4,7 +4,13 @@ fn main() {
     fraudlab::tune_allocator();
     let cli = fraudlab::cli::Cli::parse();
     if let Err(e) = fraudlab::cli::run(cli) {
-        eprintln!("error: {e:#}");
+        use std::io::Write;
+        // written with errors ignored: after SIGHUP the terminal is gone
+        if let Some(s) = e.downcast_ref::<fraudlab::tui::StoppedBySignal>() {
+            let _ = writeln!(std::io::stderr(), "{s}");
+            std::process::exit(128 + s.signal);
+        }
+        let _ = writeln!(std::io::stderr(), "error: {e:#}");
         std::process::exit(2);
     }
 }

@@ -605,6 +605,54 @@ fn escape_cancels_engine_work() {
 }
 
 #[test]
+fn a_model_reaches_the_session_only_once_it_loaded() {
+    let d = tempfile::tempdir().unwrap();
+    let opts = || AppOptions {
+        sessions_root: d.path().into(),
+        model_dirs: vec![],
+    };
+    let reopen = || App::open(Session::open(d.path(), "t").unwrap(), opts());
+    let loads = |a: &[Action]| {
+        a.iter()
+            .filter(|a| matches!(a, Action::Engine(Command::Load { .. })))
+            .count()
+    };
+    let mut app = new_app(d.path());
+    let p = d.path().join("models/m");
+    app.models.list = vec![fixtures::model_info("m", &p, 1000, "instruct")];
+    let spec = p.display().to_string();
+    press(&mut app, &[code(KeyCode::Enter)]);
+    app.save_session();
+    assert!(app.session.load_config().unwrap().models.is_empty());
+    app.on_engine_event(Event::Loaded(fixtures::loaded_info(&spec, "m", 1000)));
+    assert_eq!(
+        app.session.load_config().unwrap().models,
+        vec![spec.clone()]
+    );
+    drop(app);
+
+    // the next start loads it again; until it has loaded, session.json does not name it,
+    // so a load that kills the process is not tried again on the start after
+    let (app, actions) = reopen();
+    assert_eq!(loads(&actions), 1);
+    assert!(app.session.load_config().unwrap().models.is_empty());
+    drop(app); // the process died while loading
+    let (mut app, actions) = reopen();
+    assert_eq!(loads(&actions), 0, "the crashed model is not loaded again");
+
+    // a clean quit while a session model still loads keeps it
+    press(&mut app, &[key('1')]);
+    app.models.list = vec![fixtures::model_info("m", &p, 1000, "instruct")];
+    press(&mut app, &[code(KeyCode::Enter)]);
+    app.on_engine_event(Event::Loaded(fixtures::loaded_info(&spec, "m", 1000)));
+    drop(app);
+    let (mut app, actions) = reopen();
+    assert_eq!(loads(&actions), 1);
+    app.save_session_on_exit();
+    assert_eq!(app.session.load_config().unwrap().models, vec![spec]);
+}
+
+#[test]
 fn session_restores_models_dataset_and_pane() {
     let d = tempfile::tempdir().unwrap();
     let data;

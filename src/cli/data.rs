@@ -244,6 +244,12 @@ pub fn label(dataset: &Path, list: bool, session: &str) -> Result<()> {
     if let Some(p) = journal.report().problems() {
         eprintln!("warning: {}: {p}", path.display());
     }
+    if let Some((before, after)) = journal.compacted_at_open() {
+        eprintln!(
+            "compacted {}: {before} lines to {after} (one per labelled sample)",
+            path.display()
+        );
+    }
     let stdin = std::io::stdin();
     let mut out = std::io::stdout();
     let mut errors = 0;

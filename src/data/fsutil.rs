@@ -10,13 +10,60 @@
 //!   and `fdatasync`ed before `Ok` is returned. When anything fails, the file is
 //!   truncated back to its previous length, so a failed append never leaves a
 //!   partial line behind.
+//!
+//! Every byte these helpers write goes through one writer, which is also the seam
+//! for testing a full disk: [`simulate_disk_full_after`] (or the environment
+//! variable [`ENOSPC_ENV`]) makes it fail with `ENOSPC` after a number of bytes,
+//! the way a real full file system does. Unset, it writes straight through.
 
 use anyhow::{anyhow, Context, Result};
+use std::cell::Cell;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
+
+// ------------------------------------------------------- simulated full disk
+
+/// Test hook: a byte count after which every write through these helpers fails with
+/// `ENOSPC` (each thread of the process gets that budget). For tests of a full disk;
+/// unset in normal use.
+pub const ENOSPC_ENV: &str = "FRAUDLAB_TEST_ENOSPC_AFTER";
+
+thread_local! {
+    static DISK_BUDGET: Cell<Option<u64>> = Cell::new(
+        std::env::var(ENOSPC_ENV).ok().and_then(|v| v.trim().parse().ok()),
+    );
+}
+
+/// Simulates a full disk for the writes of this thread: after `bytes` more bytes, every
+/// write through these helpers fails with `ENOSPC` (after a short write, as a file system
+/// does). `None` gives the space back. Returns the bytes that were left (`None`: no limit
+/// was set), so a test can also count what a piece of work writes.
+pub fn simulate_disk_full_after(bytes: Option<u64>) -> Option<u64> {
+    DISK_BUDGET.with(|b| b.replace(bytes))
+}
+
+/// The writer every helper here writes through (see [`simulate_disk_full_after`]).
+struct DiskWriter<'a>(&'a File);
+
+impl Write for DiskWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match DISK_BUDGET.with(Cell::get) {
+            None => (&*self.0).write(buf),
+            Some(0) if !buf.is_empty() => Err(io::Error::from_raw_os_error(libc::ENOSPC)),
+            Some(left) => {
+                let n = (&*self.0).write(&buf[..buf.len().min(left as usize)])?;
+                DISK_BUDGET.with(|b| b.set(Some(left - n as u64)));
+                Ok(n)
+            }
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
 
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
@@ -83,14 +130,13 @@ fn temp_path_for(path: &Path) -> Result<PathBuf> {
     Ok(parent_dir(path).join(tmp_name))
 }
 
-/// Atomically replace `path` with `bytes` and return the new file, opened for
-/// reading and appending (`O_APPEND`). `prepare` runs on the temporary file
-/// before anything is written (e.g. to lock it). The temporary file is removed
-/// on failure.
-pub(crate) fn replace_file(
+/// Atomically replace `path` with what `fill` writes and return the new file, opened for
+/// reading and appending (`O_APPEND`). `prepare` runs on the temporary file before anything
+/// is written (e.g. to lock it). The temporary file is removed on failure.
+pub(crate) fn replace_file_with(
     path: &Path,
-    bytes: &[u8],
     prepare: impl FnOnce(&File) -> Result<()>,
+    fill: impl FnOnce(&mut dyn Write) -> Result<()>,
 ) -> Result<File> {
     let tmp = temp_path_for(path)?;
     let file = OpenOptions::new()
@@ -101,9 +147,11 @@ pub(crate) fn replace_file(
         .with_context(|| format!("cannot create temporary file {}", tmp.display()))?;
     let result = (|| -> Result<()> {
         prepare(&file)?;
-        (&file)
-            .write_all(bytes)
-            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        let mut w = BufWriter::with_capacity(1 << 20, DiskWriter(&file));
+        fill(&mut w)
+            .and_then(|()| w.flush().map_err(Into::into))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        drop(w);
         file.sync_all()
             .with_context(|| format!("cannot sync {}", tmp.display()))?;
         fs::rename(&tmp, path)
@@ -118,11 +166,29 @@ pub(crate) fn replace_file(
     Ok(file)
 }
 
+/// [`replace_file_with`] for bytes in memory.
+pub(crate) fn replace_file(
+    path: &Path,
+    bytes: &[u8],
+    prepare: impl FnOnce(&File) -> Result<()>,
+) -> Result<File> {
+    replace_file_with(path, prepare, |w| Ok(w.write_all(bytes)?))
+}
+
 /// Atomically write `bytes` to `path` (temporary file in the same folder,
 /// fsync, rename, fsync of the folder). Missing parent folders are created.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomic_with(path, |w| Ok(w.write_all(bytes)?))
+}
+
+/// [`write_atomic`] for content written piece by piece (large files: nothing is gathered
+/// in memory). `path` keeps its old content unless `fill` and every write succeed.
+pub fn write_atomic_with(
+    path: &Path,
+    fill: impl FnOnce(&mut dyn Write) -> Result<()>,
+) -> Result<()> {
     create_dir_durable(&parent_dir(path))?;
-    replace_file(path, bytes, |_| Ok(())).map(drop)
+    replace_file_with(path, |_| Ok(()), fill).map(drop)
 }
 
 /// Open `path` for appending (`O_APPEND`, also readable), creating it (and its
@@ -165,7 +231,7 @@ pub fn append_line_durable(path: &Path, line: &[u8]) -> Result<()> {
 /// and the error names `path`. `line` must not contain a newline except an
 /// optional trailing one.
 pub fn append_to(file: &mut File, path: &Path, line: &[u8]) -> Result<()> {
-    append_with(file, path, line, |f, b| f.write(b))
+    append_with(file, path, line, |f, b| DiskWriter(f).write(b))
 }
 
 pub(crate) fn append_with(
@@ -405,6 +471,75 @@ mod tests {
         let msg = format!("{err:#}");
         assert!(msg.contains("a.jsonl") && msg.contains("No space"), "{msg}");
         assert_eq!(fs::read_to_string(&p).unwrap(), "{\"a\":1}\n{\"a\":2}\n");
+    }
+
+    /// Gives the space back when dropped (even when the test fails).
+    struct FullDisk;
+    impl FullDisk {
+        fn after(bytes: u64) -> FullDisk {
+            simulate_disk_full_after(Some(bytes));
+            FullDisk
+        }
+    }
+    impl Drop for FullDisk {
+        fn drop(&mut self) {
+            simulate_disk_full_after(None);
+        }
+    }
+
+    #[test]
+    fn simulated_full_disk_keeps_the_old_file_and_recovers() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("session.json");
+        write_atomic(&p, b"old content").unwrap();
+        for budget in [0, 1, 50, 4095] {
+            let full = FullDisk::after(budget);
+            let big = vec![b'x'; 4096];
+            let err = write_atomic(&p, &big).unwrap_err();
+            let msg = format!("{err:#}");
+            assert!(
+                msg.contains("session.json") && msg.contains("No space left"),
+                "{msg}"
+            );
+            drop(full);
+            assert_eq!(fs::read(&p).unwrap(), b"old content");
+            assert_eq!(names(dir.path()), vec!["session.json"], "no temp file left");
+        }
+        // streamed content: the same guarantee
+        let _full = FullDisk::after(100);
+        let err = write_atomic_with(&p, |w| {
+            for _ in 0..10 {
+                w.write_all(&[b'y'; 64])?;
+            }
+            Ok(())
+        })
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("No space left"));
+        simulate_disk_full_after(None);
+        write_atomic(&p, b"new").unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"new");
+    }
+
+    #[test]
+    fn simulated_full_disk_rolls_back_appends() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("metrics.jsonl");
+        append_line_durable(&p, b"{\"step\":1}").unwrap();
+        {
+            let _full = FullDisk::after(5);
+            let err = append_line_durable(&p, b"{\"step\":2}").unwrap_err();
+            let msg = format!("{err:#}");
+            assert!(
+                msg.contains("metrics.jsonl") && msg.contains("No space left"),
+                "{msg}"
+            );
+            assert_eq!(fs::read_to_string(&p).unwrap(), "{\"step\":1}\n");
+        }
+        append_line_durable(&p, b"{\"step\":2}").unwrap();
+        assert_eq!(
+            fs::read_to_string(&p).unwrap(),
+            "{\"step\":1}\n{\"step\":2}\n"
+        );
     }
 
     #[test]

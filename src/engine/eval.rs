@@ -674,14 +674,8 @@ pub fn write_results(
     results: &[EvalResult],
 ) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
-    data::write_atomic(
-        &dir.join("config.json"),
-        serde_json::to_string_pretty(cfg)?.as_bytes(),
-    )?;
-    data::write_atomic(
-        &dir.join("metrics.json"),
-        serde_json::to_string_pretty(results)?.as_bytes(),
-    )?;
+    // metrics.json last: a folder with it is complete (what readers of past evaluations
+    // check), so a full disk half way leaves an evaluation that is not listed
     let mut lines = String::new();
     for r in results {
         for p in &r.predictions {
@@ -692,5 +686,13 @@ pub fn write_results(
             lines.push('\n');
         }
     }
-    data::write_atomic(&dir.join("predictions.jsonl"), lines.as_bytes())
+    data::write_atomic(&dir.join("predictions.jsonl"), lines.as_bytes())?;
+    data::write_atomic(
+        &dir.join("config.json"),
+        serde_json::to_string_pretty(cfg)?.as_bytes(),
+    )?;
+    data::write_atomic(
+        &dir.join("metrics.json"),
+        serde_json::to_string_pretty(results)?.as_bytes(),
+    )
 }

@@ -6,6 +6,7 @@ pub mod eval;
 pub mod generate;
 pub mod monitor;
 pub mod stream_eval;
+mod subject;
 pub mod train;
 pub mod worker;
 

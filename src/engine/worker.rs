@@ -16,56 +16,10 @@ use std::thread::JoinHandle;
 /// The id of a request (a generation, a scoring, a monitored turn…), chosen by the sender.
 pub type RequestId = u64;
 
-/// What an event or an error belongs to.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Subject {
-    /// The engine itself (an internal error while running some command).
-    Engine,
-    Load {
-        key: String,
-        spec: String,
-    },
-    Generate {
-        request: RequestId,
-        key: String,
-    },
-    Score {
-        request: RequestId,
-        key: String,
-    },
-    Train,
-    Eval,
-    Download {
-        id: String,
-    },
-    Monitor {
-        request: RequestId,
-        key: String,
-        conversation: String,
-    },
-}
-
-impl std::fmt::Display for Subject {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Engine => write!(f, "engine"),
-            Self::Load { spec, .. } => write!(f, "load {spec}"),
-            Self::Generate { key, .. } => write!(f, "generate with {key}"),
-            Self::Score { key, .. } => write!(f, "score with {key}"),
-            Self::Train => write!(f, "training"),
-            Self::Eval => write!(f, "evaluation"),
-            Self::Download { id } => write!(f, "download {id}"),
-            Self::Monitor {
-                key, conversation, ..
-            } => write!(f, "monitor {conversation} with {key}"),
-        }
-    }
-}
-
 use super::eval::{evaluate, EvalConfig, EvalResult};
 use super::generate::{build_prompt, generate, Generation, SamplingParams};
 use super::monitor::{Explanation, Monitor, MonitorConfig, TurnResult};
+pub use super::subject::Subject;
 use super::train::{train, TrainConfig, TrainControl, TrainEvent};
 use crate::model::{self, LoadOptions, LoadedModel};
 
@@ -174,6 +128,9 @@ pub enum EngineState {
     Evaluating,
     Downloading,
     Monitoring,
+    /// The worker thread has ended (it should not: a panic in a command is caught and
+    /// reported as that command's error); nothing more will run.
+    Stopped,
 }
 
 #[derive(Debug, Clone)]
@@ -258,6 +215,8 @@ pub struct Engine {
     in_flight: InFlight,
     pub train_control: Arc<TrainControl>,
     thread: Option<JoinHandle<()>>,
+    /// The worker thread's end was reported.
+    stopped: AtomicBool,
 }
 
 /// A handle that sends commands and cancels them from any thread (the HTTP server's).
@@ -326,6 +285,7 @@ impl Engine {
             in_flight: Arc::new(Mutex::new(Vec::new())),
             train_control: control,
             thread: Some(thread),
+            stopped: AtomicBool::new(false),
         }
     }
 
@@ -364,9 +324,21 @@ impl Engine {
         self.train_control.pause.store(false, Ordering::SeqCst);
     }
 
-    /// Every event waiting now.
+    /// Every event waiting now. Once the worker thread has ended (which a caught panic does
+    /// not do), an error and `State(Stopped)` say so, once.
     pub fn drain(&self) -> Vec<Event> {
-        self.events.try_iter().collect()
+        let mut v: Vec<Event> = self.events.try_iter().collect();
+        if self.thread.as_ref().is_some_and(|t| t.is_finished())
+            && !self.stopped.swap(true, Ordering::SeqCst)
+        {
+            v.extend(self.events.try_iter());
+            v.push(Event::Error {
+                subject: Subject::Engine,
+                message: "the engine thread has stopped; nothing more can run: quit (q) and start fraudlab again".into(),
+            });
+            v.push(Event::State(EngineState::Stopped));
+        }
+        v
     }
 }
 
@@ -427,12 +399,19 @@ impl Worker {
             }
             self.cancel = job.cancel;
             let cmd = job.cmd;
+            let subject = cmd.subject();
             let result =
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.handle(cmd)));
-            if result.is_err() {
+            if let Err(payload) = result {
+                // a bug: the command fails with it, and the worker goes on with its models
+                let what = payload
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into());
                 self.emit(Event::Error {
-                    subject: Subject::Engine,
-                    message: "internal error (panic) in the engine; see stderr".into(),
+                    subject,
+                    message: format!("internal error ({what}); the engine goes on"),
                 });
             }
             self.emit(Event::State(EngineState::Idle));
@@ -504,6 +483,12 @@ impl Worker {
                 adapter,
             } => {
                 self.emit(Event::State(EngineState::Loading));
+                if crate::test_panic_due(crate::TestPanic::EngineLoad) {
+                    panic!(
+                        "test panic in the engine thread ({})",
+                        crate::TEST_PANIC_ENV
+                    );
+                }
                 let r = (|| -> anyhow::Result<LoadedModel> {
                     let mut lm = model::load(&spec, opts)?;
                     if let Some(a) = &adapter {

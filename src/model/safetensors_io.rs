@@ -269,32 +269,44 @@ impl WeightFiles {
     }
 }
 
-/// Writes tensors to a safetensors file atomically (temp file in the same folder, fsync, rename).
+/// Writes tensors to a safetensors file atomically, streamed through the project's durable
+/// writer (temp file in the same folder, fsync, rename, fsync of the folder): the file is the
+/// old one or the complete new one, and a full disk is a clear error.
 pub fn save_atomic(tensors: &[(String, Tensor)], path: &Path) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        path.file_name()
-            .and_then(|s| s.to_str())
-            .unwrap_or("weights"),
-        std::process::id()
-    ));
-    let map: HashMap<String, Tensor> = tensors.iter().cloned().collect();
-    let res = (|| -> Result<()> {
-        candle_core::safetensors::save(&map, &tmp)
-            .with_context(|| format!("{}: cannot write", tmp.display()))?;
-        std::fs::File::open(&tmp)?.sync_all()?;
-        std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot write", path.display()))?;
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
+    use safetensors::tensor::{Metadata, TensorInfo, View};
+    // the layout `safetensors::serialize` uses: by dtype alignment (largest first), then name
+    let mut order: Vec<&(String, Tensor)> = tensors.iter().collect();
+    order.sort_by(|(ln, lt), (rn, rt)| {
+        View::dtype(rt)
+            .cmp(&View::dtype(lt))
+            .then_with(|| ln.cmp(rn))
+    });
+    let mut infos = Vec::with_capacity(order.len());
+    let mut offset = 0;
+    for (name, t) in &order {
+        let n = View::data_len(t);
+        infos.push((
+            name.clone(),
+            TensorInfo {
+                dtype: View::dtype(t),
+                shape: t.dims().to_vec(),
+                data_offsets: (offset, offset + n),
+            },
+        ));
+        offset += n;
+    }
+    let meta = Metadata::new(None, infos)
+        .map_err(|e| anyhow::anyhow!("{}: cannot describe the tensors: {e}", path.display()))?;
+    let mut header = serde_json::to_vec(&meta)?;
+    header.resize(header.len().next_multiple_of(8), b' ');
+    crate::data::fsutil::write_atomic_with(path, |w| {
+        w.write_all(&(header.len() as u64).to_le_bytes())?;
+        w.write_all(&header)?;
+        for (_, t) in &order {
+            w.write_all(&View::data(t))?;
         }
         Ok(())
-    })();
-    if res.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    res
+    })
 }
 
 #[cfg(test)]

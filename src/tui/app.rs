@@ -238,6 +238,11 @@ pub struct App {
     sent: std::collections::VecDeque<Sent>,
     last_rss: Option<Instant>,
     started: Instant,
+    /// Keys of the session's models being loaded again at startup: session.json keeps them
+    /// only on a clean exit (a model is written there once it has loaded, so a model whose
+    /// load kills the process is not loaded again on the next start).
+    restoring: std::collections::HashSet<String>,
+    exiting: bool,
 }
 
 /// Resident memory of this process (VmRSS) in MiB.
@@ -298,6 +303,8 @@ impl App {
             sent: Default::default(),
             last_rss: None,
             started: Instant::now(),
+            restoring: Default::default(),
+            exiting: false,
         };
         let tui = app.tui_settings();
         if let Some(t) = tui
@@ -338,6 +345,9 @@ impl App {
         for (spec, adapter) in to_load {
             app.load_model(spec, adapter, &mut out);
         }
+        app.restoring = app.slots.iter().map(|s| s.key.clone()).collect();
+        // before any load starts: session.json names only models that loaded
+        app.save_session();
         let dataset = app
             .cfg
             .active_dataset
@@ -401,18 +411,31 @@ impl App {
         self.cfg.settings.insert("tui".into(), Value::Object(t));
     }
 
+    /// The last save, on quit: the session's models still loading are kept too.
+    pub fn save_session_on_exit(&mut self) {
+        self.exiting = true;
+        self.save_session();
+    }
+
+    /// Whether session.json names this model: once it has loaded (or, on the last save, when
+    /// it came from the session and is still loading).
+    fn recorded(&self, s: &Slot) -> bool {
+        s.is_ready() || (self.exiting && self.restoring.contains(&s.key))
+    }
+
     /// Writes session.json: loaded models, open dataset, pane, settings.
     pub fn save_session(&mut self) {
         self.cfg.models = self
             .slots
             .iter()
-            .filter(|s| s.adapter.is_none())
+            .filter(|s| s.adapter.is_none() && self.recorded(s))
             .map(|s| s.spec.clone())
             .collect();
         self.cfg.models.dedup();
         let with_adapter: Vec<Value> = self
             .slots
             .iter()
+            .filter(|s| self.recorded(s))
             .filter_map(|s| {
                 s.adapter
                     .as_ref()
@@ -420,7 +443,11 @@ impl App {
             })
             .collect();
         self.set_tui_setting("adapter_models", Value::Array(with_adapter));
-        self.cfg.active_model = self.slots.first().map(|s| s.spec.clone());
+        self.cfg.active_model = self
+            .slots
+            .iter()
+            .find(|s| self.recorded(s))
+            .map(|s| s.spec.clone());
         if let Some(p) = &self.data.path {
             let p = p.display().to_string();
             self.cfg.active_dataset = Some(p.clone());
@@ -460,7 +487,7 @@ impl App {
     }
 
     pub fn engine_busy(&self) -> bool {
-        self.engine_state != EngineState::Idle
+        !matches!(self.engine_state, EngineState::Idle | EngineState::Stopped)
     }
 
     // ------------------------------------------------------------ input
@@ -788,6 +815,12 @@ impl App {
                 if s == EngineState::Idle {
                     self.command_ended();
                 }
+                if s == EngineState::Stopped {
+                    // nothing sent will end now
+                    while !self.sent.is_empty() {
+                        self.command_ended();
+                    }
+                }
             }
             Event::Loaded(info) => {
                 let text = format!(
@@ -796,6 +829,7 @@ impl App {
                     super::widgets::human_count(info.parameters),
                     info.load_s
                 );
+                self.restoring.remove(&info.key);
                 match self.slots.iter_mut().find(|s| s.key == info.key) {
                     Some(s) => {
                         s.name = info.name.clone();
@@ -856,7 +890,8 @@ impl App {
 
     fn on_engine_error(&mut self, subject: Subject, message: String) {
         match &subject {
-            Subject::Load { spec, .. } => {
+            Subject::Load { spec, key } => {
+                self.restoring.remove(key);
                 let before = self.slots.len();
                 self.slots.retain(|s| !(&s.spec == spec && !s.is_ready()));
                 if self.slots.len() != before {
@@ -926,6 +961,10 @@ impl App {
         match self.engine_state {
             EngineState::Idle if loading > 0 => (format!("{spin} loading"), Level::Warn),
             EngineState::Idle => ("● idle".into(), Level::Ok),
+            EngineState::Stopped => (
+                "✖ engine stopped: quit and start again".into(),
+                Level::Error,
+            ),
             EngineState::Loading => (format!("{spin} loading"), Level::Warn),
             EngineState::Generating => (format!("{spin} generating"), Level::Warn),
             EngineState::Scoring => (format!("{spin} scoring"), Level::Warn),

@@ -71,7 +71,7 @@ pub struct DataPane {
     pub lens: Vec<usize>,
     pub summary: String,
     pub journal: Option<Journal>,
-    /// Why labels are read-only (journal locked by another fraudlab, unreadable…).
+    /// Why labels are read-only (journal unreadable, or locked by another writer for too long).
     pub journal_error: Option<String>,
     pub hand: HashMap<String, LabelState>,
     pub probs: HashMap<String, f64>,
@@ -253,7 +253,7 @@ impl App {
         Ok(Some(n))
     }
 
-    /// Opens a dataset and its label journal (shown read-only when the journal is locked).
+    /// Opens a dataset and its label journal (shown read-only when it cannot be opened).
     pub fn open_dataset(&mut self, path: &Path) {
         let r = match data::load(path) {
             Ok(r) => r,
@@ -266,8 +266,10 @@ impl App {
         d.journal = None;
         let id = data::dataset_id(path);
         let jp = self.session.labels_path(&id);
+        let mut compacted = None;
         match Journal::open(&jp) {
             Ok(j) => {
+                compacted = j.compacted_at_open();
                 d.hand = j.current_labels().into_iter().collect();
                 d.journal = Some(j);
                 d.journal_error = None;
@@ -294,7 +296,12 @@ impl App {
         d.detail_scroll = 0;
         d.offset.set(0);
         d.refresh();
-        let msg = format!("opened {}: {}", path.display(), r.summary);
+        let mut msg = format!("opened {}: {}", path.display(), r.summary);
+        if let Some((before, after)) = compacted {
+            msg.push_str(&format!(
+                " (label journal compacted: {before} lines to {after})"
+            ));
+        }
         match &self.data.journal_error {
             Some(e) => self.warn(format!("{msg} — labels are read-only: {e}")),
             None if !r.bad_lines.is_empty() => self.warn(format!(
@@ -401,9 +408,8 @@ impl App {
         };
         match j.label(id, label, speaker, reason) {
             Ok(()) => {
-                if let Some(st) = j.get(id) {
-                    self.data.hand.insert(id.to_string(), st);
-                }
+                // whole: the labels another writer (`fraudlab label`) added arrive with it
+                self.data.hand = j.current_labels().into_iter().collect();
                 true
             }
             Err(e) => {
@@ -538,10 +544,7 @@ impl App {
         };
         match j.undo_last() {
             Ok(Some(id)) => {
-                match j.get(&id) {
-                    Some(st) => self.data.hand.insert(id.clone(), st),
-                    None => self.data.hand.remove(&id),
-                };
+                self.data.hand = j.current_labels().into_iter().collect();
                 self.data.refresh();
                 self.data.select_id(&id);
                 self.ok(format!("undid the label of {}", &id[..id.len().min(8)]));

@@ -5,7 +5,9 @@
 //! * [`event_loop`] runs on a tokio current-thread runtime: terminal events arrive from a
 //!   std thread over an mpsc channel, engine events are drained on a ~30 ms tick (which
 //!   also sends what is due without a key: the Monitor pane's paced replay), and a frame is
-//!   drawn right after each key and whenever something changed.
+//!   drawn right after each key and whenever something changed;
+//! * [`terminal`] switches the terminal and always gives it back (quit, error, panic, and
+//!   SIGTERM / SIGHUP / SIGINT, which end the loop as a quit does).
 
 pub mod app;
 pub mod data;
@@ -15,13 +17,14 @@ pub mod keys;
 pub mod models;
 pub mod monitor;
 pub mod probe;
+pub mod terminal;
 pub mod theme;
 pub mod train;
 pub mod widgets;
 
 use anyhow::{bail, Context, Result};
 use crossterm::event::Event as TermEvent;
-use ratatui::backend::{Backend, CrosstermBackend};
+use ratatui::backend::Backend;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Modifier, Style};
 use ratatui::text::{Line, Span};
@@ -37,6 +40,8 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 pub use app::{Action, App, AppOptions, Tab};
 use app::{Level, Modal};
 use keys::strings;
+pub use terminal::StoppedBySignal;
+use terminal::TerminalGuard;
 
 use crate::data::Session;
 use crate::engine::Engine;
@@ -48,12 +53,14 @@ pub fn sessions_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("sessions"))
 }
 
-/// Opens the workbench on session `session`. Returns when the user quits; the terminal is
-/// restored on quit, on error and on panic.
+/// Opens the workbench on session `session`. Returns when the user quits, or with
+/// [`StoppedBySignal`] after SIGTERM / SIGHUP / SIGINT; the terminal is restored on quit, on
+/// a signal, on error and on panic, and the session is saved on quit and on a signal.
 pub fn run(session: &str, models_dir: &[PathBuf]) -> Result<()> {
     if !std::io::stdout().is_terminal() {
         bail!(strings::NOT_A_TERMINAL);
     }
+    terminal::install()?;
     let root = sessions_root();
     let sess = Session::open(&root, session)
         .with_context(|| format!("cannot open session {session:?} under {}", root.display()))?;
@@ -103,12 +110,20 @@ pub fn run(session: &str, models_dir: &[PathBuf]) -> Result<()> {
         let _ = reader.join();
         r
     };
-    app.save_session();
+    // the terminal is back: a further signal ends the process at once
+    terminal::exit_on_next_signal();
+    terminal::print_deferred_panics();
+    app.save_session_on_exit();
     if app.engine_busy() {
-        eprintln!("{}", strings::QUIT_WAIT);
+        // no terminal after SIGHUP: nothing to print to then
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "{}", strings::QUIT_WAIT);
     }
     drop(engine);
-    result
+    match terminal::signal_received() {
+        Some(signal) => Err(StoppedBySignal { signal }.into()),
+        None => result,
+    }
 }
 
 /// Carries out actions on the engine.
@@ -143,6 +158,7 @@ pub async fn event_loop<B: Backend>(
         tokio::select! {
             ev = input.recv() => match ev {
                 Some(ev) => {
+                    test_panic_hook(&ev);
                     let acts = app.handle_event(&ev);
                     apply(acts, engine);
                     // take whatever else is already queued before drawing (fast typing, paste)
@@ -155,6 +171,9 @@ pub async fn event_loop<B: Backend>(
                 None => break,
             },
             _ = tick.tick() => {
+                if terminal::signal_received().is_some() {
+                    break;
+                }
                 let events = engine.drain();
                 if !events.is_empty() {
                     dirty = true;
@@ -183,72 +202,14 @@ pub async fn event_loop<B: Backend>(
     Ok(())
 }
 
-// ---------------------------------------------------------------- terminal
-
-struct TerminalGuard {
-    terminal: Terminal<CrosstermBackend<std::io::Stdout>>,
-}
-
-static ENHANCED_KEYS: AtomicBool = AtomicBool::new(false);
-
-fn restore_terminal() {
-    use crossterm::{cursor, event, execute, terminal};
-    let mut out = std::io::stdout();
-    if ENHANCED_KEYS.swap(false, Ordering::SeqCst) {
-        let _ = execute!(out, event::PopKeyboardEnhancementFlags);
-    }
-    let _ = execute!(
-        out,
-        event::DisableBracketedPaste,
-        terminal::LeaveAlternateScreen,
-        cursor::Show
-    );
-    let _ = terminal::disable_raw_mode();
-}
-
-impl TerminalGuard {
-    fn enter() -> Result<Self> {
-        use crossterm::{event, execute, terminal};
-        let prev = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            restore_terminal();
-            prev(info);
-        }));
-        terminal::enable_raw_mode().context("cannot switch the terminal to raw mode")?;
-        let mut out = std::io::stdout();
-        if let Err(e) = execute!(
-            out,
-            terminal::EnterAlternateScreen,
-            event::EnableBracketedPaste
-        ) {
-            restore_terminal();
-            return Err(e.into());
-        }
-        // Ctrl-Enter needs the keyboard protocol; terminals without it still have F5 / Ctrl-R.
-        if matches!(terminal::supports_keyboard_enhancement(), Ok(true))
-            && execute!(
-                out,
-                event::PushKeyboardEnhancementFlags(
-                    event::KeyboardEnhancementFlags::DISAMBIGUATE_ESCAPE_CODES
-                )
-            )
-            .is_ok()
+/// The test hook [`crate::TEST_PANIC_ENV`]`=ui-thread`: F12 panics the UI thread.
+fn test_panic_hook(ev: &TermEvent) {
+    if let TermEvent::Key(k) = ev {
+        if k.code == crossterm::event::KeyCode::F(12)
+            && crate::test_panic_due(crate::TestPanic::UiThread)
         {
-            ENHANCED_KEYS.store(true, Ordering::SeqCst);
+            panic!("test panic in the UI thread ({})", crate::TEST_PANIC_ENV);
         }
-        match Terminal::new(CrosstermBackend::new(out)) {
-            Ok(terminal) => Ok(Self { terminal }),
-            Err(e) => {
-                restore_terminal();
-                Err(e.into())
-            }
-        }
-    }
-}
-
-impl Drop for TerminalGuard {
-    fn drop(&mut self) {
-        restore_terminal();
     }
 }
 

@@ -988,8 +988,8 @@ fn lora_trainable(lora: Vec<LoraVars>) -> Trainable {
     Trainable { names, vars, lora }
 }
 
-/// `--resume`: the state of the newest checkpoint (its config must be the run's own), with
-/// metrics past it dropped; `None` when there is no checkpoint.
+/// `--resume`: the state of the newest checkpoint that reads back whole (its config must be
+/// the run's own), with metrics past it dropped; `None` when there is no checkpoint.
 fn resume(
     tc: &TrainConfig,
     run_dir: &Path,
@@ -998,10 +998,14 @@ fn resume(
     opt: &mut AdamW,
     on_event: &mut dyn FnMut(TrainEvent),
 ) -> Result<Option<TrainerState>> {
-    let Some((_, dir)) = latest_checkpoint(run_dir) else {
+    let Some(_) = latest_checkpoint(run_dir) else {
         on_event(TrainEvent::Log(
             "no checkpoint to resume from; starting fresh".into(),
         ));
+        // the steps a killed start logged are redone
+        if metrics_path.exists() {
+            std::fs::remove_file(metrics_path)?;
+        }
         return Ok(None);
     };
     let prev: Option<TrainConfig> = std::fs::read_to_string(run_dir.join("config.json"))
@@ -1019,7 +1023,8 @@ fn resume(
             );
         }
     }
-    let st = read_checkpoint(&dir, tr, opt, tc)?;
+    let (dir, st) =
+        read_newest_checkpoint(run_dir, tr, opt, tc, &mut |m| on_event(TrainEvent::Log(m)))?;
     // metrics past the checkpoint are redone
     if let Ok(text) = std::fs::read_to_string(metrics_path) {
         let kept: String = text
