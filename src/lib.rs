@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod data;
 pub mod engine;
+pub mod fmt;
 pub mod model;
 pub mod serve;
 pub mod tui;

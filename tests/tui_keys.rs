@@ -751,3 +751,61 @@ fn commands_end_in_order_and_close_what_they_left_open() {
     let s = fraudlab::tui::render_to_string(&app, 160, 40);
     assert!(s.contains("cancelled"), "{s}");
 }
+
+#[test]
+fn a_recipe_search_needs_a_time_budget_and_lists_its_trials_as_runs() {
+    let d = tempfile::tempdir().unwrap();
+    let (mut app, _) = with_data(d.path(), 6);
+    app.tab = Tab::Train;
+    assert!(
+        press(&mut app, &[key('T')]).is_empty(),
+        "no budget: nothing starts"
+    );
+    assert!(app.message.as_ref().unwrap().text.contains("time budget"));
+    // the budget and a layer range through the form
+    for (field, text) in [("time budget", "15m"), ("layers", "1-1")] {
+        let f = fraudlab::tui::train::field_index(field).unwrap();
+        while app.train.field < f {
+            press(&mut app, &[key('j')]);
+        }
+        press(&mut app, &[code(KeyCode::Enter)]);
+        type_text(&mut app, text);
+        press(&mut app, &[code(KeyCode::Enter)]);
+    }
+    assert_eq!(app.train.cfg.time_budget_s, Some(900.0));
+    assert_eq!(app.train.cfg.lora.layers_to_transform, Some(vec![1]));
+    let a = press(&mut app, &[key('T')]);
+    let (base, budget) = match &a[..] {
+        [Action::Engine(Command::Tune { base, budget_s })] => (base.clone(), *budget_s),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(budget, 900.0);
+    assert!(base.val_split > 0.0, "a search selects on validation");
+    let name = base
+        .out_dir
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    assert!(name.starts_with("tune-"), "{name}");
+    // its trials show in the runs view, each as a run
+    for t in ["0-lr1e-4-r8-all", "1-lr2e-4-r8-all"] {
+        let dir = base.out_dir.join("trials").join(t);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("metrics.jsonl"),
+            "{\"step\":1,\"loss\":0.5,\"total_steps\":2}\n",
+        )
+        .unwrap();
+    }
+    app.train.live.active = false;
+    press(&mut app, &[key('v')]);
+    let ids: Vec<&str> = app.train.runs.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        vec![
+            format!("{name}/0-lr1e-4-r8-all"),
+            format!("{name}/1-lr2e-4-r8-all")
+        ]
+    );
+}

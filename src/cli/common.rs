@@ -29,19 +29,7 @@ pub fn open_session(name: &str) -> Result<crate::data::Session> {
     crate::data::Session::open(&sessions_root(), name)
 }
 
-pub fn fmt_secs(s: f64) -> String {
-    if !s.is_finite() {
-        return "?".into();
-    }
-    let s = s as u64;
-    if s >= 3600 {
-        format!("{}h{:02}m", s / 3600, s % 3600 / 60)
-    } else if s >= 60 {
-        format!("{}m{:02}s", s / 60, s % 60)
-    } else {
-        format!("{s}s")
-    }
-}
+pub use crate::fmt::human_secs as fmt_secs;
 
 pub fn human_bytes(n: u64) -> String {
     let n = n as f64;

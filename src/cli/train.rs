@@ -180,7 +180,7 @@ pub(super) fn cmd_tune(a: TuneArgs, session: &str) -> Result<()> {
     let sess = open_session(session)?;
     let out = match &t.out {
         Some(o) => o.clone(),
-        None => sess.run_dir(&format!("tune-{}", sess.new_run_id()?)),
+        None => sess.run_dir(&sess.new_tune_id()?),
     };
     let mut base = train_config(t, out)?;
     if base.val.is_none() && base.val_split <= 0.0 {

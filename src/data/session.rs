@@ -165,6 +165,15 @@ impl Session {
         new_stamped_dir(&self.runs_dir())
     }
 
+    /// Reserve a new recipe-search folder `runs/tune-<stamp>/` and return its id.
+    pub fn new_tune_id(&self) -> Result<String> {
+        let id = self.new_run_id()?;
+        let tuned = format!("tune-{id}");
+        std::fs::rename(self.run_dir(&id), self.run_dir(&tuned))
+            .with_context(|| format!("{}: cannot create", self.run_dir(&tuned).display()))?;
+        Ok(tuned)
+    }
+
     /// Reserve a new eval folder `evals/<id>/` and return the id.
     pub fn new_eval_id(&self) -> Result<String> {
         new_stamped_dir(&self.evals_dir())

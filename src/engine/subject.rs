@@ -72,7 +72,7 @@ impl Command {
                 request: *request,
                 key: key.clone(),
             },
-            Self::Train(_) => Subject::Train,
+            Self::Train(_) | Self::Tune { .. } => Subject::Train,
             Self::Evaluate(_) => Subject::Eval,
             Self::Download { id } => Subject::Download { id: id.clone() },
             Self::MonitorTurn {

@@ -71,6 +71,12 @@ pub enum Command {
         samples: Vec<crate::data::Sample>,
     },
     Train(Box<TrainConfig>),
+    /// A recipe search (`fraudlab tune`) over the default grid on the config's settings,
+    /// within `budget_s`; its trials report as training runs, one after the other.
+    Tune {
+        base: Box<TrainConfig>,
+        budget_s: f64,
+    },
     Evaluate(Box<EvalConfig>),
     /// Download a model by hub id into the Hugging Face cache.
     Download {
@@ -635,6 +641,55 @@ impl Worker {
                 let r = train(&cfg, &self.control, &mut |e| {
                     let _ = events.send(Event::Train(e));
                 });
+                if let Err(e) = r {
+                    self.emit(Event::Error {
+                        subject: Subject::Train,
+                        message: format!("{e:#}"),
+                    });
+                }
+            }
+            Command::Tune { base, budget_s } => {
+                use super::train::tune::{tune, Grid, TuneEvent};
+                self.emit(Event::State(EngineState::Training));
+                self.control.stop.store(false, Ordering::SeqCst);
+                self.control.pause.store(false, Ordering::SeqCst);
+                let events = self.events.clone();
+                let send = |e: TrainEvent| {
+                    let _ = events.send(Event::Train(e));
+                };
+                let r =
+                    tune(
+                        &base,
+                        &Grid::default(),
+                        budget_s,
+                        3,
+                        &self.control,
+                        &mut |e| match e {
+                            TuneEvent::Train(e) => send(e),
+                            TuneEvent::TrialStarted {
+                                name,
+                                rung,
+                                index,
+                                of,
+                                budget_s,
+                            } => send(TrainEvent::Log(format!(
+                                "tune trial {index}/{of} (rung {rung}): {name} for {}",
+                                crate::fmt::human_secs(budget_s)
+                            ))),
+                            TuneEvent::TrialFinished(t) => send(TrainEvent::Log(format!(
+                                "tune trial {}: validation ROC-AUC {} F1 {}",
+                                t.name,
+                                t.val_auc.map(|a| format!("{a:.3}")).unwrap_or("–".into()),
+                                t.val_f1.map(|a| format!("{a:.3}")).unwrap_or("–".into())
+                            ))),
+                            TuneEvent::Finished(r) => send(TrainEvent::Log(format!(
+                            "tune: best recipe {} (validation ROC-AUC {}); its adapter is in {}",
+                            r.best.name,
+                            r.best.val_auc.map(|a| format!("{a:.3}")).unwrap_or("–".into()),
+                            r.adapter.display()
+                        ))),
+                        },
+                    );
                 if let Err(e) = r {
                     self.emit(Event::Error {
                         subject: Subject::Train,

@@ -541,7 +541,7 @@ impl App {
                     Command::Score { request, .. } => Sent::Score(*request),
                     Command::MonitorTurn { request, .. }
                     | Command::MonitorExplain { request, .. } => Sent::Monitor(*request),
-                    Command::Train(_) => Sent::Train,
+                    Command::Train(_) | Command::Tune { .. } => Sent::Train,
                     Command::Evaluate(_) => Sent::Evaluate,
                     Command::Load { key, .. } => Sent::Load(key.clone()),
                     _ => Sent::Other,

@@ -112,6 +112,11 @@ pub const TRAIN: &[KeyHelp] = &[
         ("Enter", "edit"),
     ),
     k("s", "start training", ("s", "start")),
+    k(
+        "T",
+        "search recipes (lr, rank, layers) within the time budget, best adapter kept",
+        NO,
+    ),
     k("p", "pause / resume", ("p", "pause")),
     k(
         "x",
@@ -383,6 +388,8 @@ pub mod strings {
     pub const TRAIN_NEEDS_DATA: &str =
         "choose training data: open a dataset in the Data pane, or set the data field";
     pub const TRAIN_ALREADY: &str = "a run is already going (p pauses, x stops)";
+    pub const TUNE_NEEDS_BUDGET: &str =
+        "a recipe search needs a time budget: set the `time budget` setting (e.g. 60m)";
 
     // Data
     pub const DATA_TITLE: &str = "Data";

@@ -152,23 +152,7 @@ pub fn human_count(n: u64) -> String {
     }
 }
 
-/// `1h02m`, `3m20s`, `12s`, `0.4s`.
-pub fn human_secs(s: f64) -> String {
-    if !s.is_finite() || s < 0.0 {
-        return "?".into();
-    }
-    if s < 10.0 {
-        return format!("{s:.1}s");
-    }
-    let t = s.round() as u64;
-    if t >= 3600 {
-        format!("{}h{:02}m", t / 3600, (t % 3600) / 60)
-    } else if t >= 60 {
-        format!("{}m{:02}s", t / 60, t % 60)
-    } else {
-        format!("{t}s")
-    }
-}
+pub use crate::fmt::human_secs;
 
 /// A float for an axis label or a table: few digits, scientific when tiny.
 pub fn short_float(x: f64) -> String {

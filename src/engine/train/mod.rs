@@ -672,13 +672,13 @@ impl<'a> Trainer<'a> {
         self.eval_every = p.eval_every;
         on_event(TrainEvent::Log(format!(
             "time budget {}: {} steps ({} samples, {:.2} epochs), warmup {}, validation every {} steps; predicted {} (a step of {} tokens: {:.2}s)",
-            fmt_s(budget),
+            crate::fmt::human_secs(budget),
             p.total_steps,
             p.samples,
             p.epochs,
             p.warmup_steps,
             p.eval_every,
-            fmt_s(p.predicted_s),
+            crate::fmt::human_secs(p.predicted_s),
             loads.first().map(|l| l.step_tokens).unwrap_or(0),
             loads
                 .first()
@@ -857,16 +857,6 @@ impl<'a> Trainer<'a> {
         )?;
         on_event(TrainEvent::Finished(summary.clone()));
         Ok(summary)
-    }
-}
-
-/// Seconds as `1h02m`, `12m30s` or `42s`.
-fn fmt_s(s: f64) -> String {
-    let s = s.max(0.0).round() as u64;
-    match (s / 3600, s / 60 % 60, s % 60) {
-        (0, 0, x) => format!("{x}s"),
-        (0, m, x) => format!("{m}m{x:02}s"),
-        (h, m, _) => format!("{h}h{m:02}m"),
     }
 }
 

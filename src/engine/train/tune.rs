@@ -20,6 +20,17 @@ pub struct Grid {
     pub layers: Vec<Option<Vec<usize>>>,
 }
 
+impl Default for Grid {
+    /// lr 1e-4 / 2e-4 / 4e-4, rank 8, the model's default layer ranges.
+    fn default() -> Self {
+        Self {
+            lrs: vec![1e-4, 2e-4, 4e-4],
+            ranks: vec![8],
+            layers: vec![],
+        }
+    }
+}
+
 impl Grid {
     /// The default grid for a model of `n_layers`: lr 1e-4 / 2e-4 / 4e-4 × rank 8 × every
     /// layer / the upper half / the upper quarter.

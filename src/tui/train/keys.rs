@@ -75,7 +75,8 @@ impl App {
             }
         }
         match plain(key) {
-            Some('s') => self.train_start(out),
+            Some('s') => self.train_start(out, false),
+            Some('T') => self.train_start(out, true),
             Some('p') => self.train_pause_resume(out),
             Some('x') if self.train.live.active => {
                 out.push(Action::StopTraining);
@@ -143,6 +144,20 @@ impl App {
         let cur = match f {
             1 => self.train.cfg.data.display().to_string(),
             7 => format!("{}", self.train.cfg.lr),
+            24 => self
+                .train
+                .cfg
+                .time_budget_s
+                .map(crate::fmt::human_secs)
+                .unwrap_or_default(),
+            25 => self
+                .train
+                .cfg
+                .lora
+                .layers_to_transform
+                .as_deref()
+                .map(crate::model::adapter::format_layers)
+                .unwrap_or_default(),
             _ => {
                 let t = self.train.field_text(f, None, None);
                 if t == "none" || t == "each epoch" || t == "at the end" {
@@ -155,6 +170,8 @@ impl App {
         let title = match f {
             1 => "Training data file (empty: the Data pane's dataset)".to_string(),
             9 | 20 | 22 => format!("{} (empty: none)", FIELDS[f]),
+            24 => "time budget, e.g. 15m or 1h (empty: none; epochs then count)".into(),
+            25 => "LoRA layers, e.g. 12-23 or 0-3,20-23 (empty: all)".into(),
             18 | 19 => format!(
                 "{} (0: {})",
                 FIELDS[f],
@@ -189,13 +206,24 @@ impl App {
         }
     }
 
-    /// Starts a run with the form's settings in a new `runs/<id>/` of the session.
-    pub fn train_start(&mut self, out: &mut Vec<Action>) {
+    /// Starts a run with the form's settings in a new `runs/<id>/` of the session; with
+    /// `tune`, a recipe search within the form's time budget in `runs/tune-<id>/` instead
+    /// (its trials show as runs, one after the other).
+    pub fn train_start(&mut self, out: &mut Vec<Action>, tune: bool) {
         if self.train.live.active {
             self.warn(strings::TRAIN_ALREADY);
             return;
         }
         let mut cfg = self.train.cfg.clone();
+        let budget = cfg.time_budget_s;
+        if tune && budget.is_none() {
+            self.warn(strings::TUNE_NEEDS_BUDGET);
+            return;
+        }
+        if tune && cfg.full {
+            self.warn("tune searches LoRA recipes: set the method to LoRA");
+            return;
+        }
         if cfg.model.is_empty() {
             match self.train_default_model() {
                 Some(m) => cfg.model = m,
@@ -218,7 +246,11 @@ impl App {
             self.error(format!("{}: no such file", cfg.data.display()));
             return;
         }
-        let id = match self.session.new_run_id() {
+        let id = match if tune {
+            self.session.new_tune_id()
+        } else {
+            self.session.new_run_id()
+        } {
             Ok(id) => id,
             Err(e) => {
                 self.error(format!("cannot create the run folder: {e:#}"));
@@ -260,9 +292,21 @@ impl App {
         self.train.stop_requested = false;
         self.train.pause_requested = false;
         self.train.view = TrainView::Live;
-        out.push(Action::Engine(Command::Train(Box::new(cfg))));
+        if tune {
+            if cfg.val.is_none() && cfg.val_split <= 0.0 {
+                cfg.val_split = 0.1;
+            }
+            out.push(Action::Engine(Command::Tune {
+                base: Box::new(cfg),
+                budget_s: budget.unwrap_or_default(),
+            }));
+        } else {
+            out.push(Action::Engine(Command::Train(Box::new(cfg))));
+        }
         if self.engine_busy() {
             self.warn(strings::ENGINE_BUSY_QUEUED);
+        } else if tune {
+            self.info(format!("recipe search {id} starting…"));
         } else {
             self.info(format!("training run {id} starting…"));
         }

@@ -21,7 +21,7 @@ mod view;
 pub use view::draw;
 
 /// The settings form, top to bottom.
-pub const FIELDS: [&str; 24] = [
+pub const FIELDS: [&str; 27] = [
     "model",
     "data",
     "hand labels",
@@ -46,6 +46,9 @@ pub const FIELDS: [&str; 24] = [
     "answer fields",
     "limit",
     "seed",
+    "time budget",
+    "layers",
+    "anonymize",
 ];
 
 /// File name of a dataset copy with the session's hand labels applied (in a run or eval folder).
@@ -296,6 +299,22 @@ impl TrainPane {
             .into(),
             22 => opt(c.limit),
             23 => c.seed.to_string(),
+            24 => c
+                .time_budget_s
+                .map(|b| format!("{} (plans steps)", crate::fmt::human_secs(b)))
+                .unwrap_or_else(|| "none".into()),
+            25 => c
+                .lora
+                .layers_to_transform
+                .as_deref()
+                .map(crate::model::adapter::format_layers)
+                .unwrap_or_else(|| "all".into()),
+            26 => if c.anonymize_speakers {
+                "speakers as A, B…"
+            } else {
+                "speakers as in the data"
+            }
+            .into(),
             _ => String::new(),
         }
     }
@@ -370,6 +389,23 @@ impl TrainPane {
             20 => c.early_stopping = if none { None } else { Some(pos(t, name)?) },
             22 => c.limit = if none { None } else { Some(pos(t, name)?) },
             23 => c.seed = num(t, name)?,
+            24 => {
+                c.time_budget_s = if none {
+                    None
+                } else {
+                    Some(
+                        crate::engine::train::parse_duration(t)
+                            .map_err(|e| format!("{name}: {e}"))?,
+                    )
+                }
+            }
+            25 => {
+                c.lora.layers_to_transform = if none || t == "all" {
+                    None
+                } else {
+                    Some(crate::model::adapter::parse_layers(t).map_err(|e| e.to_string())?)
+                }
+            }
             _ => {}
         }
         Ok(())
@@ -389,6 +425,7 @@ impl TrainPane {
                 }
             }
             21 => c.answer_fields = !c.answer_fields,
+            26 => c.anonymize_speakers = !c.anonymize_speakers,
             _ => return false,
         }
         true
@@ -412,10 +449,29 @@ impl App {
     pub(super) fn train_load_runs(&mut self) {
         let ids = self.session.list_runs().unwrap_or_default();
         let runs_dir = self.session.runs_dir();
-        self.train.runs = ids
-            .iter()
-            .map(|id| RunInfo::load(id, &runs_dir.join(id)))
-            .collect();
+        let mut runs = Vec::new();
+        for id in &ids {
+            let dir = runs_dir.join(id);
+            // a recipe search: its trials, each a run of its own
+            let trials = dir.join("trials");
+            if trials.is_dir() {
+                let mut names: Vec<String> = std::fs::read_dir(&trials)
+                    .map(|rd| {
+                        rd.flatten()
+                            .filter(|e| e.path().is_dir())
+                            .map(|e| e.file_name().to_string_lossy().into_owned())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                names.sort();
+                for n in names {
+                    runs.push(RunInfo::load(&format!("{id}/{n}"), &trials.join(&n)));
+                }
+            } else {
+                runs.push(RunInfo::load(id, &dir));
+            }
+        }
+        self.train.runs = runs;
         self.train.run_sel = self
             .train
             .run_sel
