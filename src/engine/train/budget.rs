@@ -101,6 +101,20 @@ pub struct Meter {
 }
 
 impl Meter {
+    /// What was measured since `earlier` (a snapshot of the same meter).
+    pub fn since(&self, earlier: &Meter) -> Meter {
+        Meter {
+            frozen_s: self.frozen_s - earlier.frozen_s,
+            frozen_tokens: self.frozen_tokens - earlier.frozen_tokens,
+            step_s: self.step_s - earlier.step_s,
+            step_tokens: self.step_tokens - earlier.step_tokens,
+            optim_s: self.optim_s - earlier.optim_s,
+            optim_n: self.optim_n - earlier.optim_n,
+            eval_s: self.eval_s - earlier.eval_s,
+            eval_tokens: self.eval_tokens - earlier.eval_tokens,
+        }
+    }
+
     /// The costs these figures show (a kind never seen costs what `fallback` says).
     pub fn costs(&self, fallback: &Costs) -> Costs {
         let per = |s: f64, n: u64, f: f64| if n > 0 { s / n as f64 } else { f };
@@ -152,11 +166,16 @@ pub struct EvalLoad {
 /// The share of the remaining budget a plan fills (the rest absorbs noise).
 pub const PLAN_FILL: f64 = 0.97;
 
+/// The most of the budget validation passes may take: past it the plan validates less
+/// often (at least once, at the end, where the threshold is chosen).
+pub const EVAL_SHARE: f64 = 0.12;
+
 /// The largest number of steps (counting the `done` already taken) whose predicted time,
 /// validation passes included, fits in `remaining_s`, with its schedule. `steps` lists the
 /// loads of the steps after the `done` ones, as far as the budget could reach; `evals` is
-/// how many validation passes the run makes (spread evenly, the last at the end; 0 without
-/// a validation set).
+/// how many validation passes the run makes at most (spread evenly, the last at the end;
+/// fewer when they would take more than [`EVAL_SHARE`] of the budget, never none with a
+/// validation set).
 #[allow(clippy::too_many_arguments)]
 pub fn plan(
     budget_s: f64,
@@ -194,6 +213,21 @@ pub fn plan(
         }
         eval_cost(true) + (n - 1) as f64 * eval_cost(false)
     };
+    // validation passes that fit in their share of the budget
+    let affordable = if eval.is_some() {
+        let later = eval_cost(false).max(1e-9);
+        let first = eval_cost(true);
+        (1 + ((remaining * EVAL_SHARE - first).max(0.0) / later) as usize).min(evals.max(1))
+    } else {
+        0
+    };
+    let n_evals_for = |total: usize| {
+        if eval.is_some() {
+            affordable.min(total).max(1)
+        } else {
+            0
+        }
+    };
     let mut acc = 0.0;
     let mut best = (done.max(1), 0.0, 0usize);
     let mut samples = 0;
@@ -201,23 +235,14 @@ pub fn plan(
         acc += step_cost(l);
         samples += l.samples;
         let total = done + k + 1;
-        let n_evals = if eval.is_some() {
-            evals.min(total).max(1)
-        } else {
-            0
-        };
-        let t = acc + evals_cost(n_evals);
+        let t = acc + evals_cost(n_evals_for(total));
         if t > remaining {
             break;
         }
         best = (total, t, samples);
     }
     let (total, predicted, new_samples) = best;
-    let n_evals = if eval.is_some() {
-        evals.min(total).max(1)
-    } else {
-        0
-    };
+    let n_evals = n_evals_for(total);
     let eval_every = if n_evals == 0 {
         0
     } else {
@@ -335,6 +360,43 @@ mod tests {
         assert_eq!(p.eval_every, p.total_steps.div_ceil(4));
         assert_eq!(p.warmup_steps, (0.1 * p.total_steps as f64).ceil() as usize);
         assert_eq!(p.samples, 4 * p.total_steps);
+    }
+
+    #[test]
+    fn costly_validation_is_made_rarer_not_the_training_shorter() {
+        let steps: Vec<StepLoad> = (0..1000)
+            .map(|_| StepLoad {
+                step_tokens: 100,
+                frozen_tokens: 0,
+                samples: 4,
+            })
+            .collect();
+        let costs = Costs {
+            step_per_token: 0.01,
+            eval_per_token: 0.01,
+            ..Default::default()
+        };
+        // a pass costs 10 s, a step 1 s: of a 100 s budget, 12% buys one pass
+        let eval = EvalLoad {
+            first_frozen_tokens: 0,
+            frozen_tokens: 0,
+            eval_tokens: 1000,
+        };
+        let p = plan(
+            100.0,
+            0.0,
+            0,
+            &steps,
+            Some(eval),
+            4,
+            costs,
+            0.1,
+            None,
+            0,
+            40,
+        );
+        assert_eq!(p.eval_every, p.total_steps, "one pass, at the end");
+        assert_eq!(p.total_steps, 87, "97 s: one pass and 87 steps");
     }
 
     #[test]

@@ -134,6 +134,9 @@ pub struct Trainer<'a> {
     setup_s: f64,
     step_t: f64,
     meter: Meter,
+    /// the meter after this process's first micro-batch (a cold one: the plan measures
+    /// the warm ones after it when there are any)
+    first_micro: Option<Meter>,
     frozen: Option<SharedCache>,
     /// the last full validation pass: per example with a verdict, its label and P(fraud)
     last_val: Option<Vec<(bool, f64)>>,
@@ -290,6 +293,7 @@ impl<'a> Trainer<'a> {
             setup_s: wall.elapsed().as_secs_f64(),
             clock,
             meter: Meter::default(),
+            first_micro: None,
             frozen,
             last_val: None,
             window: Window::default(),
@@ -414,6 +418,9 @@ impl<'a> Trainer<'a> {
         });
         self.meter.step_s += self.clock.now() - t0;
         self.meter.step_tokens += batch.ids.len() as u64;
+        if self.first_micro.is_none() {
+            self.first_micro = Some(self.meter);
+        }
         self.st.micro += 1;
         Ok(self.window.batches.is_empty())
     }
@@ -569,7 +576,14 @@ impl<'a> Trainer<'a> {
             let first: Vec<usize> = (0..self.val_ex.len().min(tc.batch)).collect();
             self.val_loss(&first)?;
         }
-        let costs = self.meter.costs(&Costs::default());
+        let mut costs = self.meter.costs(&Costs::default());
+        if let Some(first) = self.first_micro {
+            // the first micro-batch pays for cold caches and allocations: measure training
+            // on the ones after it where the step had more
+            let warm = self.meter.since(&first).costs(&costs);
+            costs.step_per_token = warm.step_per_token;
+            costs.frozen_per_token = warm.frozen_per_token;
+        }
         let cached = |set: Set, i: usize| -> bool {
             self.frozen
                 .as_ref()
