@@ -300,7 +300,8 @@ fn a_time_budget_plans_a_schedule_that_ends_on_time() {
     let last = lrs.last().unwrap().0;
     assert!(last < 0.02 * peak, "annealed: {last}");
     assert!(lrs[1..].iter().all(|x| x.1 == p.total_steps));
-    assert!((2..=fraudlab::engine::train::BUDGET_EVALS).contains(&evals));
+    // passes on the way, then the final one (outside the budget)
+    assert!((2..=fraudlab::engine::train::BUDGET_EVALS + 1).contains(&evals));
     assert_eq!(s.samples_seen, p.samples);
     assert!(s.plan.is_some());
     let fc = s.frozen_cache.unwrap();

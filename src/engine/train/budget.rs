@@ -166,16 +166,17 @@ pub struct EvalLoad {
 /// The share of the remaining budget a plan fills (the rest absorbs noise).
 pub const PLAN_FILL: f64 = 0.97;
 
-/// The most of the budget validation passes may take: past it the plan validates less
-/// often (at least once, at the end, where the threshold is chosen).
+/// The most of the budget validation passes on the way may take: past it the plan
+/// validates less often (the last pass, at the end, where the threshold is chosen, is the
+/// final evaluation and counts apart).
 pub const EVAL_SHARE: f64 = 0.12;
 
 /// The largest number of steps (counting the `done` already taken) whose predicted time,
 /// validation passes included, fits in `remaining_s`, with its schedule. `steps` lists the
 /// loads of the steps after the `done` ones, as far as the budget could reach; `evals` is
-/// how many validation passes the run makes at most (spread evenly, the last at the end;
-/// fewer when they would take more than [`EVAL_SHARE`] of the budget, never none with a
-/// validation set).
+/// how many validation passes the run makes on the way at most (spread evenly; fewer when
+/// they would take more than [`EVAL_SHARE`] of the budget). The pass at the last step is the
+/// final evaluation: outside the budget.
 #[allow(clippy::too_many_arguments)]
 pub fn plan(
     budget_s: f64,
@@ -213,21 +214,15 @@ pub fn plan(
         }
         eval_cost(true) + (n - 1) as f64 * eval_cost(false)
     };
-    // validation passes that fit in their share of the budget
-    let affordable = if eval.is_some() {
-        let later = eval_cost(false).max(1e-9);
-        let first = eval_cost(true);
-        (1 + ((remaining * EVAL_SHARE - first).max(0.0) / later) as usize).min(evals.max(1))
-    } else {
+    // validation passes on the way that fit in their share of the budget
+    let share = remaining * EVAL_SHARE;
+    let affordable = if eval.is_none() || eval_cost(true) > share {
         0
+    } else {
+        let later = eval_cost(false).max(1e-9);
+        (1 + ((share - eval_cost(true)) / later) as usize).min(evals)
     };
-    let n_evals_for = |total: usize| {
-        if eval.is_some() {
-            affordable.min(total).max(1)
-        } else {
-            0
-        }
-    };
+    let n_evals_for = |total: usize| affordable.min(total.saturating_sub(1));
     let mut acc = 0.0;
     let mut best = (done.max(1), 0.0, 0usize);
     let mut samples = 0;
@@ -243,10 +238,11 @@ pub fn plan(
     }
     let (total, predicted, new_samples) = best;
     let n_evals = n_evals_for(total);
-    let eval_every = if n_evals == 0 {
+    // passes every `eval_every` steps before the last, then the final one
+    let eval_every = if eval.is_none() {
         0
     } else {
-        total.div_ceil(n_evals)
+        total.div_ceil(n_evals + 1)
     };
     let warmup = warmup_steps.unwrap_or((warmup_ratio * total as f64).ceil() as usize);
     let seen = samples_done + new_samples;
@@ -340,17 +336,17 @@ mod tests {
             1,
             &steps,
             Some(eval),
-            4,
+            3,
             costs,
             0.1,
             None,
             4,
             44,
         );
-        // each later step costs 4.5 s (4.8 s while new samples come), an evaluation 2 s
-        // (3 s the first time): 184.3 s available
+        // each later step costs 4.5 s (4.8 s while new samples come), a pass on the way 2 s
+        // (3 s the first time): 184.3 s available, three passes before the final one
         let step = |k: usize| if k < 10 { 4.8 } else { 4.5 };
-        let predicted: f64 = (0..p.total_steps - 1).map(step).sum::<f64>() + 3.0 + 3.0 * 2.0 + 10.0;
+        let predicted: f64 = (0..p.total_steps - 1).map(step).sum::<f64>() + 3.0 + 2.0 * 2.0 + 10.0;
         assert!((p.predicted_s - predicted).abs() < 1e-9);
         assert!(p.predicted_s <= 10.0 + 190.0 * PLAN_FILL);
         assert!(
@@ -376,11 +372,12 @@ mod tests {
             eval_per_token: 0.01,
             ..Default::default()
         };
-        // a pass costs 10 s, a step 1 s: of a 100 s budget, 12% buys one pass
+        // a pass costs 15 s, a step 1 s: 12% of a 100 s budget buys no pass on the way,
+        // and the final pass counts apart
         let eval = EvalLoad {
             first_frozen_tokens: 0,
             frozen_tokens: 0,
-            eval_tokens: 1000,
+            eval_tokens: 1500,
         };
         let p = plan(
             100.0,
@@ -388,15 +385,35 @@ mod tests {
             0,
             &steps,
             Some(eval),
-            4,
+            3,
             costs,
             0.1,
             None,
             0,
             40,
         );
-        assert_eq!(p.eval_every, p.total_steps, "one pass, at the end");
-        assert_eq!(p.total_steps, 87, "97 s: one pass and 87 steps");
+        assert_eq!(p.total_steps, 97);
+        assert_eq!(p.eval_every, p.total_steps, "only the final pass");
+        // at 10 s a pass, one on the way (halfway) fits
+        let eval = EvalLoad {
+            eval_tokens: 1000,
+            ..eval
+        };
+        let p = plan(
+            100.0,
+            0.0,
+            0,
+            &steps,
+            Some(eval),
+            3,
+            costs,
+            0.1,
+            None,
+            0,
+            40,
+        );
+        assert_eq!(p.total_steps, 87);
+        assert_eq!(p.eval_every, 44);
     }
 
     #[test]

@@ -128,8 +128,9 @@ impl Default for TrainConfig {
     }
 }
 
-/// Validation passes a time-budgeted run makes unless `eval_every` says otherwise.
-pub const BUDGET_EVALS: usize = 4;
+/// Validation passes a time-budgeted run makes on the way (before the final one) unless
+/// `eval_every` says otherwise or they would take too much of the budget.
+pub const BUDGET_EVALS: usize = 3;
 
 /// Pause and stop, set from any thread, read between steps.
 #[derive(Debug, Default)]

@@ -134,6 +134,8 @@ pub struct Trainer<'a> {
     setup_s: f64,
     step_t: f64,
     meter: Meter,
+    /// seconds of the final validation pass (reported with the calibration)
+    final_eval_s: f64,
     /// the meter after this process's first micro-batch (a cold one: the plan measures
     /// the warm ones after it when there are any)
     first_micro: Option<Meter>,
@@ -294,6 +296,7 @@ impl<'a> Trainer<'a> {
             clock,
             meter: Meter::default(),
             first_micro: None,
+            final_eval_s: 0.0,
             frozen,
             last_val: None,
             window: Window::default(),
@@ -658,7 +661,7 @@ impl<'a> Trainer<'a> {
         });
         let evals = if tc.eval_every > 0 {
             // what a fixed interval gives over a run of about the reachable length
-            (self.st.step + loads.len()).div_ceil(tc.eval_every).max(1)
+            (self.st.step + loads.len()).div_ceil(tc.eval_every) - 1
         } else {
             BUDGET_EVALS
         };
@@ -717,15 +720,23 @@ impl<'a> Trainer<'a> {
         let over_budget = tc
             .time_budget_s
             .is_some_and(|b| step < self.total && self.now() >= b);
+        let last = step == self.total || over_budget;
         let want_eval = !self.val_ex.is_empty()
             && ((self.eval_every > 0 && step.is_multiple_of(self.eval_every))
                 || (self.eval_every == 0 && epoch_end)
-                || step == self.total
-                || over_budget);
+                || last);
         let mut improved = false;
         if want_eval {
             let all: Vec<usize> = (0..self.val_ex.len()).collect();
+            let t0 = self.now();
             let el = self.val_loss(&all)?;
+            if last {
+                // the final evaluation (where the threshold is chosen) counts apart from
+                // the training time a budget holds
+                let d = self.now() - t0;
+                self.final_eval_s += d;
+                self.t_offset -= d;
+            }
             m.eval_loss = Some(el);
             m.eval_auc = self.val_auc();
             let st = &mut self.st;
@@ -812,6 +823,7 @@ impl<'a> Trainer<'a> {
     fn finish(self, end: &str, on_event: &mut dyn FnMut(TrainEvent)) -> Result<TrainSummary> {
         let tc = self.tc;
         let train_s = self.now();
+        let process_s = self.clock.now() - self.t_first;
         let output_dir = if tc.full {
             let out = self.run_dir.join("model");
             crate::model::convert::write_hf_folder(
@@ -832,7 +844,8 @@ impl<'a> Trainer<'a> {
         } else {
             self.calibrate(on_event)?
         };
-        let calibrate_s = t_cal.elapsed().as_secs_f64();
+        let cal_only = t_cal.elapsed().as_secs_f64();
+        let calibrate_s = cal_only + self.final_eval_s;
         if !tc.full {
             let mut meta = adapter_meta(tc);
             if let Some(c) = &calibration {
@@ -855,7 +868,7 @@ impl<'a> Trainer<'a> {
             best_eval_loss: self.st.best_eval_loss,
             best_step: self.st.best_step,
             end: end.to_string(),
-            seconds: self.setup_s + train_s - self.t_offset + calibrate_s,
+            seconds: self.setup_s + process_s + cal_only,
             calibration,
             samples_seen: self.st.samples_seen,
             train_s,
