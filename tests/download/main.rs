@@ -401,7 +401,8 @@ fn cancel_stops_a_transfer_and_a_silent_hub_at_once() {
     let (r, after) = t.join().unwrap();
     let e = format!("{:#}", r.unwrap_err());
     assert!(e.contains("cancelled"), "{e}");
-    assert!(after.unwrap() < Duration::from_millis(1000), "{after:?}");
+    // well under the 30 s read timeout: the cancel, not a timeout, ended it
+    assert!(after.unwrap() < Duration::from_secs(5), "{after:?}");
     // what arrived stays for a resume
     let blobs = d.path().join("cache/models--Org--Tiny-Chat/blobs");
     let parts: Vec<_> = std::fs::read_dir(&blobs)
@@ -432,11 +433,8 @@ fn cancel_stops_a_transfer_and_a_silent_hub_at_once() {
     let t0 = Instant::now();
     cancel.store(true, Ordering::SeqCst);
     let r = t.join().unwrap();
-    assert!(
-        t0.elapsed() < Duration::from_millis(500),
-        "{:?}",
-        t0.elapsed()
-    );
+    // far under the 30 s timeouts: the cancel ended it (loose: shared CI machines stall)
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
     assert!(format!("{:#}", r.unwrap_err()).contains("cancelled"));
 }
 
