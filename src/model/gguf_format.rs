@@ -509,6 +509,30 @@ mod tests {
     }
 
     #[test]
+    fn the_reader_names_a_file_by_general_file_type() {
+        let d = tempfile::tempdir().unwrap();
+        let write = |ftype: Option<u32>| {
+            let mut g = GgufBuilder::new();
+            g.meta("general.architecture", MetaValue::Str("qwen2".into()));
+            if let Some(t) = ftype {
+                g.meta("general.file_type", MetaValue::U32(t));
+            }
+            g.tensor("w", &[2, 32], TensorType::F16).unwrap();
+            g.tensor("b", &[4], TensorType::F32).unwrap();
+            let p = d.path().join(format!("{ftype:?}.gguf"));
+            let mut bytes = Vec::new();
+            g.write(&mut bytes, &mut |i| Ok(vec![0.5; [64, 4][i]]))
+                .unwrap();
+            std::fs::write(&p, bytes).unwrap();
+            crate::model::gguf::GgufFile::open(&p).unwrap().file_type()
+        };
+        assert_eq!(write(Some(15)), "Q4_K_M");
+        // no key, or one llama.cpp does not name: the type most values have
+        assert_eq!(write(None), "F16");
+        assert_eq!(write(Some(1024)), "F16");
+    }
+
+    #[test]
     fn file_type_names_follow_llama_cpp() {
         assert_eq!(file_type_name(15), Some("Q4_K_M"));
         assert_eq!(file_type_name(7), Some("Q8_0"));
