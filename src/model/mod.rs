@@ -1,4 +1,5 @@
-//! Qwen2-family models in Candle: config, weights (safetensors, GGUF), tokenizer, chat template.
+//! Qwen2-family models in Candle: config, weights (safetensors, GGUF), tokenizer, chat template,
+//! and writing models out (Hugging Face folders, GGUF export).
 
 pub mod attention;
 pub mod config;
@@ -22,4 +23,5 @@ pub use crate::data::fsutil::write_atomic as write_file_atomic;
 pub mod adapter;
 pub mod convert;
 pub mod download;
+pub mod export;
 pub mod tiny;
