@@ -63,6 +63,9 @@ pub enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Write a model, an adapter folded in, as one GGUF file for llama.cpp and ollama (or as
+    /// a Hugging Face folder, as `merge` does).
+    Export(ExportArgs),
     /// Dataset tools: stats, split, balance, window, export, show.
     Data {
         #[command(subcommand)]
@@ -206,6 +209,31 @@ pub struct ServeArgs {
     /// Largest request body accepted, in bytes.
     #[arg(long = "max-body", default_value_t = 1 << 20)]
     pub max_body: usize,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ExportArgs {
+    /// Model folder, hub id (looked up in the caches), or .gguf file.
+    #[arg(long)]
+    pub model: String,
+    /// LoRA adapter folder (PEFT layout) to fold into the weights.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
+    /// gguf (one file for llama.cpp and ollama) or hf (a Hugging Face folder, f32).
+    #[arg(long, default_value = "gguf")]
+    pub format: String,
+    /// The .gguf file (or, for hf, the folder) to write.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// GGUF weight type: f16 (default), q8_0 or f32. Norms and biases stay f32.
+    #[arg(long = "type", value_name = "TYPE")]
+    pub ty: Option<String>,
+    /// `general.name` in the GGUF metadata (default: the model's name).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Print JSON instead of a sentence.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug, Clone)]

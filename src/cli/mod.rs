@@ -32,6 +32,7 @@ pub fn run(cli: Cli) -> Result<()> {
             adapter,
             out,
         }) => models::cmd_merge(&model, &adapter, &out),
+        Some(Command::Export(a)) => models::cmd_export(a),
         Some(Command::Data { cmd }) => data::run(cmd, &cli.session),
         Some(Command::Label { dataset, list }) => data::label(&dataset, list, &cli.session),
         Some(Command::Sessions { json }) => data::sessions(json),

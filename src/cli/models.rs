@@ -1,4 +1,4 @@
-//! Model commands: models, probe, logits, convert, merge, demo-model, download.
+//! Model commands: models, probe, logits, convert, merge, export, demo-model, download.
 
 use anyhow::{bail, Context, Result};
 use candle_core::Tensor;
@@ -228,6 +228,63 @@ pub(super) fn cmd_merge(
         adapter.display(),
         out.display()
     );
+    Ok(())
+}
+
+/// `fraudlab export`: the model, its adapter folded in, as a GGUF file or an HF folder.
+pub(super) fn cmd_export(a: ExportArgs) -> Result<()> {
+    let gguf = match a.format.as_str() {
+        "gguf" => true,
+        "hf" => false,
+        f => bail!("--format {f}: use gguf or hf"),
+    };
+    let ty = match (&a.ty, gguf) {
+        (Some(t), true) => model::export::parse_type(t)?,
+        (None, true) => model::gguf_format::TensorType::F16,
+        (Some(_), false) => bail!("--type is for --format gguf; a Hugging Face folder is f32"),
+        (None, false) => model::gguf_format::TensorType::F32,
+    };
+    if gguf && a.out.is_dir() {
+        bail!(
+            "{}: is a folder; --out names the .gguf file to write",
+            a.out.display()
+        );
+    }
+    let m = ModelArgs {
+        model: a.model.clone(),
+        quantized: false,
+        dtype: "f32".into(),
+    };
+    let mut lm = load_with_adapter(&m, a.adapter.as_deref())?;
+    model::adapter::merge_lora(&mut lm.model)?;
+    if !gguf {
+        model::convert::write_hf_folder(&lm.model, &lm.location, &a.out)?;
+        if a.json {
+            println!("{}", json!({"path": a.out, "format": "hf"}));
+        } else {
+            println!(
+                "wrote {} as a Hugging Face folder to {}",
+                a.model,
+                a.out.display()
+            );
+        }
+        return Ok(());
+    }
+    install_stop_signals();
+    let name = a.name.clone().unwrap_or_else(|| lm.name.clone());
+    let r = model::export::export_gguf(&lm.model, &lm.tokenizer, ty, &name, &a.out, &STOP_SIGNAL)?;
+    if a.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        println!(
+            "wrote {} ({}, {} tensors, {}) to {}",
+            name,
+            r.file_type,
+            r.tensors,
+            human_bytes(r.bytes),
+            r.path.display()
+        );
+    }
     Ok(())
 }
 

@@ -20,7 +20,7 @@ pub struct ModelInfo {
     pub size: String,
     /// "base" or "instruct"
     pub variant: String,
-    /// "safetensors (f32)", "gguf (Q5_0)"…
+    /// "safetensors (f32)", "gguf (Q4_K_M)"…
     pub format: String,
     pub parameters: u64,
     pub disk_bytes: u64,
@@ -108,7 +108,7 @@ pub fn describe(loc: &ModelLocation, source: &str) -> ModelInfo {
             info.disk_bytes = std::fs::metadata(f).map(|m| m.len()).unwrap_or(0);
             match GgufFile::open(f) {
                 Ok(g) => {
-                    info.format = format!("gguf ({})", g.quant_summary());
+                    info.format = format!("gguf ({})", g.file_type());
                     if let Some(n) = g.meta_str("general.name") {
                         if info.family == "Qwen2-family" {
                             info.family = family_of(&n);

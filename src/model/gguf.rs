@@ -166,6 +166,16 @@ impl GgufFile {
             .unwrap_or_default()
     }
 
+    /// The file's type as llama.cpp names it, from `general.file_type` ("Q4_K_M"); without
+    /// that key (or with a value llama.cpp does not name), the type most weights have.
+    pub fn file_type(&self) -> String {
+        self.meta_u64("general.file_type")
+            .and_then(|t| u32::try_from(t).ok())
+            .and_then(super::gguf_format::file_type_name)
+            .map(String::from)
+            .unwrap_or_else(|| self.quant_summary())
+    }
+
     pub fn chat_template(&self) -> Option<String> {
         self.meta_str("tokenizer.chat_template")
     }

@@ -1,9 +1,11 @@
-//! Qwen2-family models in Candle: config, weights (safetensors, GGUF), tokenizer, chat template.
+//! Qwen2-family models in Candle: config, weights (safetensors, GGUF), tokenizer, chat template,
+//! and writing models out (Hugging Face folders, GGUF export).
 
 pub mod attention;
 pub mod config;
 pub mod discover;
 pub mod gguf;
+pub mod gguf_format;
 pub mod loader;
 pub mod lora_op;
 pub mod ops;
@@ -21,4 +23,5 @@ pub use crate::data::fsutil::write_atomic as write_file_atomic;
 pub mod adapter;
 pub mod convert;
 pub mod download;
+pub mod export;
 pub mod tiny;
