@@ -24,11 +24,56 @@ pub struct TextTokenizer {
     pub pad_id: Option<u32>,
 }
 
-fn token_content(v: Option<&serde_json::Value>) -> Option<String> {
-    match v? {
-        serde_json::Value::String(s) => Some(s.clone()),
-        serde_json::Value::Object(o) => o.get("content")?.as_str().map(String::from),
-        _ => None,
+/// A special token of `tokenizer_config.json`: a string, an object with a string `content`, or
+/// null; another type is an error naming the field.
+fn token_content(tc: Option<&serde_json::Value>, key: &str, path: &Path) -> Result<Option<String>> {
+    use serde_json::Value;
+    match tc.and_then(|t| t.get(key)) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(Value::Object(o)) => match o.get("content") {
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            _ => bail!(
+                "{}: `{key}` is an object without a string `content`",
+                path.display()
+            ),
+        },
+        Some(_) => bail!(
+            "{}: `{key}` must be a string, an object with `content`, or null",
+            path.display()
+        ),
+    }
+}
+
+/// The template of `tokenizer_config.json`'s `chat_template`: a string, or a list of named
+/// templates of which "default" is used.
+fn template_of(tc: &serde_json::Value, path: &Path) -> Result<Option<String>> {
+    use serde_json::Value;
+    match tc.get("chat_template") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(Value::Array(a)) => {
+            let d = a
+                .iter()
+                .find(|x| x.get("name").and_then(|n| n.as_str()) == Some("default"))
+                .with_context(|| {
+                    format!(
+                        "{}: `chat_template` is a list without a template named \"default\"",
+                        path.display()
+                    )
+                })?;
+            match d.get("template") {
+                Some(Value::String(s)) => Ok(Some(s.clone())),
+                _ => bail!(
+                    "{}: the \"default\" `chat_template` has no string `template`",
+                    path.display()
+                ),
+            }
+        }
+        Some(_) => bail!(
+            "{}: `chat_template` must be a string or a list of named templates",
+            path.display()
+        ),
     }
 }
 
@@ -54,20 +99,27 @@ impl TextTokenizer {
                 tj.display()
             );
         }
-        let inner = tokenizers::Tokenizer::from_file(&tj)
+        let text = std::fs::read_to_string(&tj)
             .map_err(|e| anyhow::anyhow!("{}: not a valid tokenizer: {e}", tj.display()))?;
-        let tc = read_json(&dir.join("tokenizer_config.json"))?;
+        // Parsed to a JSON tree first: `tokenizers` panics (instead of answering an error) on
+        // some syntax errors inside a `decoder` entry, and a tree has none left.
+        let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+            anyhow::anyhow!("{}: not a valid tokenizer: not JSON: {e}", tj.display())
+        })?;
+        drop(text);
+        let inner: tokenizers::Tokenizer = serde_json::from_value(value)
+            .map_err(|e| anyhow::anyhow!("{}: not a valid tokenizer: {e}", tj.display()))?;
+        let tc_path = dir.join("tokenizer_config.json");
+        let tc = read_json(&tc_path)?;
+        if tc.as_ref().is_some_and(|t| !t.is_object()) {
+            bail!("{}: not a JSON object", tc_path.display());
+        }
         let gc = read_json(&dir.join("generation_config.json"))?;
         let cc = read_json(&dir.join("config.json"))?;
-        let mut chat_template = tc.as_ref().and_then(|t| match t.get("chat_template") {
-            Some(serde_json::Value::String(s)) => Some(s.clone()),
-            // a list of named templates: take "default"
-            Some(serde_json::Value::Array(a)) => a
-                .iter()
-                .find(|x| x.get("name").and_then(|n| n.as_str()) == Some("default"))
-                .and_then(|x| x.get("template")?.as_str().map(String::from)),
-            _ => None,
-        });
+        let mut chat_template = match &tc {
+            Some(t) => template_of(t, &tc_path)?,
+            None => None,
+        };
         let jinja = dir.join("chat_template.jinja");
         if chat_template.is_none() && jinja.exists() {
             chat_template = Some(
@@ -75,9 +127,9 @@ impl TextTokenizer {
                     .with_context(|| format!("{}: cannot read", jinja.display()))?,
             );
         }
-        let eos_token = tc.as_ref().and_then(|t| token_content(t.get("eos_token")));
-        let bos_token = tc.as_ref().and_then(|t| token_content(t.get("bos_token")));
-        let pad_token = tc.as_ref().and_then(|t| token_content(t.get("pad_token")));
+        let eos_token = token_content(tc.as_ref(), "eos_token", &tc_path)?;
+        let bos_token = token_content(tc.as_ref(), "bos_token", &tc_path)?;
+        let pad_token = token_content(tc.as_ref(), "pad_token", &tc_path)?;
         let mut eos_ids = ids_of(gc.as_ref().and_then(|g| g.get("eos_token_id")));
         eos_ids.extend(ids_of(cc.as_ref().and_then(|c| c.get("eos_token_id"))));
         let mut me = Self {
