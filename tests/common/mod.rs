@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: tiny generated models and the built binary.
 #![allow(dead_code)]
 
+pub mod build;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
