@@ -1,7 +1,7 @@
 //! The bad-input corpus: malformed variants of every file kind fraudlab reads, generated here,
 //! each run through the real reader (and a representative subset through the CLI), which must
 //! answer with an error naming the file and the problem: never a panic, an abort, an
-//! out-of-memory kill or a hang.
+//! out-of-memory kill or a hang. `mutation` adds a fixed-seed byte-mutation run per kind.
 //!
 //! Each test prints how many cases of each class it tried (`--nocapture` shows them).
 
@@ -10,6 +10,7 @@ mod common;
 
 mod data;
 mod gguf;
+mod mutation;
 mod tokenizer;
 mod weights;
 
