@@ -52,6 +52,12 @@ fn default_theta() -> f64 {
 
 pub const ARCHITECTURE: &str = "Qwen2ForCausalLM";
 
+/// A model of another architecture: readable, but not one fraudlab runs. Discovery lists such
+/// models with this reason rather than as broken files.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Unsupported(pub String);
+
 impl Qwen2Config {
     /// Reads and validates `config.json`; every error names the file.
     pub fn from_file(path: &Path) -> Result<Self> {
@@ -80,10 +86,11 @@ impl Qwen2Config {
             } else {
                 format!("architecture {}", archs.join(", "))
             };
-            bail!(
+            return Err(Unsupported(format!(
                 "{}: unsupported {named}; fraudlab runs the Qwen2 family ({ARCHITECTURE}: Qwen2, Qwen2.5, Qwen1.5)",
                 path.display()
-            );
+            ))
+            .into());
         }
         check_types(&value).map_err(|why| anyhow::anyhow!("{}: {why}", path.display()))?;
         let mut value = value;

@@ -13,7 +13,7 @@ use std::io::{Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use super::config::{Qwen2Config, ARCHITECTURE};
+use super::config::{Qwen2Config, Unsupported, ARCHITECTURE};
 use super::qwen2::{check_shape, LinearWeight, WeightSource};
 
 /// An opened GGUF file, its header checked against the file size.
@@ -46,10 +46,11 @@ impl GgufFile {
             );
         };
         if arch != "qwen2" {
-            bail!(
+            return Err(Unsupported(format!(
                 "{}: GGUF architecture `{arch}` is not supported; fraudlab runs `qwen2` ({ARCHITECTURE})",
                 path.display()
-            );
+            ))
+            .into());
         }
         Ok(me)
     }
