@@ -238,6 +238,13 @@ fn mutated_model_files() {
     );
 }
 
+const SMALL_TOKENIZER: &str = r#"{"version": "1.0", "truncation": null, "padding": null,
+"added_tokens": [{"id": 3, "content": "<|im_end|>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}],
+"normalizer": null, "pre_tokenizer": null, "post_processor": null, "decoder": null,
+"model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null, "end_of_word_suffix": null,
+"fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+"vocab": {"a": 0, "b": 1, "ab": 2, "<|im_end|>": 3}, "merges": ["a b"]}}"#;
+
 fn model_copy(fx: &Fixture, name: &str) -> PathBuf {
     let d = fx.dir.path().join(name);
     crate::copy_dir(&fx.model, &d);
@@ -266,18 +273,21 @@ fn mutated_tokenizer_files_and_templates() {
         &tj,
         tj.len(),
         true,
-        1000,
+        2000,
         &d.join("tokenizer.json"),
         &mut |p| use_tok(p.parent().unwrap()),
     );
+    // beside the mutated tokenizer_config.json, a tokenizer.json without a pre-tokenizer
+    // regex, which parses in microseconds instead of milliseconds
     let d = model_copy(&fx, "tokc");
+    std::fs::write(d.join("tokenizer.json"), SMALL_TOKENIZER).unwrap();
     let tc = std::fs::read(d.join("tokenizer_config.json")).unwrap();
     run_kind(
         "tokenizer_config.json",
         &tc,
         tc.len(),
         true,
-        1000,
+        3000,
         &d.join("tokenizer_config.json"),
         &mut |p| use_tok(p.parent().unwrap()),
     );
@@ -329,7 +339,7 @@ fn mutated_user_files() {
             bytes,
             bytes.len(),
             true,
-            500,
+            1000,
             &work.join(name),
             &mut |p| {
                 if let Ok(r) = data::load(p) {
@@ -422,8 +432,7 @@ fn mutated_adapter_files() {
         } else {
             header_len_safetensors(&valid)
         };
-        let n = if file == "fraudlab.json" { 2000 } else { 1000 };
-        run_kind(kind, &valid, hot, json, n, &dir.join(file), &mut |p| {
+        run_kind(kind, &valid, hot, json, 2000, &dir.join(file), &mut |p| {
             let d = p.parent().unwrap();
             let _ = adapter::load_adapter(&mut lm.model, d);
             let _ = AdapterMeta::read(d);
