@@ -306,27 +306,44 @@ pub fn load_adapter(model: &mut Qwen2, dir: &Path) -> Result<LoraSpec> {
     }
     let wp = dir.join("adapter_model.safetensors");
     if !wp.exists() {
-        if dir.join("adapter_model.bin").exists() {
+        let bin = dir.join("adapter_model.bin");
+        if bin.exists() {
             bail!(
                 "{}: pickled adapters are not supported; save with safe_serialization=True",
-                dir.display()
+                bin.display()
             );
         }
         bail!("{}: missing adapter weights", wp.display());
     }
+    if pc.r == 0 || pc.r > 1 << 16 {
+        bail!(
+            "{}: LoRA rank r is {}; it must be between 1 and 65536",
+            cp.display(),
+            pc.r
+        );
+    }
+    if !pc.lora_alpha.is_finite() {
+        bail!("{}: lora_alpha must be a finite number", cp.display());
+    }
+    let target_modules = match &pc.target_modules {
+        serde_json::Value::Array(a) => a
+            .iter()
+            .map(|x| x.as_str().map(String::from))
+            .collect::<Option<Vec<_>>>()
+            .with_context(|| format!("{}: target_modules must be a list of names", cp.display()))?,
+        serde_json::Value::String(s) => vec![s.clone()],
+        serde_json::Value::Null => vec![],
+        _ => bail!(
+            "{}: target_modules must be a list of names or a string",
+            cp.display()
+        ),
+    };
     let f = SafetensorsFile::open(&wp)?;
     let spec = LoraSpec {
         r: pc.r,
         lora_alpha: pc.lora_alpha,
         lora_dropout: pc.lora_dropout,
-        target_modules: match &pc.target_modules {
-            serde_json::Value::Array(a) => a
-                .iter()
-                .filter_map(|x| x.as_str().map(String::from))
-                .collect(),
-            serde_json::Value::String(s) => vec![s.clone()],
-            _ => vec![],
-        },
+        target_modules,
         use_rslora: pc.use_rslora,
         layers_to_transform: match &pc.layers_to_transform {
             serde_json::Value::Null => None,
@@ -369,8 +386,12 @@ pub fn load_adapter(model: &mut Qwen2, dir: &Path) -> Result<LoraSpec> {
         let b = f
             .load(&kb, DType::F32, &dev)
             .with_context(|| format!("{}: `{ka}` has no matching B", wp.display()))?;
-        let (r, inp) = a.dims2()?;
-        let (out, r2) = b.dims2()?;
+        let two = |t: &Tensor, k: &str| {
+            t.dims2()
+                .with_context(|| format!("{}: `{k}` is not a matrix", wp.display()))
+        };
+        let (r, inp) = two(&a, &ka)?;
+        let (out, r2) = two(&b, &kb)?;
         if r != pc.r || r2 != pc.r || inp != lin.in_features || out != lin.out_features {
             bail!(
                 "{}: `{name}` LoRA shapes A {:?} B {:?} do not fit the layer ({} -> {}, r {})",
@@ -485,6 +506,14 @@ impl AdapterMeta {
                 if !(0.0..=1.0).contains(&t) {
                     bail!("{}: {what} {t} is not a probability", p.display());
                 }
+            }
+        }
+        for (k, t) in &m.threshold_for_recall {
+            if !(0.0..=1.0).contains(t) {
+                bail!(
+                    "{}: threshold_for_recall[{k:?}] {t} is not a probability",
+                    p.display()
+                );
             }
         }
         if m.stream.is_some_and(|s| s.consecutive == 0) {

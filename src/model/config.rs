@@ -52,6 +52,12 @@ fn default_theta() -> f64 {
 
 pub const ARCHITECTURE: &str = "Qwen2ForCausalLM";
 
+/// A model of another architecture: readable, but not one fraudlab runs. Discovery lists such
+/// models with this reason rather than as broken files.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Unsupported(pub String);
+
 impl Qwen2Config {
     /// Reads and validates `config.json`; every error names the file.
     pub fn from_file(path: &Path) -> Result<Self> {
@@ -80,11 +86,13 @@ impl Qwen2Config {
             } else {
                 format!("architecture {}", archs.join(", "))
             };
-            bail!(
+            return Err(Unsupported(format!(
                 "{}: unsupported {named}; fraudlab runs the Qwen2 family ({ARCHITECTURE}: Qwen2, Qwen2.5, Qwen1.5)",
                 path.display()
-            );
+            ))
+            .into());
         }
+        check_types(&value).map_err(|why| anyhow::anyhow!("{}: {why}", path.display()))?;
         let mut value = value;
         normalise_rope(&mut value)
             .with_context(|| format!("{}: unsupported rope settings", path.display()))?;
@@ -101,8 +109,34 @@ impl Qwen2Config {
     }
 
     pub fn validate(&self) -> Result<()> {
-        if self.hidden_size == 0 || self.num_attention_heads == 0 || self.num_hidden_layers == 0 {
-            bail!("hidden_size, num_attention_heads and num_hidden_layers must be positive");
+        // Bounds well past the largest Qwen2-family model, so that an absurd value is refused
+        // here instead of driving an allocation (layers, rotary tables) that aborts.
+        for (name, v, max) in [
+            ("vocab_size", self.vocab_size, 1 << 22),
+            ("hidden_size", self.hidden_size, 1 << 16),
+            ("intermediate_size", self.intermediate_size, 1 << 18),
+            ("num_hidden_layers", self.num_hidden_layers, 1 << 10),
+            ("num_attention_heads", self.num_attention_heads, 1 << 10),
+            (
+                "max_position_embeddings",
+                self.max_position_embeddings,
+                1 << 21,
+            ),
+        ] {
+            if v == 0 || v > max {
+                bail!("{name} is {v}; it must be between 1 and {max}");
+            }
+        }
+        for (name, v) in [
+            ("rope_theta", self.rope_theta),
+            ("rms_norm_eps", self.rms_norm_eps),
+        ] {
+            if !(v.is_finite() && v > 0.0) {
+                bail!("{name} is {v}; it must be a positive number");
+            }
+        }
+        if self.rms_norm_eps >= 1.0 {
+            bail!("rms_norm_eps is {}; it must be below 1", self.rms_norm_eps);
         }
         if self.hidden_size % self.num_attention_heads != 0 {
             bail!(
@@ -112,7 +146,7 @@ impl Qwen2Config {
             );
         }
         let kv = self.kv_heads();
-        if kv == 0 || self.num_attention_heads % kv != 0 {
+        if kv == 0 || kv > self.num_attention_heads || self.num_attention_heads % kv != 0 {
             bail!(
                 "num_attention_heads {} is not a multiple of num_key_value_heads {kv}",
                 self.num_attention_heads
@@ -178,6 +212,67 @@ impl Qwen2Config {
     }
 }
 
+/// The types of the fields the forward reads, checked before deserialising so that a wrong
+/// one is reported by name (serde's message does not say which field it was).
+fn check_types(v: &serde_json::Value) -> std::result::Result<(), String> {
+    use serde_json::Value;
+    let shown = |x: &Value| {
+        let s = x.to_string();
+        match s.char_indices().nth(60) {
+            Some((i, _)) => format!("{}…", &s[..i]),
+            None => s,
+        }
+    };
+    let sizes = [
+        "vocab_size",
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "max_position_embeddings",
+    ];
+    for k in sizes {
+        match v.get(k) {
+            None => {}
+            Some(Value::Null) if k == "num_key_value_heads" => {}
+            Some(x) if x.as_u64().is_some() => {}
+            Some(x) => {
+                return Err(format!(
+                    "`{k}` must be a non-negative integer, not {}",
+                    shown(x)
+                ))
+            }
+        }
+    }
+    for k in ["rms_norm_eps", "rope_theta"] {
+        match v.get(k) {
+            None | Some(Value::Number(_)) => {}
+            Some(x) => return Err(format!("`{k}` must be a number, not {}", shown(x))),
+        }
+    }
+    match v.get("tie_word_embeddings") {
+        None | Some(Value::Bool(_)) => {}
+        Some(x) => {
+            return Err(format!(
+                "`tie_word_embeddings` must be true or false, not {}",
+                shown(x)
+            ))
+        }
+    }
+    match v.get("architectures") {
+        None => {}
+        Some(Value::Array(a)) if a.iter().all(Value::is_string) => {}
+        Some(x) => {
+            return Err(format!(
+                "`architectures` must be a list of names, not {}",
+                shown(x)
+            ))
+        }
+    }
+    Ok(())
+}
+
 /// Newer configs keep `rope_theta` inside `rope_parameters` (or `rope_scaling`): bring it to
 /// the top level, and refuse rope scalings this forward does not implement.
 fn normalise_rope(v: &mut serde_json::Value) -> Result<()> {
@@ -207,12 +302,14 @@ fn normalise_rope(v: &mut serde_json::Value) -> Result<()> {
 /// Token ids from a JSON integer or list of integers.
 pub fn ids_of(v: Option<&serde_json::Value>) -> Vec<u32> {
     match v {
-        Some(serde_json::Value::Number(n)) => {
-            n.as_u64().map(|x| vec![x as u32]).unwrap_or_default()
-        }
+        Some(serde_json::Value::Number(n)) => n
+            .as_u64()
+            .and_then(|x| u32::try_from(x).ok())
+            .into_iter()
+            .collect(),
         Some(serde_json::Value::Array(a)) => a
             .iter()
-            .filter_map(|x| x.as_u64().map(|x| x as u32))
+            .filter_map(|x| x.as_u64().and_then(|x| u32::try_from(x).ok()))
             .collect(),
         _ => vec![],
     }

@@ -1,12 +1,17 @@
 //! Discovery of local models: the Hugging Face hub cache, the ModelScope cache, and folders
 //! or `.gguf` files under user-given paths (`--models-dir`, `FRAUDLAB_MODELS`).
+//!
+//! One bad entry never stops a scan: a file or folder that looks like a model but cannot be
+//! read is listed with its problem (`status` "broken"), and a model of another architecture
+//! with the reason (`status` "unsupported"), beside the good ones.
 
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
-use super::config::{size_label, Qwen2Config};
+use super::config::{size_label, Qwen2Config, Unsupported};
 use super::gguf::GgufFile;
 use super::loader::{display_name, hf_cache_dir, hf_snapshot, modelscope_cache_dir, ModelLocation};
+use super::safetensors_io::WeightFiles;
 
 /// What the Models pane and `fraudlab models` show of a model.
 #[derive(Debug, Clone, Serialize)]
@@ -27,20 +32,28 @@ pub struct ModelInfo {
     pub layers: usize,
     pub hidden: usize,
     pub context: usize,
-    /// Set when the entry looks like a model but cannot be read; the reason.
+    /// Set when the entry looks like a model but cannot be read or run; the reason.
     pub problem: Option<String>,
+    /// "ok", "unsupported" (another architecture) or "broken" (cannot be read).
+    pub status: String,
 }
 
-fn dir_size(p: &Path) -> u64 {
+pub const STATUS_OK: &str = "ok";
+pub const STATUS_UNSUPPORTED: &str = "unsupported";
+pub const STATUS_BROKEN: &str = "broken";
+
+/// Bytes under a folder, following links to files (hub-cache snapshots link into blobs/) but
+/// not links to folders, to a bounded depth.
+fn dir_size(p: &Path, depth: usize) -> u64 {
     let mut n = 0;
     if let Ok(rd) = std::fs::read_dir(p) {
         for e in rd.flatten() {
-            // hub-cache snapshots hold symlinks into blobs/: follow them.
             if let Ok(m) = std::fs::metadata(e.path()) {
                 if m.is_file() {
                     n += m.len();
-                } else if m.is_dir() {
-                    n += dir_size(&e.path());
+                } else if depth > 0 && e.file_type().is_ok_and(|t| t.is_dir()) {
+                    // real folders only: a linked folder may lead back up the tree
+                    n += dir_size(&e.path(), depth - 1);
                 }
             }
         }
@@ -75,13 +88,13 @@ pub fn variant_of(name: &str) -> String {
     }
 }
 
-pub fn describe(loc: &ModelLocation, source: &str) -> ModelInfo {
-    let name = display_name(loc);
-    let mut info = ModelInfo {
+/// An entry before anything is read: names from the path, nothing known yet.
+fn blank(name: String, path: &Path, source: &str) -> ModelInfo {
+    ModelInfo {
         family: family_of(&name),
         variant: variant_of(&name),
         name,
-        path: loc.path().to_path_buf(),
+        path: path.to_path_buf(),
         source: source.into(),
         size: "?".into(),
         format: String::new(),
@@ -91,10 +104,17 @@ pub fn describe(loc: &ModelLocation, source: &str) -> ModelInfo {
         hidden: 0,
         context: 0,
         problem: None,
-    };
+        status: STATUS_OK.into(),
+    }
+}
+
+/// Describes a model from its config and headers (no weights are read). A model that cannot
+/// be read, or is of another architecture, gets its problem and status.
+pub fn describe(loc: &ModelLocation, source: &str) -> ModelInfo {
+    let mut info = blank(display_name(loc), loc.path(), source);
     let cfg: anyhow::Result<Qwen2Config> = match loc {
         ModelLocation::Folder(d) => {
-            info.disk_bytes = dir_size(d);
+            info.disk_bytes = dir_size(d, 8);
             let c = Qwen2Config::from_file(&d.join("config.json"));
             let dt = c
                 .as_ref()
@@ -102,7 +122,16 @@ pub fn describe(loc: &ModelLocation, source: &str) -> ModelInfo {
                 .and_then(|c| c.torch_dtype.clone())
                 .unwrap_or_else(|| "?".into());
             info.format = format!("safetensors ({dt})");
-            c
+            // a folder whose config reads is still broken without a tokenizer or readable
+            // weights: say so here rather than when it is loaded
+            c.and_then(|c| {
+                let tj = d.join("tokenizer.json");
+                if !tj.is_file() {
+                    anyhow::bail!("{}: missing tokenizer", tj.display());
+                }
+                WeightFiles::open_folder(d)?;
+                Ok(c)
+            })
         }
         ModelLocation::Gguf(f) => {
             info.disk_bytes = std::fs::metadata(f).map(|m| m.len()).unwrap_or(0);
@@ -134,9 +163,64 @@ pub fn describe(loc: &ModelLocation, source: &str) -> ModelInfo {
             info.hidden = c.hidden_size;
             info.context = c.max_position_embeddings;
         }
-        Err(e) => info.problem = Some(format!("{e:#}")),
+        Err(e) => {
+            info.status = if e.downcast_ref::<Unsupported>().is_some() {
+                STATUS_UNSUPPORTED
+            } else {
+                STATUS_BROKEN
+            }
+            .into();
+            info.problem = Some(format!("{e:#}"));
+        }
     }
     info
+}
+
+/// A folder that holds weights but no config.json, or a hub-cache entry with no complete
+/// snapshot: listed as broken.
+fn broken(name: String, path: &Path, source: &str, problem: String) -> ModelInfo {
+    let mut info = blank(name, path, source);
+    info.disk_bytes = dir_size(path, 8);
+    info.status = STATUS_BROKEN.into();
+    info.problem = Some(problem);
+    info
+}
+
+fn has_weights(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|rd| {
+        rd.flatten().any(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.ends_with(".safetensors") || n == "model.safetensors.index.json")
+        })
+    })
+}
+
+/// `Org/Name` of a hub-cache folder `models--Org--Name`.
+fn hub_name(repo: &Path) -> String {
+    repo.file_name()
+        .and_then(|n| n.to_str())
+        .map(|n| {
+            n.strip_prefix("models--")
+                .unwrap_or(n)
+                .replacen("--", "/", 1)
+        })
+        .unwrap_or_default()
+}
+
+fn hub_entry(repo: &Path, source: &str) -> ModelInfo {
+    match hf_snapshot(repo) {
+        Some(s) => describe(&ModelLocation::Folder(s), source),
+        None => broken(
+            hub_name(repo),
+            repo,
+            source,
+            format!(
+                "{}: no complete snapshot (no snapshots/*/config.json; an unfinished download?)",
+                repo.display()
+            ),
+        ),
+    }
 }
 
 fn scan_dir(dir: &Path, depth: usize, source: &str, out: &mut Vec<ModelInfo>) {
@@ -154,9 +238,19 @@ fn scan_dir(dir: &Path, depth: usize, source: &str, out: &mut Vec<ModelInfo>) {
         return;
     }
     if dir.join("snapshots").is_dir() {
-        if let Some(s) = hf_snapshot(dir) {
-            out.push(describe(&ModelLocation::Folder(s), source));
-        }
+        out.push(hub_entry(dir, source));
+        return;
+    }
+    if has_weights(dir) {
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().replace("___", "."))
+            .unwrap_or_default();
+        let problem = format!(
+            "{}: missing config.json (the folder holds weights but no config)",
+            dir.display()
+        );
+        out.push(broken(name, dir, source, problem));
         return;
     }
     let Ok(rd) = std::fs::read_dir(dir) else {
@@ -187,8 +281,8 @@ pub fn search_paths(extra: &[PathBuf]) -> Vec<PathBuf> {
     v
 }
 
-/// Every model found, models of other architectures left out (a folder whose config names
-/// another architecture is not a Qwen2-family model; a broken Qwen2 one is listed with its problem).
+/// Every model found: good ones, broken ones with their problem, and models of other
+/// architectures with the reason (see the module docs).
 pub fn discover(extra: &[PathBuf]) -> Vec<ModelInfo> {
     let mut out = Vec::new();
     let hf = hf_cache_dir();
@@ -204,9 +298,7 @@ pub fn discover(extra: &[PathBuf]) -> Vec<ModelInfo> {
             .collect();
         repos.sort();
         for r in repos {
-            if let Some(s) = hf_snapshot(&r) {
-                out.push(describe(&ModelLocation::Folder(s), "hf-cache"));
-            }
+            out.push(hub_entry(&r, "hf-cache"));
         }
     }
     let ms = modelscope_cache_dir();
@@ -229,11 +321,6 @@ pub fn discover(extra: &[PathBuf]) -> Vec<ModelInfo> {
     for p in search_paths(extra) {
         scan_dir(&p, 4, "folder", &mut out);
     }
-    out.retain(|m| {
-        m.problem.as_deref().is_none_or(|p| {
-            !p.contains("unsupported architecture") && !p.contains("unsupported model_type")
-        })
-    });
     let mut seen = std::collections::HashSet::new();
     out.retain(|m| seen.insert(std::fs::canonicalize(&m.path).unwrap_or(m.path.clone())));
     out

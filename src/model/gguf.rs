@@ -13,7 +13,7 @@ use std::io::{Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use super::config::{Qwen2Config, ARCHITECTURE};
+use super::config::{Qwen2Config, Unsupported, ARCHITECTURE};
 use super::qwen2::{check_shape, LinearWeight, WeightSource};
 
 /// An opened GGUF file, its header checked against the file size.
@@ -32,31 +32,25 @@ impl GgufFile {
             .with_context(|| format!("{}: cannot open GGUF file", path.display()))?;
         let len = file.seek(SeekFrom::End(0))?;
         file.seek(SeekFrom::Start(0))?;
-        let content = Content::read(&mut file)
-            .map_err(|e| anyhow::anyhow!("{}: not a readable GGUF file: {e}", path.display()))?;
-        for (name, info) in &content.tensor_infos {
-            let elems = info.shape.elem_count();
-            let bs = info.ggml_dtype.block_size();
-            let bytes = (elems / bs * info.ggml_dtype.type_size()) as u64;
-            let end = content.tensor_data_offset + info.offset + bytes;
-            if end > len {
-                bail!(
-                    "{}: truncated GGUF file: tensor `{name}` ends at byte {end} but the file has {len} bytes",
-                    path.display()
-                );
-            }
-        }
+        let content = super::gguf_header::read_header(&mut file, len)
+            .map_err(|e| anyhow::anyhow!("{}: not a readable GGUF file: {e:#}", path.display()))?;
         let me = Self {
             path: path.to_path_buf(),
             content,
             file: Mutex::new(file),
         };
-        let arch = me.meta_str("general.architecture").unwrap_or_default();
-        if arch != "qwen2" {
+        let Some(arch) = me.meta_str("general.architecture") else {
             bail!(
-                "{}: GGUF architecture `{arch}` is not supported; fraudlab runs `qwen2` ({ARCHITECTURE})",
+                "{}: GGUF metadata lacks a string `general.architecture`",
                 path.display()
             );
+        };
+        if arch != "qwen2" {
+            return Err(Unsupported(format!(
+                "{}: GGUF architecture `{arch}` is not supported; fraudlab runs `qwen2` ({ARCHITECTURE})",
+                path.display()
+            ))
+            .into());
         }
         Ok(me)
     }
@@ -72,17 +66,20 @@ impl GgufFile {
         v.to_u64()
             .ok()
             .or_else(|| v.to_u32().ok().map(u64::from))
-            .or_else(|| v.to_i32().ok().map(|x| x as u64))
-            .or_else(|| v.to_i64().ok().map(|x| x as u64))
+            .or_else(|| v.to_i32().ok().and_then(|x| u64::try_from(x).ok()))
+            .or_else(|| v.to_i64().ok().and_then(|x| u64::try_from(x).ok()))
     }
     fn meta_f64(&self, key: &str) -> Option<f64> {
         let v = self.meta(key)?;
         v.to_f32().ok().map(f64::from).or_else(|| v.to_f64().ok())
     }
     fn need_u64(&self, key: &str) -> Result<usize> {
-        self.meta_u64(key)
-            .map(|x| x as usize)
-            .with_context(|| format!("{}: GGUF metadata lacks `{key}`", self.path.display()))
+        self.meta_u64(key).map(|x| x as usize).with_context(|| {
+            format!(
+                "{}: GGUF metadata lacks `{key}` (a non-negative integer)",
+                self.path.display()
+            )
+        })
     }
 
     pub fn config(&self) -> Result<Qwen2Config> {
@@ -189,35 +186,44 @@ impl GgufFile {
                 "{p}: tokenizer model `{model}` is not supported (expected byte-level BPE `gpt2`)"
             );
         }
-        let tokens: Vec<String> = self
-            .meta("tokenizer.ggml.tokens")
-            .and_then(|v| v.to_vec().ok())
-            .with_context(|| format!("{p}: GGUF metadata lacks `tokenizer.ggml.tokens`"))?
-            .iter()
-            .map(|v| v.to_string().cloned().unwrap_or_default())
-            .collect();
-        let types: Vec<i64> = match self
-            .meta("tokenizer.ggml.token_type")
-            .and_then(|v| v.to_vec().ok())
-        {
-            Some(a) => a
+        let strings = |key: &str| -> Result<Vec<String>> {
+            let arr = self
+                .meta(key)
+                .with_context(|| format!("{p}: GGUF metadata lacks `{key}`"))?
+                .to_vec()
+                .map_err(|_| anyhow::anyhow!("{p}: GGUF metadata `{key}` is not an array"))?;
+            arr.iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    v.to_string().cloned().map_err(|_| {
+                        anyhow::anyhow!("{p}: GGUF metadata `{key}`[{i}] is not a string")
+                    })
+                })
+                .collect()
+        };
+        let tokens = strings("tokenizer.ggml.tokens")?;
+        let types: Vec<i64> = match self.meta("tokenizer.ggml.token_type") {
+            None => vec![1; tokens.len()],
+            Some(v) => v
+                .to_vec()
+                .map_err(|_| {
+                    anyhow::anyhow!("{p}: GGUF metadata `tokenizer.ggml.token_type` is not an array")
+                })?
                 .iter()
-                .map(|v| {
+                .enumerate()
+                .map(|(i, v)| {
                     v.to_i32()
                         .map(i64::from)
                         .or_else(|_| v.to_u32().map(i64::from))
-                        .unwrap_or(1)
+                        .map_err(|_| {
+                            anyhow::anyhow!(
+                                "{p}: GGUF metadata `tokenizer.ggml.token_type`[{i}] is not an integer"
+                            )
+                        })
                 })
-                .collect(),
-            None => vec![1; tokens.len()],
+                .collect::<Result<_>>()?,
         };
-        let merges: Vec<String> = self
-            .meta("tokenizer.ggml.merges")
-            .and_then(|v| v.to_vec().ok())
-            .with_context(|| format!("{p}: GGUF metadata lacks `tokenizer.ggml.merges`"))?
-            .iter()
-            .map(|v| v.to_string().cloned().unwrap_or_default())
-            .collect();
+        let merges = strings("tokenizer.ggml.merges")?;
         let pre = self
             .meta_str("tokenizer.ggml.pre")
             .unwrap_or_else(|| "qwen2".into());

@@ -6,6 +6,7 @@ pub mod config;
 pub mod discover;
 pub mod gguf;
 pub mod gguf_format;
+mod gguf_header;
 pub mod loader;
 pub mod lora_op;
 pub mod ops;

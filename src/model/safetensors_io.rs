@@ -25,6 +25,10 @@ pub struct SafetensorsFile {
     pub entries: BTreeMap<String, Entry>,
 }
 
+/// Longest header accepted (the reference implementation's limit): a larger one is corrupt,
+/// and reading it would allocate as much.
+const MAX_HEADER: u64 = 100_000_000;
+
 fn dtype_of(s: &str) -> Option<DType> {
     Some(match s {
         "F32" => DType::F32,
@@ -42,7 +46,13 @@ impl SafetensorsFile {
     pub fn open(path: &Path) -> Result<Self> {
         let file = std::fs::File::open(path)
             .with_context(|| format!("{}: cannot open weights", path.display()))?;
-        let len = file.metadata().map(|m| m.len()).unwrap_or(0) as usize;
+        let meta = file
+            .metadata()
+            .with_context(|| format!("{}: cannot open weights", path.display()))?;
+        if meta.is_dir() {
+            bail!("{}: is a folder, not a safetensors file", path.display());
+        }
+        let len = meta.len() as usize;
         if len < 8 {
             bail!(
                 "{}: truncated safetensors file ({len} bytes, no header)",
@@ -53,7 +63,14 @@ impl SafetensorsFile {
         let mut len8 = [0u8; 8];
         file.read_exact_at(&mut len8, 0)
             .with_context(|| format!("{}: cannot read header", path.display()))?;
-        let n = u64::from_le_bytes(len8) as usize;
+        let n = u64::from_le_bytes(len8);
+        if n > MAX_HEADER {
+            bail!(
+                "{}: corrupt safetensors file: header length {n} is over the {MAX_HEADER}-byte limit",
+                path.display()
+            );
+        }
+        let n = n as usize;
         if n > len - 8 {
             bail!(
                 "{}: corrupt or truncated safetensors file: header length {n} reaches beyond the file ({len} bytes)",
@@ -66,7 +83,7 @@ impl SafetensorsFile {
         let header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&head)
             .with_context(|| {
                 format!(
-                    "{}: corrupt safetensors file: header is not JSON",
+                    "{}: corrupt safetensors file: header is not a JSON object",
                     path.display()
                 )
             })?;
@@ -93,7 +110,7 @@ impl SafetensorsFile {
                 .and_then(|s| s.as_array())
                 .ok_or_else(|| bad("no shape"))?
                 .iter()
-                .map(|d| d.as_u64().map(|d| d as usize))
+                .map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok()))
                 .collect::<Option<_>>()
                 .ok_or_else(|| bad("shape is not a list of sizes"))?;
             let offs = v
@@ -102,17 +119,21 @@ impl SafetensorsFile {
                 .filter(|a| a.len() == 2)
                 .ok_or_else(|| bad("no data_offsets"))?;
             let (begin, end) = match (offs[0].as_u64(), offs[1].as_u64()) {
-                (Some(b), Some(e)) if b <= e => (b as usize, e as usize),
+                (Some(b), Some(e)) if b <= e => (b, e),
                 _ => return Err(bad("data_offsets are not an increasing pair")),
             };
-            if end > data_len {
+            if end > data_len as u64 {
                 bail!(
                     "{}: corrupt or truncated safetensors file: tensor `{name}` ends at byte {} but the file has {len} bytes",
                     path.display(),
-                    data_start + end
+                    (data_start as u64).saturating_add(end)
                 );
             }
-            let want = shape.iter().product::<usize>() * dtype.size_in_bytes();
+            let (begin, end) = (begin as usize, end as usize);
+            let want = shape
+                .iter()
+                .try_fold(dtype.size_in_bytes(), |a, &d| a.checked_mul(d))
+                .ok_or_else(|| bad(&format!("shape {shape:?} is too large")))?;
             if want != end - begin {
                 return Err(bad(&format!(
                     "shape {shape:?} of {dt} needs {want} bytes, the offsets hold {}",
@@ -128,6 +149,21 @@ impl SafetensorsFile {
                     end,
                 },
             );
+        }
+        let mut spans: Vec<(usize, usize, &str)> = entries
+            .iter()
+            .map(|(k, e)| (e.begin, e.end, k.as_str()))
+            .collect();
+        spans.sort();
+        for w in spans.windows(2) {
+            if w[1].0 < w[0].1 {
+                bail!(
+                    "{}: corrupt safetensors file: tensors `{}` and `{}` overlap",
+                    path.display(),
+                    w[0].2,
+                    w[1].2
+                );
+            }
         }
         Ok(Self {
             path: path.to_path_buf(),
@@ -173,9 +209,13 @@ fn read_weight_map(index_path: &Path) -> Result<Vec<(String, String)>> {
     let mut out = Vec::with_capacity(map.len());
     for (name, shard) in map {
         let Some(shard) = shard.as_str() else {
-            bail!("{what}: the shard of `{name}` is not a file name");
+            bail!("{what}: `weight_map` entry `{name}` is not a file name");
         };
-        super::safe_path::check_relative(shard, &what)?;
+        if let Err(e) = super::safe_path::check_relative(shard, &what) {
+            bail!("{what}: shard name `{shard}` (for `{name}`) is not a plain file name inside the model folder: {e:#}");
+        }
+        check_shard_name(shard)
+            .map_err(|why| anyhow::anyhow!("{what}: shard name `{shard}` (for `{name}`) {why}"))?;
         out.push((name.clone(), shard.to_string()));
     }
     Ok(out)
@@ -213,7 +253,7 @@ impl WeightFiles {
             let mut pos = HashMap::new();
             for s in &shard_names {
                 let p = dir.join(s);
-                if !p.exists() {
+                if !p.is_file() {
                     bail!(
                         "{}: names shard `{s}`, which is missing ({})",
                         index_path.display(),
@@ -267,6 +307,18 @@ impl WeightFiles {
             None => bail!("the weights have no tensor `{name}`"),
         }
     }
+}
+
+/// A shard named by an index must be a plain file name in the model folder: no separators,
+/// no `..`, nothing hidden, and a `.safetensors` file.
+fn check_shard_name(s: &str) -> Result<(), &'static str> {
+    if s.is_empty() || s.contains(['/', '\\', '\0']) || s.starts_with('.') {
+        return Err("is not a plain file name inside the model folder");
+    }
+    if !s.ends_with(".safetensors") {
+        return Err("is not a .safetensors file");
+    }
+    Ok(())
 }
 
 /// Writes tensors to a safetensors file atomically, streamed through the project's durable

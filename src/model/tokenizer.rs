@@ -20,16 +20,63 @@ pub struct TextTokenizer {
     pub eos_ids: Vec<u32>,
     /// The model's own template, if it has one.
     pub chat_template: Option<String>,
+    /// Where the template came from (a file, or a GGUF key), for messages.
+    pub template_source: String,
     pub eos_token: Option<String>,
     pub bos_token: Option<String>,
     pub pad_id: Option<u32>,
 }
 
-fn token_content(v: Option<&serde_json::Value>) -> Option<String> {
-    match v? {
-        serde_json::Value::String(s) => Some(s.clone()),
-        serde_json::Value::Object(o) => o.get("content")?.as_str().map(String::from),
-        _ => None,
+/// A special token of `tokenizer_config.json`: a string, an object with a string `content`, or
+/// null; another type is an error naming the field.
+fn token_content(tc: Option<&serde_json::Value>, key: &str, path: &Path) -> Result<Option<String>> {
+    use serde_json::Value;
+    match tc.and_then(|t| t.get(key)) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(Value::Object(o)) => match o.get("content") {
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            _ => bail!(
+                "{}: `{key}` is an object without a string `content`",
+                path.display()
+            ),
+        },
+        Some(_) => bail!(
+            "{}: `{key}` must be a string, an object with `content`, or null",
+            path.display()
+        ),
+    }
+}
+
+/// The template of `tokenizer_config.json`'s `chat_template`: a string, or a list of named
+/// templates of which "default" is used.
+fn template_of(tc: &serde_json::Value, path: &Path) -> Result<Option<String>> {
+    use serde_json::Value;
+    match tc.get("chat_template") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(Value::Array(a)) => {
+            let d = a
+                .iter()
+                .find(|x| x.get("name").and_then(|n| n.as_str()) == Some("default"))
+                .with_context(|| {
+                    format!(
+                        "{}: `chat_template` is a list without a template named \"default\"",
+                        path.display()
+                    )
+                })?;
+            match d.get("template") {
+                Some(Value::String(s)) => Ok(Some(s.clone())),
+                _ => bail!(
+                    "{}: the \"default\" `chat_template` has no string `template`",
+                    path.display()
+                ),
+            }
+        }
+        Some(_) => bail!(
+            "{}: `chat_template` must be a string or a list of named templates",
+            path.display()
+        ),
     }
 }
 
@@ -55,36 +102,49 @@ impl TextTokenizer {
                 tj.display()
             );
         }
-        let inner = tokenizers::Tokenizer::from_file(&tj)
+        let text = std::fs::read_to_string(&tj)
             .map_err(|e| anyhow::anyhow!("{}: not a valid tokenizer: {e}", tj.display()))?;
-        let tc = read_json(&dir.join("tokenizer_config.json"))?;
+        // Parsed to a JSON tree first: `tokenizers` panics (instead of answering an error) on
+        // some syntax errors inside a `decoder` entry, and a tree has none left.
+        let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+            anyhow::anyhow!("{}: not a valid tokenizer: not JSON: {e}", tj.display())
+        })?;
+        drop(text);
+        let inner: tokenizers::Tokenizer = serde_json::from_value(value)
+            .map_err(|e| anyhow::anyhow!("{}: not a valid tokenizer: {e}", tj.display()))?;
+        let tc_path = dir.join("tokenizer_config.json");
+        let tc = read_json(&tc_path)?;
+        if tc.as_ref().is_some_and(|t| !t.is_object()) {
+            bail!("{}: not a JSON object", tc_path.display());
+        }
         let gc = read_json(&dir.join("generation_config.json"))?;
         let cc = read_json(&dir.join("config.json"))?;
-        let mut chat_template = tc.as_ref().and_then(|t| match t.get("chat_template") {
-            Some(serde_json::Value::String(s)) => Some(s.clone()),
-            // a list of named templates: take "default"
-            Some(serde_json::Value::Array(a)) => a
-                .iter()
-                .find(|x| x.get("name").and_then(|n| n.as_str()) == Some("default"))
-                .and_then(|x| x.get("template")?.as_str().map(String::from)),
-            _ => None,
-        });
+        let mut chat_template = match &tc {
+            Some(t) => template_of(t, &tc_path)?,
+            None => None,
+        };
+        let mut template_source = tc_path.display().to_string();
         let jinja = dir.join("chat_template.jinja");
         if chat_template.is_none() && jinja.exists() {
             chat_template = Some(
                 std::fs::read_to_string(&jinja)
                     .with_context(|| format!("{}: cannot read", jinja.display()))?,
             );
+            template_source = jinja.display().to_string();
         }
-        let eos_token = tc.as_ref().and_then(|t| token_content(t.get("eos_token")));
-        let bos_token = tc.as_ref().and_then(|t| token_content(t.get("bos_token")));
-        let pad_token = tc.as_ref().and_then(|t| token_content(t.get("pad_token")));
+        if chat_template.is_none() {
+            template_source = BUILTIN_SOURCE.into();
+        }
+        let eos_token = token_content(tc.as_ref(), "eos_token", &tc_path)?;
+        let bos_token = token_content(tc.as_ref(), "bos_token", &tc_path)?;
+        let pad_token = token_content(tc.as_ref(), "pad_token", &tc_path)?;
         let mut eos_ids = ids_of(gc.as_ref().and_then(|g| g.get("eos_token_id")));
         eos_ids.extend(ids_of(cc.as_ref().and_then(|c| c.get("eos_token_id"))));
         let mut me = Self {
             inner,
             eos_ids,
             chat_template,
+            template_source,
             eos_token,
             bos_token,
             pad_id: None,
@@ -106,10 +166,17 @@ impl TextTokenizer {
         let pad_id = g
             .special_token("padding")
             .and_then(|p| inner.token_to_id(&p));
+        let chat_template = g.chat_template();
+        let template_source = if chat_template.is_some() {
+            format!("{} (tokenizer.chat_template)", g.path.display())
+        } else {
+            BUILTIN_SOURCE.into()
+        };
         let mut me = Self {
             inner,
             eos_ids: vec![],
-            chat_template: g.chat_template(),
+            chat_template,
+            template_source,
             eos_token,
             bos_token: None,
             pad_id,
@@ -191,6 +258,7 @@ impl TextTokenizer {
         let tpl = self.chat_template.as_deref().unwrap_or(CHATML_TEMPLATE);
         render_chat(
             tpl,
+            &self.template_source,
             messages,
             add_generation_prompt,
             self.bos_token.as_deref(),
@@ -199,10 +267,54 @@ impl TextTokenizer {
     }
 }
 
+/// Names the template used when a model ships none.
+pub const BUILTIN_SOURCE: &str = "the built-in ChatML template";
+
+/// Template steps one render may take: a fixed allowance plus some per message, far above
+/// what real chat templates need (tens of steps per message) and small enough that a looping
+/// template stops within a fraction of a second.
+pub fn template_fuel(messages: usize) -> u64 {
+    200_000 + 5_000 * messages as u64
+}
+
+/// Largest rendering accepted: room for the messages' text several times over, plus a fixed
+/// allowance for the template's own text.
+pub fn template_output_cap(messages: &[ChatMessage]) -> usize {
+    let text: usize = messages
+        .iter()
+        .map(|m| m.content.len() + m.role.len())
+        .sum();
+    (4 << 20) + 4 * text
+}
+
+/// Collects a rendering and stops it once it passes its cap.
+struct CappedOutput {
+    buf: Vec<u8>,
+    cap: usize,
+    over: bool,
+}
+
+impl std::io::Write for CappedOutput {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        if self.buf.len() + b.len() > self.cap {
+            self.over = true;
+            return Err(std::io::Error::other("output cap"));
+        }
+        self.buf.extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Renders a Hugging Face chat template (Jinja) with minijinja, as transformers does:
-/// blocks trimmed, Python string methods available, `raise_exception` defined.
+/// blocks trimmed, Python string methods available, `raise_exception` defined. A rendering
+/// runs on a step budget ([`template_fuel`]) and an output cap ([`template_output_cap`]), so
+/// a template that loops or grows without end is an error naming `source`, not a hang.
 pub fn render_chat(
     template: &str,
+    source: &str,
     messages: &[ChatMessage],
     add_generation_prompt: bool,
     bos_token: Option<&str>,
@@ -218,16 +330,42 @@ pub fn render_chat(
             Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
         },
     );
+    let fuel = template_fuel(messages.len());
+    env.set_fuel(Some(fuel));
     env.add_template("chat", template)
-        .context("chat template does not parse")?;
+        .with_context(|| format!("{source}: chat template does not parse"))?;
     let tpl = env.get_template("chat")?;
-    tpl.render(context! {
-        messages => messages,
-        add_generation_prompt => add_generation_prompt,
-        bos_token => bos_token.unwrap_or(""),
-        eos_token => eos_token.unwrap_or(""),
-    })
-    .context("chat template failed to render")
+    let mut out = CappedOutput {
+        buf: Vec::new(),
+        cap: template_output_cap(messages),
+        over: false,
+    };
+    let res = tpl.render_captured_to(
+        context! {
+            messages => messages,
+            add_generation_prompt => add_generation_prompt,
+            bos_token => bos_token.unwrap_or(""),
+            eos_token => eos_token.unwrap_or(""),
+        },
+        &mut out,
+    );
+    if out.over {
+        bail!(
+            "{source}: chat template output is over its cap of {} bytes for these messages",
+            out.cap
+        );
+    }
+    match res {
+        Ok(_) => {}
+        Err(e) if e.kind() == ErrorKind::OutOfFuel => {
+            bail!("{source}: chat template ran past its budget of {fuel} steps (it loops too long)")
+        }
+        Err(e) => {
+            return Err(e).with_context(|| format!("{source}: chat template failed to render"))
+        }
+    }
+    String::from_utf8(out.buf)
+        .with_context(|| format!("{source}: chat template rendered invalid UTF-8"))
 }
 
 #[cfg(test)]
@@ -240,9 +378,9 @@ mod tests {
             ChatMessage::new("system", "S"),
             ChatMessage::new("user", "你好"),
         ];
-        let s = render_chat(CHATML_TEMPLATE, &m, true, None, None).unwrap();
+        let s = render_chat(CHATML_TEMPLATE, "t", &m, true, None, None).unwrap();
         assert_eq!(s, "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\n你好<|im_end|>\n<|im_start|>assistant\n");
-        let s = render_chat(CHATML_TEMPLATE, &m, false, None, None).unwrap();
+        let s = render_chat(CHATML_TEMPLATE, "t", &m, false, None, None).unwrap();
         assert!(!s.ends_with("assistant\n"));
     }
 
@@ -254,16 +392,56 @@ mod tests {
             ChatMessage::new("system", " S "),
             ChatMessage::new("user", "U"),
         ];
-        let s = render_chat(tpl, &m, true, None, None).unwrap();
+        let s = render_chat(tpl, "t", &m, true, None, None).unwrap();
         assert_eq!(s, "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nU<|im_end|>\n<|im_start|>assistant\n");
-        let s = render_chat(tpl, &m[1..], false, None, None).unwrap();
+        let s = render_chat(tpl, "t", &m[1..], false, None, None).unwrap();
         assert!(s.starts_with("<|im_start|>system\nYou are Qwen."));
+    }
+
+    #[test]
+    fn looping_and_huge_templates_are_stopped_and_named() {
+        let m = vec![ChatMessage::new("user", "hi")];
+        let cases = [
+            // steps without output: the step budget stops it
+            (
+                "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+                "budget",
+            ),
+            // output without end: the output cap stops it
+            (
+                "{% for i in range(100000) %}{{ 'x' * 1000000 }}{% endfor %}",
+                "cap",
+            ),
+            // recursion without end
+            (
+                "{% for x in [1] recursive %}{{ loop([x]) }}{% endfor %}",
+                "recursion",
+            ),
+        ];
+        for (tpl, want) in cases {
+            let t0 = std::time::Instant::now();
+            let e =
+                render_chat(tpl, "dir/tokenizer_config.json", &m, true, None, None).unwrap_err();
+            let msg = format!("{e:#}");
+            assert!(msg.contains("dir/tokenizer_config.json"), "{msg}");
+            assert!(msg.contains(want), "{tpl}: {msg}");
+            // a guard against a hang, not a speed claim
+            assert!(t0.elapsed().as_secs() < 20, "{tpl} took {:?}", t0.elapsed());
+        }
+        // a syntax error names the file too
+        let e = render_chat("{% for %}", "x.jinja", &m, true, None, None).unwrap_err();
+        assert!(format!("{e:#}").contains("x.jinja: chat template does not parse"));
+        // long conversations still fit the budget of a real template
+        let many: Vec<ChatMessage> = (0..2000)
+            .map(|i| ChatMessage::new(if i % 2 == 0 { "user" } else { "assistant" }, "好的"))
+            .collect();
+        render_chat(CHATML_TEMPLATE, "t", &many, true, None, None).unwrap();
     }
 
     #[test]
     fn raise_exception_is_an_error() {
         let tpl = "{{ raise_exception('no system allowed') }}";
-        let e = render_chat(tpl, &[], false, None, None).unwrap_err();
+        let e = render_chat(tpl, "t", &[], false, None, None).unwrap_err();
         assert!(format!("{e:#}").contains("no system allowed"));
     }
 }

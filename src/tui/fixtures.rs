@@ -116,6 +116,7 @@ pub fn model_info(name: &str, path: &Path, parameters: u64, variant: &str) -> Mo
         hidden: 896,
         context: 32768,
         problem: None,
+        status: crate::model::discover::STATUS_OK.into(),
     }
 }
 

@@ -440,7 +440,12 @@ fn draw_detail(f: &mut Frame, area: Rect, app: &App) {
             Span::styled(format!("  {}", m.path.display()), theme::dim()),
         ]));
         if let Some(p) = &m.problem {
-            lines.push(Line::styled(format!("cannot be read: {p}"), theme::err()));
+            let what = if m.status == discover::STATUS_UNSUPPORTED {
+                "not supported"
+            } else {
+                "cannot be read"
+            };
+            lines.push(Line::styled(format!("{what}: {p}"), theme::err()));
         }
         if m.name == strings::DEMO_NAME {
             lines.push(Line::styled(strings::DEMO_WARNING, theme::warn()));

@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests: tiny generated models and the built binary.
 #![allow(dead_code)]
 
+pub mod build;
 pub mod tmux;
 
 use std::path::{Path, PathBuf};

@@ -28,18 +28,46 @@ impl<'a, R: BufRead> CsvReader<'a, R> {
         let mut cur: Vec<u8> = Vec::new();
         let mut state = CsvState::FieldStart;
         let mut start = 0;
+        // bytes held for this record; past the cap the record is read to its end and dropped
+        let mut held = 0usize;
+        let mut too_long: Option<String> = None;
         loop {
             let Some((number, bytes)) = self.lines.next_raw()? else {
                 if start == 0 {
                     return Ok(None);
                 }
-                return Ok(Some((start, Err("unterminated quoted field".to_string()))));
+                let why = too_long.unwrap_or_else(|| "unterminated quoted field".to_string());
+                return Ok(Some((start, Err(why))));
+            };
+            let bytes = match bytes {
+                Ok(b) => b,
+                Err(why) => {
+                    // a line too long to hold: the record is bad; a quoted field stays open
+                    if start == 0 {
+                        start = number;
+                    }
+                    too_long.get_or_insert(why);
+                    if matches!(state, CsvState::Quoted) {
+                        continue;
+                    }
+                    return Ok(Some((start, Err(too_long.unwrap_or_default()))));
+                }
             };
             if start == 0 {
                 if bytes.iter().all(u8::is_ascii_whitespace) {
                     continue;
                 }
                 start = number;
+            }
+            held += bytes.len() + 1;
+            if held > MAX_LINE_BYTES && too_long.is_none() {
+                too_long = Some(format!(
+                    "record is over the limit of {MAX_LINE_BYTES} bytes (an unterminated quote?)"
+                ));
+            }
+            if too_long.is_some() {
+                fields.clear();
+                cur.clear();
             }
             for &b in bytes {
                 state = match state {
@@ -90,6 +118,9 @@ impl<'a, R: BufRead> CsvReader<'a, R> {
             if matches!(state, CsvState::Quoted) {
                 cur.push(b'\n');
                 continue;
+            }
+            if let Some(why) = too_long {
+                return Ok(Some((start, Err(why))));
             }
             fields.push(cur);
             let mut out = Vec::with_capacity(fields.len());

@@ -277,7 +277,11 @@ pub(super) fn read_json_array<R: Read>(mut r: R, path: &Path) -> Result<Vec<Valu
     }
 }
 
-/// One physical line: 1-based number and text (or why it is not UTF-8).
+/// Longest line (or CSV record) read: a longer one is reported as a bad line and skipped
+/// without being held in memory. Dialogues and documents are far shorter.
+pub const MAX_LINE_BYTES: usize = 32 << 20;
+
+/// One physical line: 1-based number and text (or why it is bad: not UTF-8, too long).
 pub(super) struct Line {
     pub(super) number: usize,
     pub(super) text: Result<String, String>,
@@ -292,6 +296,9 @@ pub(super) struct LineReader<'a, R: BufRead> {
     buf: Vec<u8>,
 }
 
+/// A raw line: its number and bytes, or the reason it was skipped.
+pub(super) type RawLine<'b> = (usize, Result<&'b [u8], String>);
+
 impl<'a, R: BufRead> LineReader<'a, R> {
     pub(super) fn new(r: R, path: &'a Path) -> Self {
         LineReader {
@@ -302,20 +309,44 @@ impl<'a, R: BufRead> LineReader<'a, R> {
         }
     }
 
-    /// The next line, `None` at the end.
-    pub(super) fn next_raw(&mut self) -> Result<Option<(usize, &[u8])>> {
+    /// The next line, `None` at the end. A line over [`MAX_LINE_BYTES`] is skipped to its
+    /// end without being kept.
+    pub(super) fn next_raw(&mut self) -> Result<Option<RawLine<'_>>> {
         self.buf.clear();
-        let n = self.r.read_until(b'\n', &mut self.buf).with_context(|| {
-            format!(
-                "cannot read {} after line {}",
-                self.path.display(),
-                self.number
-            )
-        })?;
+        let what = |n: usize| format!("cannot read {} after line {n}", self.path.display());
+        let n = (&mut self.r)
+            .take(MAX_LINE_BYTES as u64 + 1)
+            .read_until(b'\n', &mut self.buf)
+            .with_context(|| what(self.number))?;
         if n == 0 {
             return Ok(None);
         }
         self.number += 1;
+        if self.buf.len() > MAX_LINE_BYTES && self.buf.last() != Some(&b'\n') {
+            let mut skipped = self.buf.len() as u64;
+            loop {
+                let chunk = self.r.fill_buf().with_context(|| what(self.number))?;
+                if chunk.is_empty() {
+                    break;
+                }
+                let (used, end) = match chunk.iter().position(|&b| b == b'\n') {
+                    Some(i) => (i + 1, true),
+                    None => (chunk.len(), false),
+                };
+                self.r.consume(used);
+                skipped += used as u64;
+                if end {
+                    break;
+                }
+            }
+            self.buf.clear();
+            return Ok(Some((
+                self.number,
+                Err(format!(
+                    "line is {skipped} bytes long, over the limit of {MAX_LINE_BYTES}"
+                )),
+            )));
+        }
         let mut b: &[u8] = &self.buf;
         if let Some(x) = b.strip_suffix(b"\n") {
             b = x;
@@ -326,15 +357,17 @@ impl<'a, R: BufRead> LineReader<'a, R> {
         if self.number == 1 {
             b = b.strip_prefix(b"\xef\xbb\xbf").unwrap_or(b);
         }
-        Ok(Some((self.number, b)))
+        Ok(Some((self.number, Ok(b))))
     }
 
     pub(super) fn next_line(&mut self) -> Result<Option<Line>> {
         Ok(self.next_raw()?.map(|(number, b)| Line {
             number,
-            text: std::str::from_utf8(b)
-                .map(str::to_string)
-                .map_err(|e| format!("invalid UTF-8 at byte {}", e.valid_up_to())),
+            text: b.and_then(|b| {
+                std::str::from_utf8(b)
+                    .map(str::to_string)
+                    .map_err(|e| format!("invalid UTF-8 at byte {}", e.valid_up_to()))
+            }),
         }))
     }
 }
