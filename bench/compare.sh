@@ -17,6 +17,9 @@ what=${1:-all}
 cd "$here"
 cargo build --release --example bench_engine >&2
 B=$here/target/release/examples/bench_engine
+# the CPU first: model and flags as lscpu reports them, then what the kernels found and use
+lscpu | grep -E '^(Model name|CPU family|Model):' | tr -s ' ' | paste -sd ' ' | sed 's/^/lscpu: /'
+"$B" cpu 2>/dev/null
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 python3 - "$ref/parity.json" "$tmp" <<'PY'
 import json, sys

@@ -4,6 +4,9 @@
 //!   cargo run --release --example bench_engine -- speed MODEL PROMPT_FILE NEW_TOKENS [--quantized]
 //!   cargo run --release --example bench_engine -- train MODEL DATA.jsonl BATCH STEPS
 //!   cargo run --release --example bench_engine -- score MODEL DATA.jsonl N [score|generate] [BATCH]
+//!   cargo run --release --example bench_engine -- cpu      (the CPU, its features, the kernels)
+//!
+//! Every run prints the CPU line on stderr first; the JSON figures name the kernel level.
 
 use anyhow::{bail, Result};
 use candle_core::Tensor;
@@ -45,6 +48,10 @@ fn heap_mib() -> (f64, f64) {
     (m(LIVE.load(Relaxed)), m(PEAK.load(Relaxed)))
 }
 
+fn kernels() -> &'static str {
+    fraudlab::model::kernels::level().name()
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -53,7 +60,12 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn main() -> Result<()> {
     fraudlab::tune_allocator();
     let args: Vec<String> = std::env::args().skip(1).collect();
+    eprintln!("{}", fraudlab::model::kernels::cpu_line());
     match args.first().map(String::as_str) {
+        Some("cpu") => {
+            println!("{}", fraudlab::model::kernels::cpu_line());
+            Ok(())
+        }
         Some("speed") => speed(
             &args[1],
             &args[2],
@@ -68,7 +80,7 @@ fn main() -> Result<()> {
             args.get(4).map(String::as_str).unwrap_or("score"),
             args.get(5).map(|b| b.parse()).transpose()?.unwrap_or(8),
         ),
-        _ => bail!("usage: bench_engine speed|train|score …"),
+        _ => bail!("usage: bench_engine speed|train|score|cpu …"),
     }
 }
 
@@ -106,7 +118,8 @@ fn speed(model_spec: &str, prompt_file: &str, k: usize, quantized: bool) -> Resu
     println!(
         "{}",
         json!({"prompt_tokens": ids.len(), "load_s": lm.load_s, "prefill_tok_s": ids.len() as f64 / median(pre),
-               "decode_tok_s": if dec.is_empty() { 0.0 } else { median(dec) }, "quantized": quantized})
+               "decode_tok_s": if dec.is_empty() { 0.0 } else { median(dec) }, "quantized": quantized,
+               "kernels": kernels()})
     );
     Ok(())
 }
@@ -152,7 +165,7 @@ fn train(model_spec: &str, data: &str, batch: usize, steps: usize) -> Result<()>
     println!(
         "{}",
         json!({"step_s": median(times), "rss_mib": rss_mib().1, "tokens_per_step": median(toks),
-               "heap_after_load_mib": loaded_heap, "heap_peak_mib": heap_mib().1})
+               "heap_after_load_mib": loaded_heap, "heap_peak_mib": heap_mib().1, "kernels": kernels()})
     );
     Ok(())
 }
@@ -176,7 +189,7 @@ fn score(model_spec: &str, data: &str, n: usize, mode: &str, batch: usize) -> Re
     println!(
         "{}",
         json!({"n": m.n, "precision": m.precision, "recall": m.recall, "f1": m.f1, "unparseable": m.unparseable,
-               "samples_per_s": samples.len() as f64 / secs, "probs": probs, "answers": answers})
+               "samples_per_s": samples.len() as f64 / secs, "kernels": kernels(), "probs": probs, "answers": answers})
     );
     Ok(())
 }

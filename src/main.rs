@@ -2,6 +2,10 @@ use clap::Parser;
 
 fn main() {
     fraudlab::tune_allocator();
+    if let Err(e) = fraudlab::model::kernels::env_cap() {
+        eprintln!("error: {e}");
+        std::process::exit(2);
+    }
     let cli = fraudlab::cli::Cli::parse();
     if let Err(e) = fraudlab::cli::run(cli) {
         eprintln!("error: {e:#}");

@@ -4,6 +4,7 @@ pub mod attention;
 pub mod config;
 pub mod discover;
 pub mod gguf;
+pub mod kernels;
 pub mod loader;
 pub mod lora_op;
 pub mod ops;
