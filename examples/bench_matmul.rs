@@ -4,6 +4,7 @@
 //! thread), so the decode shapes (m = 1, memory-bound) read as a fraction of it.
 //!
 //!   cargo run --release --example bench_matmul [-- --python PY] [--no-bf16] [--quick]
+//!   cargo run --release --example bench_matmul -- --rows-sweep   (gemv against gemm by m)
 //!
 //! PY (or `REF_PY`) is a Python with torch; without one, only our side is measured.
 //! Decode shapes cycle through enough weight copies (over 256 MiB) that the weights come from
@@ -89,19 +90,66 @@ fn bandwidth(bytes: usize) -> f64 {
 /// Our side of one shape: (GFLOP/s, weight GB/s, the path that ran).
 fn ours(dt: DType, m: usize, k: usize, n: usize) -> Result<(f64, f64, String)> {
     let dev = Device::Cpu;
-    let x = Tensor::randn(0f32, 1.0, (m, k), &dev)?.to_dtype(dt)?;
+    let x = Tensor::randn(0f32, 1.0, (m, k), &dev)?;
     let ws = (0..copies(m, k, n, dt.size_in_bytes()))
         .map(|_| Tensor::randn(0f32, 1.0, (n, k), &dev)?.to_dtype(dt))
         .collect::<candle_core::Result<Vec<_>>>()?;
     let s = time_it(|i| {
-        std::hint::black_box(x.matmul(&ws[i % ws.len()].t().unwrap()).unwrap());
+        std::hint::black_box(kernels::linear::forward(&x, &ws[i % ws.len()], None).unwrap());
     });
-    let path = format!("candle matmul ({dt:?} x, {dt:?} W)");
+    let path = kernels::linear::path_name(m, dt, kernels::level());
     Ok((
         2.0 * (m * k * n) as f64 / s / 1e9,
         (n * k * dt.size_in_bytes()) as f64 / s / 1e9,
         path,
     ))
+}
+
+/// The gemv next to the blocked matmul for m = 1..32 (k, n) = (896, 4864): where the
+/// linear layer should switch from one to the other.
+fn rows_sweep() -> Result<()> {
+    use kernels::gemv::{gemv, Weights};
+    let (k, n) = (896, 4864);
+    let dev = Device::Cpu;
+    println!("rows sweep (k {k}, n {n}), GFLOP/s: m  gemv-f32  gemm-f32  gemv-bf16  bf16-other");
+    for m in [1, 2, 4, 8, 12, 16, 24, 32] {
+        let c = copies(1, k, n, 4);
+        let x = Tensor::randn(0f32, 1.0, (m, k), &dev)?;
+        let ws = (0..c)
+            .map(|_| Tensor::randn(0f32, 1.0, (n, k), &dev))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let wb = ws
+            .iter()
+            .map(|w| w.to_dtype(DType::BF16))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let xv = x.flatten_all()?.to_vec1::<f32>()?;
+        let wv: Vec<Vec<f32>> = ws
+            .iter()
+            .map(|w| w.flatten_all().unwrap().to_vec1().unwrap())
+            .collect();
+        let wbv: Vec<Vec<half::bf16>> = wb
+            .iter()
+            .map(|w| w.flatten_all().unwrap().to_vec1().unwrap())
+            .collect();
+        let mut y = vec![0f32; m * n];
+        let lv = kernels::level();
+        let g = |s: f64| 2.0 * (m * k * n) as f64 / s / 1e9;
+        let a = time_it(|i| gemv(lv, &xv, m, k, Weights::F32(&wv[i % c]), n, None, &mut y));
+        let b = time_it(|i| {
+            std::hint::black_box(x.matmul(&ws[i % c].t().unwrap()).unwrap());
+        });
+        let mut y = vec![0f32; m * n];
+        let d = time_it(|i| gemv(lv, &xv, m, k, Weights::Bf16(&wbv[i % c]), n, None, &mut y));
+        let e = if m > kernels::linear::gemv_max_rows(DType::BF16) {
+            g(time_it(|i| {
+                std::hint::black_box(kernels::linear::forward(&x, &wb[i % c], None).unwrap());
+            }))
+        } else {
+            f64::NAN
+        };
+        println!("  {m:<3} {:8.1} {:8.1} {:9.1} {:9.1}", g(a), g(b), g(d), e);
+    }
+    Ok(())
 }
 
 struct Torch {
@@ -160,6 +208,9 @@ fn main() -> Result<()> {
         "memory bandwidth: {bw:.1} GB/s (streaming read of 1 GiB, {} threads, median of 5)",
         rayon::current_num_threads()
     );
+    if flag("--rows-sweep") {
+        return rows_sweep();
+    }
     let mut torch = match &py {
         Some(p) => {
             let (t, hello) = Torch::start(p)?;

@@ -9,6 +9,10 @@
 //! build's `target-cpu`; each has a portable twin (plain Rust) that the tests compare it
 //! with on the machine they run on.
 
+pub mod gemv;
+pub mod linear;
+pub mod sgemm;
+
 use std::cell::Cell;
 use std::sync::OnceLock;
 
@@ -141,18 +145,20 @@ pub fn level() -> Level {
         .unwrap_or_else(process_level)
 }
 
-/// Runs `f` with every kernel it calls from this thread at `l` at most (never above what
-/// the CPU has): how the tests compare each fast path with the portable one in one process.
-/// Kernels read the level on the calling thread and hand it to their worker threads.
-pub fn with_level<R>(l: Level, f: impl FnOnce() -> R) -> R {
-    struct Restore(Option<Level>);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            SCOPED.with(|s| s.set(self.0));
-        }
-    }
-    let _restore = Restore(SCOPED.with(|s| s.replace(Some(l))));
-    f()
+/// Runs `f` with every kernel it calls at `l` at most (never above what the CPU has): how
+/// the tests compare each fast path with the portable one in one process. `f` runs on a
+/// thread pool of its own whose threads all carry the level, so kernels that a fused op
+/// calls from its worker threads see it too.
+pub fn with_level<R: Send>(l: Level, f: impl FnOnce() -> R + Send) -> R {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(rayon::current_num_threads())
+        .start_handler(move |_| SCOPED.with(|s| s.set(Some(l))))
+        .build()
+        .expect("a thread pool for a kernel level");
+    pool.install(|| {
+        SCOPED.with(|s| s.set(Some(l)));
+        f()
+    })
 }
 
 /// Every level this CPU can run, portable first.

@@ -3,6 +3,7 @@
 
 #[allow(unused_imports)]
 use super::*;
+use crate::model::kernels;
 
 /// Which kernels the forward uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,6 +124,7 @@ impl Linear {
                 return Ok(lora_linear(&x2, &l.a, &l.b, op)?.reshape(out_dims)?);
             }
         }
+        let mut bias = self.bias.as_ref();
         let mut y = match &self.weight {
             // Training over a frozen weight: only the input's gradient is needed.
             LinearWeight::Dense(w)
@@ -132,6 +134,10 @@ impl Linear {
             {
                 x2.apply_op1_arc(std::sync::Arc::new(Box::new(FrozenMatmul { w: w.clone() })))?
             }
+            // Inference: the kernels add the bias themselves.
+            LinearWeight::Dense(w) if !mode.is_train() => {
+                kernels::linear::forward(&x2, w, bias.take())?
+            }
             LinearWeight::Dense(w) => x2.matmul(&w.t()?)?,
             // Many rows (a prefill, a scoring batch): dequantizing this layer's weight once and
             // using the f32 matmul beats the quantized kernels, which shine at one row (decode).
@@ -140,7 +146,7 @@ impl Linear {
             }
             LinearWeight::Quant(q) => q.forward(&x2)?,
         };
-        if let Some(b) = &self.bias {
+        if let Some(b) = bias {
             y = y.broadcast_add(b)?;
         }
         if let Some(l) = &self.lora {
