@@ -4,6 +4,8 @@
 //!   cargo run --release --example bench_engine -- speed MODEL PROMPT_FILE NEW_TOKENS [--quantized]
 //!   cargo run --release --example bench_engine -- train MODEL DATA.jsonl BATCH STEPS
 //!   cargo run --release --example bench_engine -- score MODEL DATA.jsonl N [score|generate] [BATCH]
+//!
+//! `--dtype bf16` (anywhere) loads the dense weights in bf16 (the base weights, for train).
 //!   cargo run --release --example bench_engine -- cpu      (the CPU, its features, the kernels)
 //!
 //! Every run prints the CPU line on stderr first; the JSON figures name the kernel level.
@@ -59,7 +61,16 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn main() -> Result<()> {
     fraudlab::tune_allocator();
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let dtype = match args.iter().position(|a| a == "--dtype") {
+        Some(i) => {
+            let d = args.get(i + 1).cloned().unwrap_or_default();
+            args.drain(i..(i + 2).min(args.len()));
+            d
+        }
+        None => "f32".to_string(),
+    };
+    let dt = model::loader::parse_dtype(&dtype)?;
     eprintln!("{}", fraudlab::model::kernels::cpu_line());
     match args.first().map(String::as_str) {
         Some("cpu") => {
@@ -71,9 +82,17 @@ fn main() -> Result<()> {
             &args[2],
             args[3].parse()?,
             args.iter().any(|a| a == "--quantized"),
+            dt,
         ),
-        Some("train") => train(&args[1], &args[2], args[3].parse()?, args[4].parse()?),
+        Some("train") => train(
+            &args[1],
+            &args[2],
+            args[3].parse()?,
+            args[4].parse()?,
+            &dtype,
+        ),
         Some("score") => score(
+            dt,
             &args[1],
             &args[2],
             args[3].parse()?,
@@ -84,14 +103,21 @@ fn main() -> Result<()> {
     }
 }
 
-fn speed(model_spec: &str, prompt_file: &str, k: usize, quantized: bool) -> Result<()> {
-    let lm = model::load(
-        model_spec,
-        LoadOptions {
-            quantized,
-            ..Default::default()
-        },
-    )?;
+fn speed(
+    model_spec: &str,
+    prompt_file: &str,
+    k: usize,
+    quantized: bool,
+    dtype: candle_core::DType,
+) -> Result<()> {
+    let lm = model::load(model_spec, LoadOptions { quantized, dtype })?;
+    // the bytes of weights one decoded token reads: every linear layer and the output layer
+    let mut m = lm.model.clone();
+    let mut weight_bytes = 0usize;
+    for (_, l) in m.linears_mut() {
+        weight_bytes += linear_bytes(l);
+    }
+    weight_bytes += linear_bytes(&lm.model.lm_head);
     let text = std::fs::read_to_string(prompt_file)?;
     let ids = lm.tokenizer.encode(&text)?;
     let input = Tensor::new(ids.as_slice(), &lm.model.device)?.unsqueeze(0)?;
@@ -115,17 +141,37 @@ fn speed(model_spec: &str, prompt_file: &str, k: usize, quantized: bool) -> Resu
             dec.push(g.decode_tok_s);
         }
     }
+    let decode = if dec.is_empty() { 0.0 } else { median(dec) };
     println!(
         "{}",
         json!({"prompt_tokens": ids.len(), "load_s": lm.load_s, "prefill_tok_s": ids.len() as f64 / median(pre),
-               "decode_tok_s": if dec.is_empty() { 0.0 } else { median(dec) }, "quantized": quantized,
-               "kernels": kernels()})
+               "decode_tok_s": decode, "quantized": quantized, "dtype": format!("{dtype:?}"),
+               "weight_mib_per_token": weight_bytes as f64 / 1048576.0,
+               "decode_weight_gbps": decode * weight_bytes as f64 / 1e9, "kernels": kernels()})
     );
     Ok(())
 }
 
-fn train(model_spec: &str, data: &str, batch: usize, steps: usize) -> Result<()> {
-    let lm = model::load(model_spec, LoadOptions::default())?;
+/// Bytes of a linear layer's weight as loaded (dense or quantized blocks).
+fn linear_bytes(l: &fraudlab::model::qwen2::Linear) -> usize {
+    use fraudlab::model::qwen2::LinearWeight;
+    match &l.weight {
+        LinearWeight::Dense(w) => w.elem_count() * w.dtype().size_in_bytes(),
+        LinearWeight::Quant(candle_core::quantized::QMatMul::QTensor(q)) => {
+            q.storage_size_in_bytes()
+        }
+        LinearWeight::Quant(_) => l.in_features * l.out_features * 4,
+    }
+}
+
+fn train(model_spec: &str, data: &str, batch: usize, steps: usize, dtype: &str) -> Result<()> {
+    let lm = model::load(
+        model_spec,
+        LoadOptions {
+            dtype: model::loader::parse_dtype(dtype)?,
+            ..Default::default()
+        },
+    )?;
     let dir = std::env::temp_dir().join(format!("fraudlab-bench-train-{}", std::process::id()));
     let tc = TrainConfig {
         model: model_spec.into(),
@@ -138,6 +184,7 @@ fn train(model_spec: &str, data: &str, batch: usize, steps: usize) -> Result<()>
         schedule: fraudlab::engine::train::Schedule::Constant,
         warmup_ratio: 0.0,
         shuffle: false,
+        dtype: dtype.to_string(),
         ..Default::default()
     };
     let mut times = Vec::new();
@@ -170,8 +217,21 @@ fn train(model_spec: &str, data: &str, batch: usize, steps: usize) -> Result<()>
     Ok(())
 }
 
-fn score(model_spec: &str, data: &str, n: usize, mode: &str, batch: usize) -> Result<()> {
-    let lm = model::load(model_spec, LoadOptions::default())?;
+fn score(
+    dtype: candle_core::DType,
+    model_spec: &str,
+    data: &str,
+    n: usize,
+    mode: &str,
+    batch: usize,
+) -> Result<()> {
+    let lm = model::load(
+        model_spec,
+        LoadOptions {
+            dtype,
+            ..Default::default()
+        },
+    )?;
     let (samples, _) = fraudlab::engine::eval::load_labelled(data.as_ref(), Some(n))?;
     let cfg = EvalConfig {
         mode: if mode == "generate" {

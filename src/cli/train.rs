@@ -60,6 +60,7 @@ pub(super) fn cmd_train(a: TrainArgs, session: &str) -> Result<()> {
         answer_fields: a.answer_fields,
         anonymize_speakers: a.anonymize_speakers,
         limit: a.limit,
+        dtype: a.dtype.clone(),
         ..TrainConfig::default()
     };
     let control = TrainControl::default();

@@ -74,10 +74,18 @@ pub struct TrainConfig {
     /// label away; the data is not rewritten.
     #[serde(default)]
     pub anonymize_speakers: bool,
+    /// The frozen base weights' dtype: `f32`, or `bf16` (LoRA only; LoRA weights, gradients
+    /// and optimizer state stay f32).
+    #[serde(default = "f32_name")]
+    pub dtype: String,
 }
 
 pub(super) fn yes() -> bool {
     true
+}
+
+pub fn f32_name() -> String {
+    "f32".into()
 }
 
 impl Default for TrainConfig {
@@ -114,6 +122,7 @@ impl Default for TrainConfig {
             keep_checkpoints: 2,
             shuffle: true,
             anonymize_speakers: false,
+            dtype: f32_name(),
         }
     }
 }

@@ -32,7 +32,8 @@ mod optim;
 pub use batch::{epoch_order, eval_loss, make_example, mean_loss, Example};
 pub use checkpoint::latest_checkpoint;
 pub use config::{
-    Calibration, Schedule, StepMetrics, TrainConfig, TrainControl, TrainEvent, TrainSummary,
+    f32_name, Calibration, Schedule, StepMetrics, TrainConfig, TrainControl, TrainEvent,
+    TrainSummary,
 };
 pub use load::load_examples;
 pub use memory::{available_mib, estimate_mib, rss_mib};
@@ -46,7 +47,13 @@ pub fn train(
     control: &TrainControl,
     on_event: &mut dyn FnMut(TrainEvent),
 ) -> Result<TrainSummary> {
-    let lm = model::load(&tc.model, LoadOptions::default())?;
+    let lm = model::load(
+        &tc.model,
+        LoadOptions {
+            dtype: model::loader::parse_dtype(&tc.dtype)?,
+            ..Default::default()
+        },
+    )?;
     train_loaded(lm, tc, control, on_event)
 }
 

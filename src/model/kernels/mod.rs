@@ -9,6 +9,7 @@
 //! build's `target-cpu`; each has a portable twin (plain Rust) that the tests compare it
 //! with on the machine they run on.
 
+pub mod gemm_bf16;
 pub mod gemv;
 pub mod linear;
 pub mod sgemm;

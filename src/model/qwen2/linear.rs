@@ -107,8 +107,8 @@ impl Linear {
         {
             if !w.is_variable()
                 && self.bias.as_ref().is_none_or(|b| !b.is_variable())
-                && matches!(x2.dtype(), DType::F32 | DType::F64)
-                && w.dtype() == x2.dtype()
+                && (matches!(x2.dtype(), DType::F32 | DType::F64) && w.dtype() == x2.dtype()
+                    || kernels::linear::handles(x2.dtype(), w.dtype()))
             {
                 let op = LoraLinear {
                     w: w.clone(),
@@ -210,12 +210,15 @@ impl candle_core::CustomOp1 for FrozenMatmul {
         let (start, end) = layout.contiguous_offsets().ok_or_else(|| {
             candle_core::Error::Msg("frozen-matmul: input must be contiguous".into())
         })?;
-        let x = match storage {
-            candle_core::CpuStorage::F32(v) => {
-                Tensor::from_slice(&v[start..end], layout.shape(), &Device::Cpu)?
-            }
+        let y = match storage {
+            candle_core::CpuStorage::F32(v) => kernels::linear::forward(
+                &Tensor::from_slice(&v[start..end], layout.shape(), &Device::Cpu)?,
+                &self.w,
+                None,
+            )?,
             candle_core::CpuStorage::F64(v) => {
                 Tensor::from_slice(&v[start..end], layout.shape(), &Device::Cpu)?
+                    .matmul(&self.w.t()?)?
             }
             _ => {
                 return Err(candle_core::Error::Msg(
@@ -223,7 +226,6 @@ impl candle_core::CustomOp1 for FrozenMatmul {
                 ))
             }
         };
-        let y = x.matmul(&self.w.t()?)?;
         let shape = y.shape().clone();
         let (st, l) = y.storage_and_layout();
         match (&*st, l.contiguous_offsets()) {
@@ -240,7 +242,7 @@ impl candle_core::CustomOp1 for FrozenMatmul {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<Option<Tensor>> {
-        Ok(Some(grad.matmul(&self.w)?))
+        Ok(Some(kernels::linear::backward_input(grad, &self.w)?))
     }
 }
 
