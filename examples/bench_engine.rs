@@ -7,8 +7,12 @@
 //!
 //! `--dtype bf16` (anywhere) loads the dense weights in bf16 (the base weights, for train).
 //!   cargo run --release --example bench_engine -- cpu      (the CPU, its features, the kernels)
+//!   cargo run --release --example bench_engine -- profile MODEL PROMPT_FILE prefill|decode SECONDS
+//!       (after loading, prints "start" on stderr and repeats the workload for SECONDS, for a
+//!       profiler attached then: `perf record -p PID`)
 //!
-//! Every run prints the CPU line on stderr first; the JSON figures name the kernel level.
+//! Every run prints the CPU line on stderr first (unless BENCH_NO_CPU_LINE is set: compare.sh
+//! prints it once); the JSON figures name the kernel level.
 
 use anyhow::{bail, Result};
 use candle_core::Tensor;
@@ -60,6 +64,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() -> Result<()> {
+    fraudlab::model::kernels::init_threads();
     fraudlab::tune_allocator();
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     let dtype = match args.iter().position(|a| a == "--dtype") {
@@ -71,7 +76,9 @@ fn main() -> Result<()> {
         None => "f32".to_string(),
     };
     let dt = model::loader::parse_dtype(&dtype)?;
-    eprintln!("{}", fraudlab::model::kernels::cpu_line());
+    if std::env::var_os("BENCH_NO_CPU_LINE").is_none() {
+        eprintln!("{}", fraudlab::model::kernels::cpu_line());
+    }
     match args.first().map(String::as_str) {
         Some("cpu") => {
             println!("{}", fraudlab::model::kernels::cpu_line());
@@ -84,6 +91,7 @@ fn main() -> Result<()> {
             args.iter().any(|a| a == "--quantized"),
             dt,
         ),
+        Some("profile") => profile(&args[1], &args[2], &args[3], args[4].parse()?, dt),
         Some("train") => train(
             &args[1],
             &args[2],
@@ -150,6 +158,60 @@ fn speed(
                "decode_weight_gbps": decode * weight_bytes as f64 / 1e9, "kernels": kernels()})
     );
     Ok(())
+}
+
+fn profile(
+    model_spec: &str,
+    prompt_file: &str,
+    what: &str,
+    seconds: f64,
+    dtype: candle_core::DType,
+) -> Result<()> {
+    let lm = model::load(
+        model_spec,
+        LoadOptions {
+            dtype,
+            ..Default::default()
+        },
+    )?;
+    let ids = lm
+        .tokenizer
+        .encode(&std::fs::read_to_string(prompt_file)?)?;
+    let input = Tensor::new(ids.as_slice(), &lm.model.device)?.unsqueeze(0)?;
+    let mut cache = lm.model.new_cache(1);
+    lm.model.forward_last(&input, None, Some(&mut cache))?;
+    eprintln!("start {}", std::process::id());
+    let t = Instant::now();
+    let c0 = cpu_s();
+    let mut n = 0usize;
+    while t.elapsed().as_secs_f64() < seconds {
+        if what == "decode" {
+            let tok = Tensor::new(&[ids[n % ids.len()]], &lm.model.device)?.unsqueeze(0)?;
+            let mut c = cache.clone();
+            lm.model.forward_last(&tok, None, Some(&mut c))?;
+        } else {
+            lm.model.forward_last(&input, None, None)?;
+        }
+        n += 1;
+    }
+    eprintln!(
+        "{n} {what} runs in {:.1} s, {:.2} CPU-s each",
+        t.elapsed().as_secs_f64(),
+        (cpu_s() - c0) / n as f64
+    );
+    Ok(())
+}
+
+/// CPU seconds this process has used (user and system, all threads).
+fn cpu_s() -> f64 {
+    // SAFETY: getrusage writes into the struct it is given.
+    let r = unsafe {
+        let mut r: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut r);
+        r
+    };
+    let t = |v: libc::timeval| v.tv_sec as f64 + v.tv_usec as f64 * 1e-6;
+    t(r.ru_utime) + t(r.ru_stime)
 }
 
 /// Bytes of a linear layer's weight as loaded (dense or quantized blocks).

@@ -195,6 +195,7 @@ impl Drop for Torch {
 }
 
 fn main() -> Result<()> {
+    fraudlab::model::kernels::init_threads();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let flag = |f: &str| args.iter().any(|a| a == f);
     let py = args

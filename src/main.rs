@@ -1,6 +1,7 @@
 use clap::Parser;
 
 fn main() {
+    fraudlab::model::kernels::init_threads();
     fraudlab::tune_allocator();
     if let Err(e) = fraudlab::model::kernels::env_cap() {
         eprintln!("error: {e}");

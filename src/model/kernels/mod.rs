@@ -12,6 +12,7 @@
 pub mod gemm_bf16;
 pub mod gemv;
 pub mod linear;
+pub mod quant;
 pub mod sgemm;
 
 use std::cell::Cell;
@@ -160,6 +161,23 @@ pub fn with_level<R: Send>(l: Level, f: impl FnOnce() -> R + Send) -> R {
         SCOPED.with(|s| s.set(Some(l)));
         f()
     })
+}
+
+/// Call first thing in `main` (before any thread starts): hands Candle's parallel loops to
+/// the one rayon pool.
+///
+/// Candle keeps a pool of its own (a thread per extra core) for its element-wise ops and
+/// quantized matmuls, whose threads spin while they wait, next to the rayon pool every
+/// matmul here runs on. On two cores the two pools took turns badly: the caller spun waiting
+/// for a Candle thread that a rayon thread had displaced (a sixth of a LoRA step's time, and
+/// 27% longer steps, measured with other work on the machine). With `CANDLE_NUM_THREADS=1`
+/// Candle's element-wise ops run on the calling thread (they are memory-bound), and the
+/// quantized products it would have split go through `quant` instead. A value the user set
+/// is kept.
+pub fn init_threads() {
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
 }
 
 /// Every level this CPU can run, portable first.

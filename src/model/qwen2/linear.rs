@@ -142,7 +142,20 @@ impl Linear {
             // Many rows (a prefill, a scoring batch): dequantizing this layer's weight once and
             // using the f32 matmul beats the quantized kernels, which shine at one row (decode).
             LinearWeight::Quant(QMatMul::QTensor(q)) if rows >= QUANT_DEQUANT_ROWS => {
-                x2.matmul(&q.dequantize(x2.device())?.t()?)?
+                let w = match kernels::quant::dequantize(q)? {
+                    Some(w) => w,
+                    None => q.dequantize(x2.device())?,
+                };
+                kernels::linear::forward(&x2.to_dtype(DType::F32)?, &w, None)?
+                    .to_dtype(x2.dtype())?
+            }
+            LinearWeight::Quant(QMatMul::QTensor(q)) if x2.dtype() == DType::F32 => {
+                let xs = x2.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+                let mut y = vec![0f32; rows * self.out_features];
+                match kernels::quant::gemv(&xs, rows, q, &mut y)? {
+                    Some(()) => Tensor::from_vec(y, (rows, self.out_features), x2.device())?,
+                    None => QMatMul::QTensor(q.clone()).forward(&x2)?,
+                }
             }
             LinearWeight::Quant(q) => q.forward(&x2)?,
         };
