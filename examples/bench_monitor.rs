@@ -55,6 +55,7 @@ fn cpu_line() -> String {
 }
 
 fn main() -> Result<()> {
+    fraudlab::model::kernels::init_threads();
     fraudlab::tune_allocator();
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.len() < 2 {

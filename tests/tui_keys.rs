@@ -97,6 +97,49 @@ fn ctrl_c_quits_from_anywhere() {
 }
 
 #[test]
+fn models_precision_loads_bf16_beside_f32_and_is_kept() {
+    let d = tempfile::tempdir().unwrap();
+    let mut app = new_app(d.path());
+    let p = d.path().join("models/Qwen2.5-0.5B-Instruct");
+    app.models.list = vec![fixtures::model_info(
+        "Qwen2.5-0.5B-Instruct",
+        &p,
+        494_000_000,
+        "instruct",
+    )];
+    let spec = p.display().to_string();
+    press(&mut app, &[key('1'), code(KeyCode::Enter)]);
+    // p: f32 → bf16; the same model loads again, in bf16, under its own key
+    press(&mut app, &[key('p')]);
+    let a = press(&mut app, &[code(KeyCode::Enter)]);
+    match &a[..] {
+        [Action::Engine(Command::Load { key, opts, .. })] => {
+            assert_eq!(key, &format!("{spec} [bf16]"));
+            assert_eq!(opts.dtype, candle_core::DType::BF16);
+            assert!(!opts.quantized);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(app.slots.len(), 2);
+    assert!(app.slots[1].name.ends_with("(bf16)"));
+    // quantized next, then back to f32
+    press(&mut app, &[key('p')]);
+    assert_eq!(app.models.precision.name(), "quantized");
+    // the choice is kept in the session
+    let reopened = App::open(
+        Session::open(d.path(), "t").unwrap(),
+        AppOptions {
+            sessions_root: d.path().to_path_buf(),
+            model_dirs: vec![],
+        },
+    )
+    .0;
+    assert_eq!(reopened.models.precision.name(), "quantized");
+    press(&mut app, &[key('p')]);
+    assert_eq!(app.models.precision.name(), "f32");
+}
+
+#[test]
 fn models_load_unload_and_session_records_them() {
     let d = tempfile::tempdir().unwrap();
     let mut app = new_app(d.path());

@@ -49,6 +49,29 @@ fn chrome_on_every_pane() {
 }
 
 #[test]
+fn models_pane_ram_follows_the_load_precision() {
+    let (_d, mut app) = app();
+    app.tab = Tab::Models;
+    let f32_screen = frame(&app, 200, 50);
+    assert_has(&f32_screen, &["loads as f32"]);
+    app.handle_key(crossterm::event::KeyEvent::new(
+        crossterm::event::KeyCode::Char('p'),
+        crossterm::event::KeyModifiers::NONE,
+    ));
+    let bf16_screen = frame(&app, 200, 50);
+    assert_has(&bf16_screen, &["loads as bf16"]);
+    let m = &app.models.list[0];
+    use fraudlab::model::discover::ram_estimates;
+    use fraudlab::model::loader::Precision;
+    let (f, _, _) = ram_estimates(m, Precision::F32);
+    let (b, _, _) = ram_estimates(m, Precision::Bf16);
+    assert!(b < f * 6 / 10, "bf16 needs about half: {b} vs {f}");
+    let shown = |bytes: u64| fraudlab::tui::widgets::human_bytes(bytes);
+    assert!(f32_screen.contains(&shown(f)) && !f32_screen.contains(&shown(b)));
+    assert!(bf16_screen.contains(&shown(b)));
+}
+
+#[test]
 fn models_pane() {
     let (_d, mut app) = app();
     app.tab = Tab::Models;

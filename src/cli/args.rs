@@ -1,7 +1,6 @@
 //! Every command's arguments (clap derive), in one place.
 
-use anyhow::{bail, Context, Result};
-use candle_core::DType;
+use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -244,18 +243,15 @@ pub struct ModelArgs {
     /// For GGUF: keep weights quantized (fast path). Default: dequantized f32 (exact path).
     #[arg(long)]
     pub quantized: bool,
-    /// f32 or bf16.
+    /// Dense weights in f32 or bf16 (half the memory; computed in f32, on bf16 dot products
+    /// where the CPU has them).
     #[arg(long, default_value = "f32")]
     pub dtype: String,
 }
 
 impl ModelArgs {
     pub fn options(&self) -> Result<LoadOptions> {
-        let dtype = match self.dtype.as_str() {
-            "f32" => DType::F32,
-            "bf16" => DType::BF16,
-            d => bail!("--dtype {d}: use f32 or bf16"),
-        };
+        let dtype = crate::model::loader::parse_dtype(&self.dtype).context("--dtype")?;
         Ok(LoadOptions {
             dtype,
             quantized: self.quantized,
@@ -268,6 +264,10 @@ pub struct TrainArgs {
     /// Base model: folder, hub id (looked up in the caches) or .gguf file.
     #[arg(long)]
     pub model: String,
+    /// Frozen base weights in f32 or bf16 (LoRA weights, gradients and optimizer state stay
+    /// f32; bf16 needs LoRA, not --full).
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
     /// Training data (fraud JSONL, Alpaca, chat, ShareGPT, text, turn-level CSV).
     #[arg(long)]
     pub data: PathBuf,
@@ -446,6 +446,9 @@ pub struct EvalArgs {
     /// For GGUF: keep weights quantized.
     #[arg(long)]
     pub quantized: bool,
+    /// Dense weights in f32 or bf16.
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
     /// k-fold cross-validation: train on k-1 folds, evaluate on the held-out one.
     #[arg(long)]
     pub folds: Option<usize>,

@@ -53,6 +53,7 @@ pub(super) fn cmd_eval(a: EvalArgs, session: &str) -> Result<()> {
         anonymize_speakers: a.anonymize_speakers,
         max_tokens: a.max_tokens,
         quantized: a.quantized,
+        dtype: a.dtype.clone(),
         out_dir: Some(sess.eval_dir(&sess.new_eval_id()?)),
     };
     if let Some(k) = a.folds {

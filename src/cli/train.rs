@@ -165,6 +165,7 @@ fn train_config(a: &TrainArgs, out: std::path::PathBuf) -> Result<TrainConfig> {
         limit: a.limit,
         time_budget_s: a.time_budget,
         frozen_cache_mib: a.frozen_cache_mib,
+        dtype: a.dtype.clone(),
         ..TrainConfig::default()
     })
 }

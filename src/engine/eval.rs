@@ -63,6 +63,9 @@ pub struct EvalConfig {
     /// Generate mode: answer length cap.
     pub max_tokens: usize,
     pub quantized: bool,
+    /// Dense weights: `f32` or `bf16`.
+    #[serde(default = "crate::engine::train::f32_name")]
+    pub dtype: String,
     /// Where config.json, metrics.json and predictions.jsonl go (a session's evals/<id>/).
     pub out_dir: Option<PathBuf>,
 }
@@ -85,6 +88,7 @@ impl Default for EvalConfig {
             anonymize_speakers: None,
             max_tokens: 64,
             quantized: false,
+            dtype: crate::engine::train::f32_name(),
             out_dir: None,
         }
     }
@@ -592,7 +596,7 @@ pub fn evaluate(
             &t.model,
             LoadOptions {
                 quantized: cfg.quantized,
-                ..Default::default()
+                dtype: model::loader::parse_dtype(&cfg.dtype)?,
             },
         )?;
         if let Some(a) = &t.adapter {

@@ -403,11 +403,8 @@ pub fn load_adapter(model: &mut Qwen2, dir: &Path) -> Result<LoraSpec> {
                 pc.r
             );
         }
-        let dt = if lin.dense_dtype() == Some(DType::BF16) {
-            DType::BF16
-        } else {
-            DType::F32
-        };
+        // LoRA runs in the activations' dtype (f32, also over bf16 base weights).
+        let dt = super::qwen2::compute_dtype(lin.dense_dtype().unwrap_or(DType::F32));
         lin.lora = Some(Lora {
             a: a.to_dtype(dt)?,
             b: b.to_dtype(dt)?,

@@ -24,6 +24,8 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 use std::sync::Arc;
 
+pub(crate) use super::kernels::sgemm::{mm, parallelism_for};
+
 /// Rows of queries per block of a causal prompt.
 pub const QUERY_BLOCK: usize = 128;
 
@@ -250,14 +252,11 @@ pub trait AttnFloat:
     + Sync
     + 'static
     + PartialOrd
-    + std::ops::Add<Output = Self>
+    + super::kernels::sgemm::Float
     + std::ops::Sub<Output = Self>
-    + std::ops::Mul<Output = Self>
     + std::ops::Div<Output = Self>
     + candle_core::WithDType
 {
-    const ZERO: Self;
-    const ONE: Self;
     const NEG_INF: Self;
     fn exp_(self) -> Self;
     fn of(x: f64) -> Self;
@@ -265,8 +264,6 @@ pub trait AttnFloat:
 }
 
 impl AttnFloat for f32 {
-    const ZERO: Self = 0.0;
-    const ONE: Self = 1.0;
     const NEG_INF: Self = f32::NEG_INFINITY;
     fn exp_(self) -> Self {
         self.exp()
@@ -285,8 +282,6 @@ impl AttnFloat for f32 {
 }
 
 impl AttnFloat for f64 {
-    const ZERO: Self = 0.0;
-    const ONE: Self = 1.0;
     const NEG_INF: Self = f64::NEG_INFINITY;
     fn exp_(self) -> Self {
         self.exp()
@@ -301,65 +296,6 @@ impl AttnFloat for f64 {
                 "fused-attention: expected f64".into(),
             )),
         }
-    }
-}
-
-/// `dst (m×n, row stride dst_rs) (+)= beta · lhs · rhs`, lhs (m×k) and rhs (k×n) given by
-/// their column and row strides; written unless `acc`.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn mm<T: AttnFloat>(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: &mut [T],
-    dst_rs: usize,
-    acc: bool,
-    lhs: &[T],
-    (lhs_cs, lhs_rs): (usize, usize),
-    rhs: &[T],
-    (rhs_cs, rhs_rs): (usize, usize),
-    beta: T,
-    par: Parallelism,
-) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    let end = |cs: usize, rs: usize, r: usize, c: usize| (r - 1) * rs + (c - 1) * cs + 1;
-    assert!(dst.len() >= end(1, dst_rs, m, n));
-    if k > 0 {
-        assert!(lhs.len() >= end(lhs_cs, lhs_rs, m, k) && rhs.len() >= end(rhs_cs, rhs_rs, k, n));
-    }
-    if k == 0 {
-        if !acc {
-            dst.chunks_mut(dst_rs)
-                .take(m)
-                .for_each(|r| r[..n].iter_mut().for_each(|x| *x = T::ZERO));
-        }
-        return;
-    }
-    // SAFETY: the asserts above check that every element the strides reach is in the slices.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            dst_rs as isize,
-            acc,
-            lhs.as_ptr(),
-            lhs_cs as isize,
-            lhs_rs as isize,
-            rhs.as_ptr(),
-            rhs_cs as isize,
-            rhs_rs as isize,
-            T::ONE,
-            beta,
-            false,
-            false,
-            false,
-            par,
-        )
     }
 }
 
@@ -670,15 +606,6 @@ pub(crate) fn storage_slice<'a, T: AttnFloat>(
     match g {
         candle_core::Storage::Cpu(c) => contiguous(c, l),
         _ => Err(candle_core::Error::Msg("fused op: CPU tensors only".into())),
-    }
-}
-
-/// Splits a matmul over the thread pool unless it is too small to be worth it.
-pub(crate) fn parallelism_for(m: usize, n: usize, k: usize) -> Parallelism {
-    if m * n * k < 32 * 1024 {
-        Parallelism::None
-    } else {
-        Parallelism::Rayon(rayon::current_num_threads())
     }
 }
 

@@ -64,7 +64,7 @@ pub fn write_hf_folder(model: &Qwen2, from: &ModelLocation, out: &Path) -> Resul
     save_atomic(&weights, &out.join("model.safetensors"))?;
     let mut cfg = model.cfg.clone();
     cfg.torch_dtype = Some(
-        if model.dtype == DType::BF16 {
+        if model.weight_dtype == DType::BF16 {
             "bfloat16"
         } else {
             "float32"

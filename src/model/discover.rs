@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 
 use super::config::{size_label, Qwen2Config, Unsupported};
 use super::gguf::GgufFile;
-use super::loader::{display_name, hf_cache_dir, hf_snapshot, modelscope_cache_dir, ModelLocation};
+use super::loader::{
+    display_name, hf_cache_dir, hf_snapshot, modelscope_cache_dir, ModelLocation, Precision,
+};
 use super::safetensors_io::WeightFiles;
 
 /// What the Models pane and `fraudlab models` show of a model.
@@ -31,6 +33,7 @@ pub struct ModelInfo {
     pub disk_bytes: u64,
     pub layers: usize,
     pub hidden: usize,
+    pub vocab: usize,
     pub context: usize,
     /// Set when the entry looks like a model but cannot be read or run; the reason.
     pub problem: Option<String>,
@@ -102,6 +105,7 @@ fn blank(name: String, path: &Path, source: &str) -> ModelInfo {
         disk_bytes: 0,
         layers: 0,
         hidden: 0,
+        vocab: 0,
         context: 0,
         problem: None,
         status: STATUS_OK.into(),
@@ -161,6 +165,7 @@ pub fn describe(loc: &ModelLocation, source: &str) -> ModelInfo {
             info.size = size_label(info.parameters);
             info.layers = c.num_hidden_layers;
             info.hidden = c.hidden_size;
+            info.vocab = c.vocab_size;
             info.context = c.max_position_embeddings;
         }
         Err(e) => {
@@ -326,14 +331,53 @@ pub fn discover(extra: &[PathBuf]) -> Vec<ModelInfo> {
     out
 }
 
-/// RAM a model needs, in bytes, for inference, LoRA training and full fine-tuning at a
-/// typical batch (4 x 512 tokens), f32 weights. Estimates for the Models pane.
-pub fn ram_estimates(info: &ModelInfo) -> (u64, u64, u64) {
-    let w = info.parameters * 4;
+/// RAM a model needs, in bytes, loaded at `precision`: for inference, LoRA training (None:
+/// training needs dense weights) and full fine-tuning (always f32) at a typical batch (4 x
+/// 512 tokens). Estimates for the Models pane.
+pub fn ram_estimates(info: &ModelInfo, precision: Precision) -> (u64, Option<u64>, u64) {
+    let f32_bytes = info.parameters * 4;
+    let gguf = info.format.starts_with("gguf");
+    let weights = match precision {
+        Precision::F32 => f32_bytes,
+        Precision::Bf16 => info.parameters * 2,
+        // the blocks as on disk, plus the token embeddings, dequantized to f32 for lookups
+        Precision::Quantized if gguf => info.disk_bytes + (info.vocab * info.hidden) as u64 * 4,
+        Precision::Quantized => f32_bytes,
+    };
     // activations kept for the backward pass, about 30 floats per hidden unit per token and layer
     let act = 4 * 512 * info.hidden.max(1) as u64 * info.layers.max(1) as u64 * 4 * 30;
-    let inference = w + w / 10 + (256 << 20);
-    let lora = inference + act;
-    let full = w * 4 + act + (512 << 20); // weights, grads, Adam m and v
+    let inference = weights + weights / 10 + (256 << 20);
+    let lora = (precision != Precision::Quantized || !gguf).then_some(inference + act);
+    let full = f32_bytes * 4 + act + (512 << 20); // weights, grads, Adam m and v
     (inference, lora, full)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ram_estimates_follow_the_precision() {
+        let mut m = describe(&ModelLocation::Folder("/nonexistent".into()), "folder");
+        m.parameters = 500_000_000;
+        m.hidden = 896;
+        m.layers = 24;
+        m.vocab = 151_936;
+        let (f32_inf, f32_lora, full) = ram_estimates(&m, Precision::F32);
+        let (bf_inf, bf_lora, bf_full) = ram_estimates(&m, Precision::Bf16);
+        assert!(bf_inf < f32_inf && bf_lora.unwrap() < f32_lora.unwrap());
+        // the weights halve; the fixed overhead does not
+        assert!((f32_inf - bf_inf) as f64 > 0.5 * 500e6 * 2.0);
+        assert_eq!(
+            full, bf_full,
+            "full fine-tuning is f32 whatever the load precision"
+        );
+        // a folder has no quantized blocks: quantized loads it in f32
+        assert_eq!(ram_estimates(&m, Precision::Quantized).0, f32_inf);
+        m.format = "gguf (Q5_0)".into();
+        m.disk_bytes = 400_000_000;
+        let (q_inf, q_lora, _) = ram_estimates(&m, Precision::Quantized);
+        assert!(q_inf < bf_inf && q_inf > m.disk_bytes);
+        assert_eq!(q_lora, None, "training needs dense weights");
+    }
 }

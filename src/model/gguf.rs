@@ -316,6 +316,16 @@ pub fn gguf_name(hf: &str) -> Option<String> {
     Some(format!("blk.{i}.{g}.{kind}"))
 }
 
+/// A tensor's f32 values: matrices over the thread pool, the rest by Candle.
+fn dequantize(q: &QTensor) -> Result<Tensor> {
+    if q.shape().rank() == 2 {
+        if let Some(t) = crate::model::kernels::quant::dequantize(q)? {
+            return Ok(t);
+        }
+    }
+    Ok(q.dequantize(&Device::Cpu)?)
+}
+
 /// Weights from a GGUF file: dense tensors dequantized to `dtype`; linear weights either
 /// dequantized too (exact path) or kept quantized.
 pub struct GgufSource {
@@ -336,7 +346,7 @@ impl GgufSource {
 impl WeightSource for GgufSource {
     fn dense(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
         let q = self.read(name, shape)?;
-        Ok(q.dequantize(&Device::Cpu)?.to_dtype(self.dtype)?)
+        Ok(dequantize(&q)?.to_dtype(self.dtype)?)
     }
     fn linear(&self, name: &str, shape: &[usize]) -> Result<LinearWeight> {
         let q = self.read(name, shape)?;
@@ -344,9 +354,7 @@ impl WeightSource for GgufSource {
         {
             Ok(LinearWeight::Quant(QMatMul::from_qtensor(q)?))
         } else {
-            Ok(LinearWeight::Dense(
-                q.dequantize(&Device::Cpu)?.to_dtype(self.dtype)?,
-            ))
+            Ok(LinearWeight::Dense(dequantize(&q)?.to_dtype(self.dtype)?))
         }
     }
     fn has(&self, name: &str) -> bool {

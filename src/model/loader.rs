@@ -31,6 +31,65 @@ impl Default for LoadOptions {
     }
 }
 
+/// The dtype a user names for dense weights: `f32` (exact) or `bf16` (half the memory; the
+/// base weights in bf16, activations and LoRA in f32).
+pub fn parse_dtype(s: &str) -> Result<DType> {
+    match s {
+        "f32" => Ok(DType::F32),
+        "bf16" => Ok(DType::BF16),
+        _ => bail!("dtype `{s}`: use f32 or bf16"),
+    }
+}
+
+/// How the workbench loads a model's weights (the Models pane's `p`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    /// Dense f32 (GGUF blocks dequantized): the exact path.
+    #[default]
+    F32,
+    /// Dense bf16: half the memory; computed in f32, on bf16 dot products where the CPU has
+    /// them.
+    Bf16,
+    /// GGUF blocks kept quantized (a folder loads f32).
+    Quantized,
+}
+
+impl Precision {
+    pub const ALL: [Precision; 3] = [Precision::F32, Precision::Bf16, Precision::Quantized];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+            Precision::Quantized => "quantized",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Precision> {
+        Precision::ALL.into_iter().find(|p| p.name() == s)
+    }
+
+    /// The next one, in the order f32 → bf16 → quantized → f32.
+    pub fn next(self) -> Precision {
+        match self {
+            Precision::F32 => Precision::Bf16,
+            Precision::Bf16 => Precision::Quantized,
+            Precision::Quantized => Precision::F32,
+        }
+    }
+
+    pub fn options(self) -> LoadOptions {
+        LoadOptions {
+            dtype: if self == Precision::Bf16 {
+                DType::BF16
+            } else {
+                DType::F32
+            },
+            quantized: self == Precision::Quantized,
+        }
+    }
+}
+
 /// Where a model's files are.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ModelLocation {

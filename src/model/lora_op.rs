@@ -12,6 +12,7 @@ use rayon::prelude::*;
 use std::sync::Arc;
 
 use super::attention::{self, contiguous as slice, parallelism_for, storage_slice, AttnFloat};
+use super::kernels;
 
 #[inline(always)]
 fn fmix32(mut h: u32) -> u32 {
@@ -99,7 +100,37 @@ fn mm<T: AttnFloat>(
     );
 }
 
+/// `src` and `dst` as f32 slices, when T is f32: what a bf16 weight's kernels take.
+fn f32_pair<'a, T: AttnFloat>(
+    src: &'a [T],
+    dst: &'a mut [T],
+) -> candle_core::Result<(&'a [f32], &'a mut [f32])> {
+    if T::DTYPE != DType::F32 {
+        return Err(candle_core::Error::Msg(
+            "lora-linear: a bf16 weight takes f32 inputs".into(),
+        ));
+    }
+    // SAFETY: T is f32 (its dtype says so, and only f32 has that dtype): same size, alignment
+    // and bits; the lengths are the slices' own.
+    unsafe {
+        Ok((
+            std::slice::from_raw_parts(src.as_ptr() as *const f32, src.len()),
+            std::slice::from_raw_parts_mut(dst.as_mut_ptr() as *mut f32, dst.len()),
+        ))
+    }
+}
+
 impl LoraLinear {
+    /// Runs `f` on the frozen weight's elements in the dtype they are kept in (f32 or bf16).
+    fn with_frozen(&self, f: impl FnOnce(kernels::gemv::Weights<'_>)) -> candle_core::Result<()> {
+        kernels::linear::with_weights(&self.w.contiguous()?, f).ok_or_else(|| {
+            candle_core::Error::Msg(format!(
+                "lora-linear: a {:?} weight is not supported",
+                self.w.dtype()
+            ))
+        })
+    }
+
     /// x ⊙ mask (values kept are scaled by 1/keep), or a copy of x without dropout.
     fn masked<T: AttnFloat>(&self, x: &[T], cols: usize) -> Vec<T> {
         let mut out = x.to_vec();
@@ -133,21 +164,26 @@ impl LoraLinear {
     ) -> candle_core::Result<Vec<T>> {
         let mut y = vec![T::ZERO; rows * outf];
         // y = x Wᵀ
-        with::<T, _>(&self.w, |w| {
-            mm(
-                rows,
-                outf,
-                inf,
-                &mut y,
-                false,
-                x,
-                (1, inf),
-                w,
-                (inf, 1),
-                T::ONE,
-            );
-            Ok(())
-        })?;
+        if self.w.dtype() == T::DTYPE {
+            with::<T, _>(&self.w, |w| {
+                mm(
+                    rows,
+                    outf,
+                    inf,
+                    &mut y,
+                    false,
+                    x,
+                    (1, inf),
+                    w,
+                    (inf, 1),
+                    T::ONE,
+                );
+                Ok(())
+            })?;
+        } else {
+            let (x, y) = f32_pair(x, &mut y)?;
+            self.with_frozen(|w| kernels::linear::xwt(x, rows, inf, w, outf, None, y))?;
+        }
         if let Some(bias) = &self.bias {
             with::<T, _>(bias, |bias| {
                 y.par_chunks_mut(outf).for_each(|row| {
@@ -217,17 +253,15 @@ impl LoraLinear {
         outf: usize,
         r: usize,
     ) -> candle_core::Result<(Vec<T>, Vec<T>, Vec<T>)> {
-        let (x, a, b, dy, w) = (
+        let (x, a, b, dy) = (
             x.contiguous()?,
             a.contiguous()?,
             b.contiguous()?,
             dy.contiguous()?,
-            self.w.contiguous()?,
         );
-        let guards = [&x, &a, &b, &dy, &w].map(|t| t.storage_and_layout());
-        let [x, a, b, dy, w] =
-            [0, 1, 2, 3, 4].map(|i| storage_slice::<T>(&guards[i].0, guards[i].1));
-        let (x, a, b, dy, w) = (x?, a?, b?, dy?, w?);
+        let guards = [&x, &a, &b, &dy].map(|t| t.storage_and_layout());
+        let [x, a, b, dy] = [0, 1, 2, 3].map(|i| storage_slice::<T>(&guards[i].0, guards[i].1));
+        let (x, a, b, dy) = (x?, a?, b?, dy?);
         let scale = T::of(self.scale);
         let xm = self.masked(x, inf);
         // h = xm Aᵀ (rows × r)
@@ -288,18 +322,26 @@ impl LoraLinear {
         );
         // dx = dy W + (scale · g A) ⊙ m
         let mut dx = vec![T::ZERO; rows * inf];
-        mm(
-            rows,
-            inf,
-            outf,
-            &mut dx,
-            false,
-            dy,
-            (1, outf),
-            w,
-            (1, inf),
-            T::ONE,
-        );
+        if self.w.dtype() == T::DTYPE {
+            with::<T, _>(&self.w, |w| {
+                mm(
+                    rows,
+                    inf,
+                    outf,
+                    &mut dx,
+                    false,
+                    dy,
+                    (1, outf),
+                    w,
+                    (1, inf),
+                    T::ONE,
+                );
+                Ok(())
+            })?;
+        } else {
+            let (dy, dx) = f32_pair(dy, &mut dx)?;
+            self.with_frozen(|w| kernels::linear::dyw(dy, rows, outf, w, inf, dx))?;
+        }
         let mut t = xm; // reuse the buffer
         mm(rows, inf, r, &mut t, false, &g, (1, r), a, (1, inf), scale);
         match self.dropout {

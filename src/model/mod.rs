@@ -7,6 +7,7 @@ pub mod discover;
 pub mod gguf;
 pub mod gguf_format;
 mod gguf_header;
+pub mod kernels;
 pub mod loader;
 pub mod lora_op;
 pub mod ops;

@@ -114,6 +114,7 @@ pub fn model_info(name: &str, path: &Path, parameters: u64, variant: &str) -> Mo
         disk_bytes: parameters * 2,
         layers: 24,
         hidden: 896,
+        vocab: 151936,
         context: 32768,
         problem: None,
         status: crate::model::discover::STATUS_OK.into(),

@@ -45,6 +45,11 @@ pub const MODELS: &[KeyHelp] = &[
     ),
     k("u", "unload the model", ("u", "unload")),
     k(
+        "p",
+        "load precision: f32, bf16 or quantized (GGUF); the RAM columns follow",
+        ("p", "precision"),
+    ),
+    k(
         "L",
         "load the model with a LoRA adapter from this session's runs",
         NO,
@@ -348,6 +353,21 @@ pub mod strings {
             None => format!(
                 "downloading {spec} into the Hugging Face cache (Esc cancels; offline, fetch it elsewhere with `huggingface-cli download {spec}` and press r)"
             ),
+        }
+    }
+
+    pub fn precision_note(p: crate::model::loader::Precision) -> String {
+        use crate::model::loader::Precision;
+        match p {
+            Precision::F32 => "models load in f32: the exact path".into(),
+            Precision::Bf16 => {
+                "models load in bf16: half the memory, faster decoding; logits within bf16 rounding"
+                    .into()
+            }
+            Precision::Quantized => {
+                "GGUF models load quantized (fastest decoding, no training); folders load in f32"
+                    .into()
+            }
         }
     }
 

@@ -15,7 +15,7 @@ use super::theme;
 use super::widgets::{human_bytes, human_count, truncate};
 use crate::engine::Command;
 use crate::model::discover::{self, ModelInfo};
-use crate::model::LoadOptions;
+use crate::model::loader::Precision;
 
 #[derive(Debug, Default)]
 pub struct ModelsPane {
@@ -24,13 +24,20 @@ pub struct ModelsPane {
     /// Folders or files the user added with `a` (kept in the session).
     pub added_dirs: Vec<PathBuf>,
     pub offset: std::cell::Cell<usize>,
+    /// How models are loaded (`p` cycles it; kept in the session); the RAM columns follow it.
+    pub precision: Precision,
 }
 
-/// The engine key of a model with an optional adapter.
-pub fn slot_key(spec: &str, adapter: Option<&Path>) -> String {
-    match adapter {
+/// The engine key of a model with an optional adapter, loaded at `precision` (f32 keys
+/// carry no suffix, so a model can be loaded in f32 and bf16 side by side).
+pub fn slot_key(spec: &str, adapter: Option<&Path>, precision: Precision) -> String {
+    let key = match adapter {
         Some(a) => format!("{spec} + {}", a.display()),
         None => spec.to_string(),
+    };
+    match precision {
+        Precision::F32 => key,
+        p => format!("{key} [{}]", p.name()),
     }
 }
 
@@ -48,6 +55,14 @@ impl App {
     }
 
     pub fn rescan_models(&mut self) {
+        if let Some(p) = self
+            .tui_settings()
+            .get("load_precision")
+            .and_then(|v| v.as_str())
+            .and_then(Precision::parse)
+        {
+            self.models.precision = p;
+        }
         if self.models.added_dirs.is_empty() {
             if let Some(serde_json::Value::Array(a)) = self.tui_settings().get("model_dirs") {
                 self.models.added_dirs = a
@@ -74,7 +89,8 @@ impl App {
 
     /// Asks the engine to load `spec` (with an adapter) unless it is loaded or loading.
     pub fn load_model(&mut self, spec: String, adapter: Option<PathBuf>, out: &mut Vec<Action>) {
-        let key = slot_key(&spec, adapter.as_deref());
+        let precision = self.models.precision;
+        let key = slot_key(&spec, adapter.as_deref(), precision);
         if self.slots.iter().any(|s| s.key == key) {
             self.info(format!(
                 "{} is already loaded",
@@ -82,7 +98,10 @@ impl App {
             ));
             return;
         }
-        let name = super::app::spec_name(&spec);
+        let name = match precision {
+            Precision::F32 => super::app::spec_name(&spec),
+            p => format!("{} ({})", super::app::spec_name(&spec), p.name()),
+        };
         self.slots.push(super::app::Slot {
             key: key.clone(),
             spec: spec.clone(),
@@ -90,7 +109,7 @@ impl App {
             name: name.clone(),
             state: SlotState::Loading,
         });
-        let opts = LoadOptions::default();
+        let opts = precision.options();
         out.push(Action::Engine(Command::Load {
             key,
             spec,
@@ -127,6 +146,13 @@ impl App {
             _ if keys::is_up(key) => self.models.selected = self.models.selected.saturating_sub(1),
             _ => match plain(key) {
                 Some('u') => self.unload_selected(out),
+                Some('p') => {
+                    self.models.precision = self.models.precision.next();
+                    self.info(strings::precision_note(self.models.precision));
+                    let name = self.models.precision.name();
+                    self.set_tui_setting("load_precision", serde_json::json!(name));
+                    self.save_session();
+                }
                 Some('L') => self.pick_adapter(),
                 Some('a') => {
                     self.open_input(strings::ADD_PATH_TITLE, "", InputPurpose::AddModelPath)
@@ -302,10 +328,11 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
     let [top, bottom] =
         Layout::vertical([Constraint::Min(5), Constraint::Length(detail_h)]).areas(area);
     let title = format!(
-        "{} ({} found, {} loaded)",
+        "{} ({} found, {} loaded) · loads as {}",
         strings::MODELS_TITLE,
         list.len(),
-        app.ready_slots().count()
+        app.ready_slots().count(),
+        app.models.precision.name()
     );
     let block = theme::block(title, true);
     if list.is_empty() {
@@ -394,7 +421,7 @@ fn draw_table(f: &mut Frame, area: Rect, app: &App, block: ratatui::widgets::Blo
             } else {
                 m.name.clone()
             };
-            let (inf, lora, full) = discover::ram_estimates(m);
+            let (inf, lora, full) = discover::ram_estimates(m, app.models.precision);
             let mut cells = vec![
                 Cell::from(mark),
                 Cell::from(Span::styled(
@@ -411,7 +438,10 @@ fn draw_table(f: &mut Frame, area: Rect, app: &App, block: ratatui::widgets::Blo
             cells.push(Cell::from(human_count(m.parameters)));
             cells.push(Cell::from(human_bytes(m.disk_bytes)));
             cells.push(ram_cell(inf, total));
-            cells.push(ram_cell(lora, total));
+            cells.push(match lora {
+                Some(b) => ram_cell(b, total),
+                None => Cell::from(Span::styled("dense", theme::dim())),
+            });
             cells.push(ram_cell(full, total));
             let row = Row::new(cells);
             if i == sel {

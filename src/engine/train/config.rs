@@ -82,10 +82,18 @@ pub struct TrainConfig {
     /// 0 turns the cache off. Default: a quarter of the available memory, at most 8 GiB.
     #[serde(default)]
     pub frozen_cache_mib: Option<usize>,
+    /// The frozen base weights' dtype: `f32`, or `bf16` (LoRA only; LoRA weights, gradients
+    /// and optimizer state stay f32).
+    #[serde(default = "f32_name")]
+    pub dtype: String,
 }
 
 pub(super) fn yes() -> bool {
     true
+}
+
+pub fn f32_name() -> String {
+    "f32".into()
 }
 
 impl Default for TrainConfig {
@@ -124,6 +132,7 @@ impl Default for TrainConfig {
             anonymize_speakers: false,
             time_budget_s: None,
             frozen_cache_mib: None,
+            dtype: f32_name(),
         }
     }
 }

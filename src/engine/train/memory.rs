@@ -151,7 +151,9 @@ pub fn estimate_mib(
     // this bound)
     let per_layer = b * s * (h * 22.0 + im * 5.0);
     let acts = per_layer * cfg_m.num_hidden_layers as f64;
-    let bytes = p * 4.0 + trainable_params as f64 * 4.0 * 4.0 + acts * 4.0 + 600.0 * 1048576.0;
+    let weight_bytes = if tc.dtype == "bf16" { 2.0 } else { 4.0 };
+    let bytes =
+        p * weight_bytes + trainable_params as f64 * 4.0 * 4.0 + acts * 4.0 + 600.0 * 1048576.0;
     bytes / 1048576.0
 }
 

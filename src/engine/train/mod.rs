@@ -46,8 +46,8 @@ pub use budget::{
 };
 pub use checkpoint::latest_checkpoint;
 pub use config::{
-    Calibration, Schedule, StepMetrics, TrainConfig, TrainControl, TrainEvent, TrainSummary,
-    BUDGET_EVALS,
+    f32_name, Calibration, Schedule, StepMetrics, TrainConfig, TrainControl, TrainEvent,
+    TrainSummary, BUDGET_EVALS,
 };
 pub use frozen::{CacheStats, FrozenCache, Set};
 pub use load::load_examples;
@@ -65,7 +65,13 @@ pub fn train(
     control: &TrainControl,
     on_event: &mut dyn FnMut(TrainEvent),
 ) -> Result<TrainSummary> {
-    let lm = model::load(&tc.model, LoadOptions::default())?;
+    let lm = model::load(
+        &tc.model,
+        LoadOptions {
+            dtype: model::loader::parse_dtype(&tc.dtype)?,
+            ..Default::default()
+        },
+    )?;
     train_loaded(lm, tc, control, on_event)
 }
 

@@ -25,6 +25,9 @@ pub(super) struct Trainable {
 
 /// Makes every weight of the model a Var (full fine-tuning).
 pub(super) fn make_all_trainable(model: &mut Qwen2) -> Result<Trainable> {
+    if model.weight_dtype != model.dtype {
+        bail!("full fine-tuning trains every weight in f32: load the model in f32, or use LoRA");
+    }
     let mut names = Vec::new();
     let mut vars = Vec::new();
     let mut var_of = |name: String, t: &mut Tensor| -> Result<()> {

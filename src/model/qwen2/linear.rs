@@ -3,6 +3,7 @@
 
 #[allow(unused_imports)]
 use super::*;
+use crate::model::kernels;
 
 /// Which kernels the forward uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,8 +107,8 @@ impl Linear {
         {
             if !w.is_variable()
                 && self.bias.as_ref().is_none_or(|b| !b.is_variable())
-                && matches!(x2.dtype(), DType::F32 | DType::F64)
-                && w.dtype() == x2.dtype()
+                && (matches!(x2.dtype(), DType::F32 | DType::F64) && w.dtype() == x2.dtype()
+                    || kernels::linear::handles(x2.dtype(), w.dtype()))
             {
                 let op = LoraLinear {
                     w: w.clone(),
@@ -123,6 +124,7 @@ impl Linear {
                 return Ok(lora_linear(&x2, &l.a, &l.b, op)?.reshape(out_dims)?);
             }
         }
+        let mut bias = self.bias.as_ref();
         let mut y = match &self.weight {
             // Training over a frozen weight: only the input's gradient is needed.
             LinearWeight::Dense(w)
@@ -132,15 +134,32 @@ impl Linear {
             {
                 x2.apply_op1_arc(std::sync::Arc::new(Box::new(FrozenMatmul { w: w.clone() })))?
             }
+            // Inference: the kernels add the bias themselves.
+            LinearWeight::Dense(w) if !mode.is_train() => {
+                kernels::linear::forward(&x2, w, bias.take())?
+            }
             LinearWeight::Dense(w) => x2.matmul(&w.t()?)?,
             // Many rows (a prefill, a scoring batch): dequantizing this layer's weight once and
             // using the f32 matmul beats the quantized kernels, which shine at one row (decode).
             LinearWeight::Quant(QMatMul::QTensor(q)) if rows >= QUANT_DEQUANT_ROWS => {
-                x2.matmul(&q.dequantize(x2.device())?.t()?)?
+                let w = match kernels::quant::dequantize(q)? {
+                    Some(w) => w,
+                    None => q.dequantize(x2.device())?,
+                };
+                kernels::linear::forward(&x2.to_dtype(DType::F32)?, &w, None)?
+                    .to_dtype(x2.dtype())?
+            }
+            LinearWeight::Quant(QMatMul::QTensor(q)) if x2.dtype() == DType::F32 => {
+                let xs = x2.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+                let mut y = vec![0f32; rows * self.out_features];
+                match kernels::quant::gemv(&xs, rows, q, &mut y)? {
+                    Some(()) => Tensor::from_vec(y, (rows, self.out_features), x2.device())?,
+                    None => QMatMul::QTensor(q.clone()).forward(&x2)?,
+                }
             }
             LinearWeight::Quant(q) => q.forward(&x2)?,
         };
-        if let Some(b) = &self.bias {
+        if let Some(b) = bias {
             y = y.broadcast_add(b)?;
         }
         if let Some(l) = &self.lora {
@@ -204,12 +223,15 @@ impl candle_core::CustomOp1 for FrozenMatmul {
         let (start, end) = layout.contiguous_offsets().ok_or_else(|| {
             candle_core::Error::Msg("frozen-matmul: input must be contiguous".into())
         })?;
-        let x = match storage {
-            candle_core::CpuStorage::F32(v) => {
-                Tensor::from_slice(&v[start..end], layout.shape(), &Device::Cpu)?
-            }
+        let y = match storage {
+            candle_core::CpuStorage::F32(v) => kernels::linear::forward(
+                &Tensor::from_slice(&v[start..end], layout.shape(), &Device::Cpu)?,
+                &self.w,
+                None,
+            )?,
             candle_core::CpuStorage::F64(v) => {
                 Tensor::from_slice(&v[start..end], layout.shape(), &Device::Cpu)?
+                    .matmul(&self.w.t()?)?
             }
             _ => {
                 return Err(candle_core::Error::Msg(
@@ -217,7 +239,6 @@ impl candle_core::CustomOp1 for FrozenMatmul {
                 ))
             }
         };
-        let y = x.matmul(&self.w.t()?)?;
         let shape = y.shape().clone();
         let (st, l) = y.storage_and_layout();
         match (&*st, l.contiguous_offsets()) {
@@ -234,7 +255,7 @@ impl candle_core::CustomOp1 for FrozenMatmul {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<Option<Tensor>> {
-        Ok(Some(grad.matmul(&self.w)?))
+        Ok(Some(kernels::linear::backward_input(grad, &self.w)?))
     }
 }
 

@@ -54,7 +54,10 @@ pub struct Qwen2 {
     /// lm_head shares its weight with embed_tokens
     pub tied: bool,
     rope: Rope,
+    /// The activations' dtype: f32 (f64 in gradient checks), also for a bf16 model.
     pub dtype: DType,
+    /// The dtype of the frozen weights (linear layers, embeddings): f32, bf16 or f64.
+    pub weight_dtype: DType,
     pub device: Device,
 }
 
@@ -80,10 +83,16 @@ impl Qwen2 {
         let h = cfg.hidden_size;
         let kvd = cfg.kv_heads() * cfg.head_dim();
         let im = cfg.intermediate_size;
+        // A bf16 model keeps its big weights in bf16 and computes in f32: norms and biases
+        // (small) are kept in the activations' dtype.
+        let act = compute_dtype(dtype);
+        let small = |name: &str, shape: &[usize]| -> Result<Tensor> {
+            Ok(src.dense(name, shape)?.to_dtype(act)?)
+        };
         let linear = |name: &str, out: usize, inp: usize, bias: bool| -> Result<Linear> {
             let w = src.linear(&format!("{name}.weight"), &[out, inp])?;
             let b = if bias {
-                Some(src.dense(&format!("{name}.bias"), &[out])?)
+                Some(small(&format!("{name}.bias"), &[out])?)
             } else {
                 None
             };
@@ -110,12 +119,14 @@ impl Qwen2 {
             layers.push(Layer {
                 attn,
                 mlp,
-                input_layernorm: src.dense(&format!("{p}.input_layernorm.weight"), &[h])?,
-                post_attention_layernorm: src
-                    .dense(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
+                input_layernorm: small(&format!("{p}.input_layernorm.weight"), &[h])?,
+                post_attention_layernorm: small(
+                    &format!("{p}.post_attention_layernorm.weight"),
+                    &[h],
+                )?,
             });
         }
-        let norm = src.dense("model.norm.weight", &[h])?;
+        let norm = small("model.norm.weight", &[h])?;
         let tied = cfg.tie_word_embeddings || !src.has("lm_head.weight");
         let lm_head = if tied {
             Linear::new(
@@ -127,7 +138,7 @@ impl Qwen2 {
         } else {
             linear("lm_head", cfg.vocab_size, h, false)?
         };
-        let rope = Rope::new(cfg, dtype, device)?;
+        let rope = Rope::new(cfg, act, device)?;
         Ok(Self {
             cfg: cfg.clone(),
             embed_tokens,
@@ -136,7 +147,8 @@ impl Qwen2 {
             lm_head,
             tied,
             rope,
-            dtype,
+            dtype: act,
+            weight_dtype: dtype,
             device: device.clone(),
         })
     }
@@ -318,7 +330,8 @@ impl Qwen2 {
                 let x = self
                     .embed_tokens
                     .index_select(&ids.flatten_all()?, 0)?
-                    .reshape((b, s, ()))?;
+                    .reshape((b, s, ()))?
+                    .to_dtype(self.dtype)?;
                 (x, 0)
             }
             Start::Hidden { x, layer } => (x.clone(), layer),

@@ -1,0 +1,256 @@
+//! A frozen linear layer's products: which kernel `x · Wᵀ + bias` (forward) and `dy · W`
+//! (the input's gradient) go to.
+//!
+//! x and dy are f32; W is the layer's weight (out, in) in f32 or bf16. Few rows (decode,
+//! short batches) go to the streaming gemv; many rows to the bf16 matmul for a bf16 weight,
+//! else to `mm` (the `gemm` crate). Anything else (f64 gradient checks, other devices) is
+//! left to Candle.
+
+use candle_core::{CpuStorage, DType, Device, Layout, Storage, Tensor};
+use half::bf16;
+
+use super::gemm_bf16::{self, Orient};
+use super::gemv::{gemv, Weights};
+use super::sgemm::{mm, parallelism_for};
+use super::{level, Level};
+
+/// Up to this many rows of x, the gemv (one pass over the weights) beats a blocked matmul.
+pub fn gemv_max_rows(w: DType) -> usize {
+    match w {
+        DType::BF16 => 16,
+        _ => 8,
+    }
+}
+
+/// Which kernel a product of `rows` rows with a `w`-typed weight runs on, at `level`.
+pub fn path_name(rows: usize, w: DType, level: Level) -> String {
+    let f32_mm = if level == Level::Portable {
+        "portable matmul"
+    } else {
+        "gemm crate"
+    };
+    if rows <= gemv_max_rows(w) {
+        format!("gemv-{} ({w:?} W)", level.name())
+    } else if w == DType::BF16 && level >= Level::Avx512Bf16 {
+        "bf16 matmul (vdpbf16ps)".to_string()
+    } else if w == DType::BF16 {
+        format!("bf16 widened to f32, {f32_mm}")
+    } else {
+        format!("{f32_mm} ({w:?})")
+    }
+}
+
+/// `y (rows × n) = x (rows × k) · Wᵀ + bias`, W (n × k), at the current level.
+pub fn xwt(
+    x: &[f32],
+    rows: usize,
+    k: usize,
+    w: Weights<'_>,
+    n: usize,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+) {
+    let lv = level();
+    match w {
+        Weights::F32(_) if rows <= gemv_max_rows(DType::F32) => gemv(lv, x, rows, k, w, n, bias, y),
+        Weights::Bf16(_) if rows <= gemv_max_rows(DType::BF16) => {
+            gemv(lv, x, rows, k, w, n, bias, y)
+        }
+        Weights::Bf16(wb) => gemm_bf16::matmul(lv, x, rows, k, wb, Orient::Transposed, n, bias, y),
+        Weights::F32(wf) => {
+            let y = &mut y[..rows * n];
+            match bias {
+                Some(b) => y.chunks_mut(n).for_each(|r| r.copy_from_slice(&b[..n])),
+                None => y.fill(0.0),
+            }
+            mm(
+                rows,
+                n,
+                k,
+                y,
+                n,
+                true,
+                x,
+                (1, k),
+                wf,
+                (k, 1),
+                1.0,
+                parallelism_for(rows, n, k),
+            )
+        }
+    }
+}
+
+/// `dx (rows × k) = dy (rows × n) · W`, W (n × k), at the current level.
+pub fn dyw(dy: &[f32], rows: usize, n: usize, w: Weights<'_>, k: usize, dx: &mut [f32]) {
+    match w {
+        Weights::Bf16(wb) => {
+            gemm_bf16::matmul(level(), dy, rows, n, wb, Orient::Plain, k, None, dx)
+        }
+        Weights::F32(wf) => mm(
+            rows,
+            k,
+            n,
+            dx,
+            k,
+            false,
+            dy,
+            (1, n),
+            wf,
+            (1, k),
+            1.0,
+            parallelism_for(rows, k, n),
+        ),
+    }
+}
+
+fn slice<'a, T: candle_core::WithDType>(
+    s: &'a Storage,
+    l: &Layout,
+    f: impl Fn(&CpuStorage) -> Option<&[T]>,
+) -> Option<&'a [T]> {
+    let (a, b) = l.contiguous_offsets()?;
+    match s {
+        Storage::Cpu(c) => f(c).map(|v| &v[a..b]),
+        _ => None,
+    }
+}
+
+fn f32s<'a>(s: &'a Storage, l: &Layout) -> Option<&'a [f32]> {
+    slice(s, l, |c| match c {
+        CpuStorage::F32(v) => Some(v.as_slice()),
+        _ => None,
+    })
+}
+
+/// Runs `f` on the elements of a contiguous CPU weight in f32 or bf16; None otherwise.
+pub fn with_weights<R>(w: &Tensor, f: impl FnOnce(Weights<'_>) -> R) -> Option<R> {
+    let (s, l) = w.storage_and_layout();
+    let wv = match w.dtype() {
+        DType::F32 => f32s(&s, l).map(Weights::F32),
+        DType::BF16 => slice::<bf16>(&s, l, |c| match c {
+            CpuStorage::BF16(v) => Some(v.as_slice()),
+            _ => None,
+        })
+        .map(Weights::Bf16),
+        _ => None,
+    }?;
+    Some(f(wv))
+}
+
+/// Whether the kernels here take an x of `x` dtype with a weight of `w` dtype.
+pub fn handles(x: DType, w: DType) -> bool {
+    x == DType::F32 && matches!(w, DType::F32 | DType::BF16)
+}
+
+/// `x (rows, in) · w (out, in)ᵀ + bias`, on the kernel that suits it (see the module docs).
+/// An f32 x with a bf16 w gives f32.
+pub fn forward(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> candle_core::Result<Tensor> {
+    let (rows, k) = x.dims2()?;
+    let (n, kw) = w.dims2()?;
+    if kw == k
+        && handles(x.dtype(), w.dtype())
+        && matches!(x.device(), Device::Cpu)
+        && bias.is_none_or(|b| b.dtype() == DType::F32 && b.dims() == [n])
+    {
+        let (x, w) = (x.contiguous()?, w.contiguous()?);
+        let bias = bias.map(|b| b.contiguous()).transpose()?;
+        let (xs, xl) = x.storage_and_layout();
+        let bias_g = bias.as_ref().map(|b| b.storage_and_layout());
+        let xv = f32s(&xs, xl);
+        let bv = bias_g.as_ref().map(|(g, l)| f32s(g, l));
+        if let (Some(xv), None | Some(Some(_))) = (xv, &bv) {
+            let bv = bv.flatten();
+            let mut y = vec![0f32; rows * n];
+            if with_weights(&w, |wv| xwt(xv, rows, k, wv, n, bv, &mut y)).is_some() {
+                return Tensor::from_vec(y, (rows, n), &Device::Cpu);
+            }
+        }
+    }
+    let y = if x.dtype() == w.dtype() {
+        x.matmul(&w.t()?)?
+    } else {
+        x.to_dtype(w.dtype())?
+            .matmul(&w.t()?)?
+            .to_dtype(x.dtype())?
+    };
+    match bias {
+        Some(b) => y.broadcast_add(&b.to_dtype(y.dtype())?),
+        None => Ok(y),
+    }
+}
+
+/// `dy (rows, out) · w (out, in)`: the input's gradient through a frozen weight, in dy's
+/// dtype.
+pub fn backward_input(dy: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
+    let (rows, n) = dy.dims2()?;
+    let (nw, k) = w.dims2()?;
+    if nw == n && handles(dy.dtype(), w.dtype()) && matches!(dy.device(), Device::Cpu) {
+        let (dy, w) = (dy.contiguous()?, w.contiguous()?);
+        let (ds, dl) = dy.storage_and_layout();
+        if let Some(dv) = f32s(&ds, dl) {
+            let mut dx = vec![0f32; rows * k];
+            if with_weights(&w, |wv| dyw(dv, rows, n, wv, k, &mut dx)).is_some() {
+                return Tensor::from_vec(dx, (rows, k), &Device::Cpu);
+            }
+        }
+    }
+    if dy.dtype() == w.dtype() {
+        dy.matmul(w)
+    } else {
+        dy.matmul(&w.to_dtype(dy.dtype())?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{available, with_level};
+    use super::*;
+
+    /// The tensor entry points on every level, both weight dtypes, rows on both sides of the
+    /// gemv threshold, against Candle's f64 matmul of the same values. The bound covers
+    /// the bf16 matmul rounding x to bf16 (relative 2⁻⁸ per term, ~0.4% of Σ|x·w|) on the
+    /// levels that have it, and f32 accumulation elsewhere.
+    #[test]
+    fn forward_and_backward_match_candle_on_every_level() -> candle_core::Result<()> {
+        let dev = Device::Cpu;
+        let (k, n) = (70, 45);
+        for rows in [1, 5, 16, 17, 40] {
+            let x = Tensor::randn(0f32, 1.0, (rows, k), &dev)?;
+            let dy = Tensor::randn(0f32, 1.0, (rows, n), &dev)?;
+            let bias = Tensor::randn(0f32, 1.0, n, &dev)?;
+            for wdt in [DType::F32, DType::BF16] {
+                let w = Tensor::randn(0f32, 1.0, (n, k), &dev)?.to_dtype(wdt)?;
+                let w64 = w.to_dtype(DType::F64)?;
+                let want_y = x
+                    .to_dtype(DType::F64)?
+                    .matmul(&w64.t()?)?
+                    .broadcast_add(&bias.to_dtype(DType::F64)?)?;
+                let want_dx = dy.to_dtype(DType::F64)?.matmul(&w64)?;
+                // Σ|x·w| per output: the scale of the rounding error
+                let mag_y = x.abs()?.to_dtype(DType::F64)?.matmul(&w64.abs()?.t()?)?;
+                let mag_dx = dy.abs()?.to_dtype(DType::F64)?.matmul(&w64.abs()?)?;
+                for l in available() {
+                    let (y, dx) = with_level(l, || -> candle_core::Result<_> {
+                        Ok((forward(&x, &w, Some(&bias))?, backward_input(&dy, &w)?))
+                    })?;
+                    // the bf16 matmul (not the gemv) rounds x or dy to bf16
+                    let bf = wdt == DType::BF16 && l >= Level::Avx512Bf16;
+                    let rel = |rounds: bool| if bf && rounds { 1.0 / 128.0 } else { 1e-5 };
+                    for (got, want, mag, r) in [
+                        (&y, &want_y, &mag_y, rel(rows > 16)),
+                        (&dx, &want_dx, &mag_dx, rel(true)),
+                    ] {
+                        assert_eq!(got.dtype(), DType::F32);
+                        let err = (got.to_dtype(DType::F64)? - want)?.abs()?;
+                        let bound = ((mag * r)? + 1e-5)?;
+                        let over = err.gt(&bound)?.to_dtype(DType::F64)?.sum_all()?;
+                        let over = over.to_scalar::<f64>()?;
+                        assert_eq!(over, 0.0, "{l:?} {wdt:?} rows {rows}");
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
