@@ -3,6 +3,7 @@
 //! event channels.
 
 pub mod eval;
+pub mod gate;
 pub mod generate;
 pub mod monitor;
 pub mod stream_eval;

@@ -131,11 +131,13 @@ impl Default for TrainConfig {
 /// Validation passes a time-budgeted run makes unless `eval_every` says otherwise.
 pub const BUDGET_EVALS: usize = 4;
 
-/// Pause and stop, set from any thread, read between steps.
+/// Pause and stop, set from any thread, read between steps; and the engine's priority gate,
+/// waited on before every micro-batch and validation batch (interactive work first).
 #[derive(Debug, Default)]
 pub struct TrainControl {
     pub pause: AtomicBool,
     pub stop: AtomicBool,
+    pub gate: std::sync::Arc<crate::engine::gate::PriorityGate>,
 }
 
 /// One optimizer step's figures.
