@@ -11,6 +11,7 @@
 
 pub mod app;
 pub mod data;
+pub mod engine;
 pub mod eval;
 pub mod fixtures;
 pub mod keys;
