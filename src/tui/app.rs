@@ -60,7 +60,10 @@ impl Tab {
 #[derive(Debug)]
 pub enum Action {
     Engine(Command),
+    /// Cancel the worker's commands (probes, scores, monitored turns, a download).
     Cancel,
+    /// Cancel the evaluation running beside the worker.
+    CancelEvaluation,
     PauseTraining,
     ResumeTraining,
     StopTraining,
@@ -206,7 +209,12 @@ pub struct App {
     cfg_ok: bool,
     pub opts: AppOptions,
     pub tab: Tab,
+    /// What the engine's worker does.
     pub engine_state: EngineState,
+    /// A training run (or recipe search) goes on in the engine, beside the worker.
+    pub engine_training: bool,
+    /// An evaluation goes on in the engine, beside the worker.
+    pub engine_evaluating: bool,
     pub busy_since: Option<Instant>,
     pub slots: Vec<Slot>,
     pub models: ModelsPane,
@@ -272,6 +280,8 @@ impl App {
             opts,
             tab: Tab::Models,
             engine_state: EngineState::Idle,
+            engine_training: false,
+            engine_evaluating: false,
             busy_since: None,
             slots: Vec::new(),
             models: ModelsPane::default(),
@@ -727,7 +737,7 @@ impl App {
             self.rss_mib = r;
             self.last_rss = Some(now);
         }
-        let busy = self.engine_busy() || self.slots.iter().any(|s| !s.is_ready());
+        let busy = self.engine_working() || self.slots.iter().any(|s| !s.is_ready());
         if busy {
             let frame = (now.duration_since(self.started).as_millis() / 120) as usize;
             if frame != self.spinner {

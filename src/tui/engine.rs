@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use super::app::{Action, App, Level, Slot, SlotState};
-use crate::engine::{Command, EngineState, Event, Subject};
+use crate::engine::{BackgroundJob, Command, EngineState, Event, Subject};
 
 /// An engine command in flight.
 #[derive(Debug, Clone)]
@@ -13,19 +13,27 @@ pub(super) enum Sent {
     Generate(u64),
     Score(u64),
     Monitor(u64),
-    Train,
-    Evaluate,
     Load(String),
     Other,
 }
 
 impl App {
+    /// Whether the engine's worker is busy with a command (a load, a probe, a score, a
+    /// monitored turn, a download): a command sent now waits for it. Background runs
+    /// (training, evaluation) do not make it busy.
     pub fn engine_busy(&self) -> bool {
         !matches!(self.engine_state, EngineState::Idle | EngineState::Stopped)
     }
 
-    /// Notes the engine commands sent, in order: the engine runs them one after the other
-    /// and reports `State(Idle)` after each, which tells which one ended.
+    /// Whether anything runs in the engine: its worker or a background run.
+    pub fn engine_working(&self) -> bool {
+        self.engine_busy() || self.engine_training || self.engine_evaluating
+    }
+
+    /// Notes the engine commands sent, in order: the worker takes them one after the other
+    /// and reports `State(Idle)` after each, which tells which one ended. A training run or
+    /// an evaluation ends there as a command once its thread has started (or it was
+    /// refused); its own end is `Event::Background`.
     pub(super) fn track(&mut self, out: &[Action]) {
         for a in out {
             if let Action::Engine(c) = a {
@@ -34,8 +42,6 @@ impl App {
                     Command::Score { request, .. } => Sent::Score(*request),
                     Command::MonitorTurn { request, .. }
                     | Command::MonitorExplain { request, .. } => Sent::Monitor(*request),
-                    Command::Train(_) | Command::Tune { .. } => Sent::Train,
-                    Command::Evaluate(_) => Sent::Evaluate,
                     Command::Load { key, .. } => Sent::Load(key.clone()),
                     _ => Sent::Other,
                 });
@@ -56,12 +62,6 @@ impl App {
                 }
             }
             Sent::Monitor(r) => self.monitor_request_ended(r),
-            Sent::Train => {
-                if self.train.live.active {
-                    self.train_on_error("the run ended without a summary");
-                }
-            }
-            Sent::Evaluate => self.eval.running = false,
             Sent::Load(key) => self.slots.retain(|s| s.key != key || s.is_ready()),
             Sent::Other => {}
         }
@@ -72,23 +72,27 @@ impl App {
         self.sent.len()
     }
 
-    /// Esc / x: cancel what the engine does now.
+    /// Esc / x: cancel what the engine does now: the worker's command first (a probe, a
+    /// score, a monitored turn, a download), else the training run (stopped after its step,
+    /// with a checkpoint), else the evaluation.
     pub fn cancel_work(&mut self, out: &mut Vec<Action>) {
         match self.engine_state {
-            EngineState::Idle => {
-                if self.slots.iter().any(|s| !s.is_ready()) {
-                    self.info("loading cannot be cancelled; it finishes in a moment");
-                }
-            }
-            EngineState::Training => {
-                out.push(Action::StopTraining);
-                self.train.stop_requested = true;
-                self.warn(
-                    "stopping training after this step (a checkpoint and the adapter are written)",
-                );
-            }
             EngineState::Loading => {
                 self.info("loading cannot be cancelled; it finishes in a moment")
+            }
+            EngineState::Idle | EngineState::Stopped => {
+                if self.engine_training {
+                    out.push(Action::StopTraining);
+                    self.train.stop_requested = true;
+                    self.warn(
+                        "stopping training after this step (a checkpoint and the adapter are written)",
+                    );
+                } else if self.engine_evaluating {
+                    out.push(Action::CancelEvaluation);
+                    self.warn("cancelling the evaluation…");
+                } else if self.slots.iter().any(|s| !s.is_ready()) {
+                    self.info("loading cannot be cancelled; it finishes in a moment");
+                }
             }
             _ => {
                 out.push(Action::Cancel);
@@ -157,6 +161,16 @@ impl App {
                 key,
                 probabilities,
             } => self.data_on_scored(request, &key, probabilities),
+            Event::Background { job, running } => self.on_background(job, running),
+            Event::Refused { subject, reason } => {
+                let why = reason.to_string();
+                match subject {
+                    Subject::Train => self.train_on_error(&why),
+                    Subject::Eval => self.eval_on_error(&why),
+                    _ => {}
+                }
+                self.error(format!("{subject}: {why}"));
+            }
             Event::Train(e) => self.train_on_event(e),
             Event::EvalProgress { model, done, total } => self.eval_on_progress(model, done, total),
             Event::EvalDone(results) => self.eval_on_done(results),
@@ -181,6 +195,24 @@ impl App {
                 explanation,
             } => self.monitor_on_explained(request, &key, explanation),
             Event::Error { subject, message } => self.on_engine_error(subject, message),
+        }
+    }
+
+    /// A training run or an evaluation started or ended in the background.
+    fn on_background(&mut self, job: BackgroundJob, running: bool) {
+        match job {
+            BackgroundJob::Train => {
+                self.engine_training = running;
+                if !running && self.train.live.active {
+                    self.train_on_error("the run ended without a summary");
+                }
+            }
+            BackgroundJob::Eval => {
+                self.engine_evaluating = running;
+                if !running {
+                    self.eval.running = false;
+                }
+            }
         }
     }
 
@@ -218,42 +250,51 @@ impl App {
         const SPIN: [char; 8] = ['⠋', '⠙', '⠹', '⠸', '⠼', '⠴', '⠦', '⠧'];
         let spin = SPIN[self.spinner % SPIN.len()];
         let loading = self.slots.iter().filter(|s| !s.is_ready()).count();
-        match self.engine_state {
-            EngineState::Idle if loading > 0 => (format!("{spin} loading"), Level::Warn),
-            EngineState::Idle => ("● idle".into(), Level::Ok),
-            EngineState::Stopped => (
-                "✖ engine stopped: quit and start again".into(),
-                Level::Error,
-            ),
-            EngineState::Loading => (format!("{spin} loading"), Level::Warn),
-            EngineState::Generating => (format!("{spin} generating"), Level::Warn),
-            EngineState::Scoring => (format!("{spin} scoring"), Level::Warn),
-            EngineState::Monitoring => (format!("{spin} monitoring"), Level::Warn),
-            EngineState::Downloading => (format!("{spin} downloading"), Level::Warn),
-            EngineState::Training => {
-                let t = &self.train;
-                let step = t
-                    .live
-                    .metrics
-                    .last()
-                    .map(|m| m.step)
-                    .unwrap_or(t.live.start_step);
-                let mut s = if t.live.paused {
-                    format!("⏸ paused at step {step}/{}", t.live.total_steps)
-                } else {
-                    format!("{spin} training step {step}/{}", t.live.total_steps)
-                };
-                if let Some(m) = t.live.metrics.last() {
-                    if !t.live.paused {
-                        s.push_str(&format!(" · ETA {}", super::widgets::human_secs(m.eta_s)));
-                    }
+        let worker = match self.engine_state {
+            EngineState::Idle if loading > 0 => Some(format!("{spin} loading")),
+            EngineState::Idle => None,
+            EngineState::Stopped => {
+                return (
+                    "✖ engine stopped: quit and start again".into(),
+                    Level::Error,
+                )
+            }
+            EngineState::Loading => Some(format!("{spin} loading")),
+            EngineState::Generating => Some(format!("{spin} generating")),
+            EngineState::Scoring => Some(format!("{spin} scoring")),
+            EngineState::Monitoring => Some(format!("{spin} monitoring")),
+            EngineState::Downloading => Some(format!("{spin} downloading")),
+        };
+        // the worker's command first, then the background runs
+        let mut parts: Vec<String> = worker.into_iter().collect();
+        if self.engine_training {
+            let t = &self.train;
+            let step = t
+                .live
+                .metrics
+                .last()
+                .map(|m| m.step)
+                .unwrap_or(t.live.start_step);
+            let mut s = if t.live.paused {
+                format!("⏸ paused at step {step}/{}", t.live.total_steps)
+            } else {
+                format!("{spin} training step {step}/{}", t.live.total_steps)
+            };
+            if let Some(m) = t.live.metrics.last() {
+                if !t.live.paused {
+                    s.push_str(&format!(" · ETA {}", super::widgets::human_secs(m.eta_s)));
                 }
-                (s, Level::Warn)
             }
-            EngineState::Evaluating => {
-                let p = &self.eval.progress;
-                (format!("{spin} evaluating {}/{}", p.1, p.2), Level::Warn)
-            }
+            parts.push(s);
+        }
+        if self.engine_evaluating {
+            let p = &self.eval.progress;
+            parts.push(format!("{spin} evaluating {}/{}", p.1, p.2));
+        }
+        if parts.is_empty() {
+            ("● idle".into(), Level::Ok)
+        } else {
+            (parts.join(" · "), Level::Warn)
         }
     }
 }

@@ -6,26 +6,44 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::Arc;
 
-use super::{Command, EngineState, Event, Job, LoadedInfo, RequestId, Subject};
-use crate::engine::eval::evaluate;
+use super::background::{Background, TrainJob};
+use super::{BackgroundJob, Command, EngineState, Event, Job, LoadedInfo, RequestId, Subject};
 use crate::engine::generate::{build_prompt, generate, Generation, SamplingParams};
 use crate::engine::monitor::{Monitor, MonitorConfig};
-use crate::engine::train::{train, TrainControl, TrainEvent};
-use crate::model::{self, LoadedModel};
+use crate::engine::train::TrainControl;
+use crate::model::{self, LoadOptions, LoadedModel};
 
 pub(super) struct Worker {
     pub(super) models: BTreeMap<String, LoadedModel>,
     /// the adapter each model was loaded with
     pub(super) adapters: BTreeMap<String, PathBuf>,
+    /// the spec and options each model was loaded with
+    pub(super) sources: BTreeMap<String, (String, LoadOptions)>,
     pub(super) monitors: BTreeMap<String, Monitor>,
     pub(super) events: SyncSender<Event>,
     /// the running command's cancel flag
     pub(super) cancel: Arc<AtomicBool>,
     pub(super) control: Arc<TrainControl>,
+    pub(super) training: Background,
+    pub(super) evaluation: Background,
 }
 
 impl Worker {
-    fn emit(&self, e: Event) {
+    pub(super) fn new(events: SyncSender<Event>, control: Arc<TrainControl>) -> Self {
+        Self {
+            models: BTreeMap::new(),
+            adapters: BTreeMap::new(),
+            sources: BTreeMap::new(),
+            monitors: BTreeMap::new(),
+            events,
+            cancel: Arc::new(AtomicBool::new(false)),
+            control,
+            training: Background::new(BackgroundJob::Train),
+            evaluation: Background::new(BackgroundJob::Eval),
+        }
+    }
+
+    pub(super) fn emit(&self, e: Event) {
         // Blocking send: the UI drains every frame. Drop only when the UI is gone.
         let _ = self.events.send(e);
     }
@@ -49,25 +67,30 @@ impl Worker {
             if matches!(job.cmd, Command::Shutdown) {
                 break;
             }
-            self.cancel = job.cancel;
-            let cmd = job.cmd;
+            let Job {
+                cmd,
+                cancel,
+                ticket,
+            } = job;
+            self.cancel = cancel;
             let subject = cmd.subject();
             let result =
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.handle(cmd)));
             if let Err(payload) = result {
                 // a bug: the command fails with it, and the worker goes on with its models
-                let what = payload
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| payload.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "unknown panic".into());
+                let what = panic_message(payload.as_ref());
                 self.emit(Event::Error {
                     subject,
                     message: format!("internal error ({what}); the engine goes on"),
                 });
             }
+            // the background runs may take the cores again
+            drop(ticket);
             self.emit(Event::State(EngineState::Idle));
         }
+        // a stopped run writes its checkpoint and adapter before the engine ends
+        self.training.join();
+        self.evaluation.join();
     }
 
     /// Emits the result of a request, or the error with its subject.
@@ -160,6 +183,7 @@ impl Worker {
                             load_s: lm.load_s,
                         };
                         self.models.insert(key.clone(), lm);
+                        self.sources.insert(key.clone(), (spec.clone(), opts));
                         self.monitors.remove(&key);
                         match adapter {
                             Some(a) => self.adapters.insert(key, a),
@@ -177,7 +201,9 @@ impl Worker {
                 }
             }
             Command::Unload { key } => {
+                // a background run sharing its weights keeps them until it ends
                 self.models.remove(&key);
+                self.sources.remove(&key);
                 self.monitors.remove(&key);
                 self.adapters.remove(&key);
                 self.emit(Event::Unloaded { key });
@@ -285,69 +311,9 @@ impl Worker {
                     }),
                 }
             }
-            Command::Train(cfg) => {
-                self.emit(Event::State(EngineState::Training));
-                self.control.stop.store(false, Ordering::SeqCst);
-                self.control.pause.store(false, Ordering::SeqCst);
-                let events = self.events.clone();
-                let r = train(&cfg, &self.control, &mut |e| {
-                    let _ = events.send(Event::Train(e));
-                });
-                if let Err(e) = r {
-                    self.emit(Event::Error {
-                        subject: Subject::Train,
-                        message: format!("{e:#}"),
-                    });
-                }
-            }
+            Command::Train(cfg) => self.start_training(TrainJob::Run(cfg)),
             Command::Tune { base, budget_s } => {
-                use crate::engine::train::tune::{tune, Grid, TuneEvent};
-                self.emit(Event::State(EngineState::Training));
-                self.control.stop.store(false, Ordering::SeqCst);
-                self.control.pause.store(false, Ordering::SeqCst);
-                let events = self.events.clone();
-                let send = |e: TrainEvent| {
-                    let _ = events.send(Event::Train(e));
-                };
-                let r =
-                    tune(
-                        &base,
-                        &Grid::default(),
-                        budget_s,
-                        3,
-                        &self.control,
-                        &mut |e| match e {
-                            TuneEvent::Train(e) => send(e),
-                            TuneEvent::TrialStarted {
-                                name,
-                                rung,
-                                index,
-                                of,
-                                budget_s,
-                            } => send(TrainEvent::Log(format!(
-                                "tune trial {index}/{of} (rung {rung}): {name} for {}",
-                                crate::fmt::human_secs(budget_s)
-                            ))),
-                            TuneEvent::TrialFinished(t) => send(TrainEvent::Log(format!(
-                                "tune trial {}: validation ROC-AUC {} F1 {}",
-                                t.name,
-                                t.val_auc.map(|a| format!("{a:.3}")).unwrap_or("–".into()),
-                                t.val_f1.map(|a| format!("{a:.3}")).unwrap_or("–".into())
-                            ))),
-                            TuneEvent::Finished(r) => send(TrainEvent::Log(format!(
-                            "tune: best recipe {} (validation ROC-AUC {}); its adapter is in {}",
-                            r.best.name,
-                            r.best.val_auc.map(|a| format!("{a:.3}")).unwrap_or("–".into()),
-                            r.adapter.display()
-                        ))),
-                        },
-                    );
-                if let Err(e) = r {
-                    self.emit(Event::Error {
-                        subject: Subject::Train,
-                        message: format!("{e:#}"),
-                    });
-                }
+                self.start_training(TrainJob::Tune { base, budget_s })
             }
             Command::Download { id } => {
                 self.emit(Event::State(EngineState::Downloading));
@@ -430,24 +396,16 @@ impl Worker {
                     explanation,
                 });
             }
-            Command::Evaluate(cfg) => {
-                self.emit(Event::State(EngineState::Evaluating));
-                let events = self.events.clone();
-                let r = evaluate(&cfg, &self.cancel, &mut |model, done, total| {
-                    let _ = events.try_send(Event::EvalProgress {
-                        model: model.to_string(),
-                        done,
-                        total,
-                    });
-                });
-                match r {
-                    Ok(res) => self.emit(Event::EvalDone(res)),
-                    Err(e) => self.emit(Event::Error {
-                        subject: Subject::Eval,
-                        message: format!("{e:#}"),
-                    }),
-                }
-            }
+            Command::Evaluate(cfg) => self.start_evaluation(*cfg),
         }
     }
+}
+
+/// What a caught panic said.
+pub(super) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
 }

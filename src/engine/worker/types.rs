@@ -60,6 +60,9 @@ pub enum Command {
         key: String,
         samples: Vec<crate::data::Sample>,
     },
+    /// A training run, on a thread of its own (one run or search at a time; another is
+    /// refused). It trains on the loaded model of the same spec when there is one in f32
+    /// dense weights, sharing them, and loads its own copy otherwise.
     Train(Box<TrainConfig>),
     /// A recipe search (`fraudlab tune`) over the default grid on the config's settings,
     /// within `budget_s`; its trials report as training runs, one after the other.
@@ -67,6 +70,8 @@ pub enum Command {
         base: Box<TrainConfig>,
         budget_s: f64,
     },
+    /// An evaluation, on a thread of its own (one at a time; another is refused), on the
+    /// loaded models it names where they were loaded as evaluation loads them.
     Evaluate(Box<EvalConfig>),
     /// Download a model by hub id into the Hugging Face cache.
     Download {
@@ -112,7 +117,33 @@ impl Command {
             _ => None,
         }
     }
+
+    /// Whether someone waits for this command now (a probe, a score, a monitored turn, a
+    /// load): background runs wait between their steps while such a command is pending.
+    pub fn is_interactive(&self) -> bool {
+        matches!(
+            self,
+            Self::Load { .. }
+                | Self::Generate { .. }
+                | Self::Chat { .. }
+                | Self::Score { .. }
+                | Self::MonitorTurn { .. }
+                | Self::MonitorExplain { .. }
+        )
+    }
+
+    /// The background run this command starts, if it starts one.
+    pub fn background(&self) -> Option<BackgroundJob> {
+        match self {
+            Self::Train(_) | Self::Tune { .. } => Some(BackgroundJob::Train),
+            Self::Evaluate(_) => Some(BackgroundJob::Eval),
+            _ => None,
+        }
+    }
 }
+
+/// What the worker thread (loads, generation, scoring, monitored turns, downloads) does;
+/// `Idle` after each of its commands. Background runs report [`Event::Background`] instead.
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EngineState {
@@ -120,8 +151,6 @@ pub enum EngineState {
     Loading,
     Generating,
     Scoring,
-    Training,
-    Evaluating,
     Downloading,
     Monitoring,
     /// The worker thread has ended (it should not: a panic in a command is caught and
@@ -129,9 +158,51 @@ pub enum EngineState {
     Stopped,
 }
 
+/// A run on a thread of its own, beside the worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BackgroundJob {
+    /// a training run or a recipe search
+    Train,
+    Eval,
+}
+
+/// Why a command was refused before anything of it ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Refusal {
+    /// a training run (or a recipe search) is going: one at a time
+    TrainingRunning,
+    /// an evaluation is going: one at a time
+    EvaluationRunning,
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::TrainingRunning => {
+                "a training run is already going; one at a time (stop it, or wait for its end)"
+            }
+            Self::EvaluationRunning => {
+                "an evaluation is already going; one at a time (cancel it, or wait for its end)"
+            }
+        })
+    }
+}
+
 #[derive(Debug, Clone)]
 pub enum Event {
+    /// What the worker thread does now.
     State(EngineState),
+    /// A background run started (`running`), or ended after its last event (its result or
+    /// its error), whatever the outcome.
+    Background {
+        job: BackgroundJob,
+        running: bool,
+    },
+    /// The command of `subject` was refused: nothing of it ran, and what runs goes on.
+    Refused {
+        subject: Subject,
+        reason: Refusal,
+    },
     Loaded(LoadedInfo),
     Unloaded {
         key: String,
