@@ -4,7 +4,7 @@
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use fraudlab::data::{Journal, Session};
 use fraudlab::engine::train::TrainEvent;
-use fraudlab::engine::{Command, EngineState, Event, Subject};
+use fraudlab::engine::{BackgroundJob, Command, EngineState, Event, Subject};
 use fraudlab::tui::app::{Modal, SlotState, Tab};
 use fraudlab::tui::{fixtures, Action, App, AppOptions};
 use std::path::{Path, PathBuf};
@@ -522,7 +522,10 @@ fn training_start_pause_stop_and_events() {
         press(&mut app, &[key('x')])[..],
         [Action::StopTraining]
     ));
-    app.on_engine_event(Event::State(EngineState::Training));
+    app.on_engine_event(Event::Background {
+        job: BackgroundJob::Train,
+        running: true,
+    });
     app.on_engine_event(Event::Train(TrainEvent::Started {
         run_dir: cfg.out_dir.clone(),
         total_steps: 2,

@@ -586,22 +586,43 @@ pub fn evaluate(
     cancel: &AtomicBool,
     progress: &mut dyn FnMut(&str, usize, usize),
 ) -> Result<Vec<EvalResult>> {
+    evaluate_with(cfg, cancel, progress, &mut |t| {
+        let lm = model::load(&t.model, target_load_options(cfg)?)?;
+        with_adapter(lm, t)
+    })
+}
+
+/// How [`evaluate`] loads its models (an unknown `dtype` is an error naming it).
+pub fn target_load_options(cfg: &EvalConfig) -> Result<LoadOptions> {
+    Ok(LoadOptions {
+        quantized: cfg.quantized,
+        dtype: model::loader::parse_dtype(&cfg.dtype)?,
+    })
+}
+
+/// A loaded base model with the target's adapter attached (when it names one).
+pub fn with_adapter(mut lm: LoadedModel, t: &EvalTarget) -> Result<LoadedModel> {
+    if let Some(a) = &t.adapter {
+        crate::model::adapter::load_adapter(&mut lm.model, a)?;
+    }
+    Ok(lm)
+}
+
+/// [`evaluate`] on the models `model` gives for each target (with its adapter): the
+/// engine hands out the ones it has loaded, sharing their weights.
+pub fn evaluate_with(
+    cfg: &EvalConfig,
+    cancel: &AtomicBool,
+    progress: &mut dyn FnMut(&str, usize, usize),
+    model: &mut dyn FnMut(&EvalTarget) -> Result<LoadedModel>,
+) -> Result<Vec<EvalResult>> {
     if cfg.targets.is_empty() {
         bail!("no model to evaluate");
     }
     let (samples, dialogues, _) = load_labelled_dialogues(&cfg.data, cfg.limit)?;
     let mut results = Vec::new();
     for t in &cfg.targets {
-        let mut lm = model::load(
-            &t.model,
-            LoadOptions {
-                quantized: cfg.quantized,
-                dtype: model::loader::parse_dtype(&cfg.dtype)?,
-            },
-        )?;
-        if let Some(a) = &t.adapter {
-            crate::model::adapter::load_adapter(&mut lm.model, a)?;
-        }
+        let lm = model(t)?;
         let name = lm.name.clone();
         let saved = match &t.adapter {
             Some(a) => crate::model::adapter::AdapterMeta::read(a)?,

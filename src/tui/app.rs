@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use super::data::DataPane;
+use super::engine::Sent;
 use super::eval::EvalPane;
 use super::keys::{self, plain, strings};
 use super::models::ModelsPane;
@@ -16,7 +17,7 @@ use super::probe::ProbePane;
 use super::train::TrainPane;
 use super::widgets::TextEditor;
 use crate::data::{Session, SessionConfig};
-use crate::engine::{Command, EngineState, Event, LoadedInfo, Subject};
+use crate::engine::{Command, EngineState, LoadedInfo};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tab {
@@ -59,7 +60,10 @@ impl Tab {
 #[derive(Debug)]
 pub enum Action {
     Engine(Command),
+    /// Cancel the worker's commands (probes, scores, monitored turns, a download).
     Cancel,
+    /// Cancel the evaluation running beside the worker.
+    CancelEvaluation,
     PauseTraining,
     ResumeTraining,
     StopTraining,
@@ -190,18 +194,6 @@ pub enum Modal {
     Picker(PickerModal),
 }
 
-/// An engine command in flight.
-#[derive(Debug, Clone)]
-enum Sent {
-    Generate(u64),
-    Score(u64),
-    Monitor(u64),
-    Train,
-    Evaluate,
-    Load(String),
-    Other,
-}
-
 #[derive(Debug, Clone, Default)]
 pub struct AppOptions {
     /// The sessions root (the demo model goes to `<root>/.models/`).
@@ -217,7 +209,12 @@ pub struct App {
     cfg_ok: bool,
     pub opts: AppOptions,
     pub tab: Tab,
+    /// What the engine's worker does.
     pub engine_state: EngineState,
+    /// A training run (or recipe search) goes on in the engine, beside the worker.
+    pub engine_training: bool,
+    /// An evaluation goes on in the engine, beside the worker.
+    pub engine_evaluating: bool,
     pub busy_since: Option<Instant>,
     pub slots: Vec<Slot>,
     pub models: ModelsPane,
@@ -235,13 +232,13 @@ pub struct App {
     pub spinner: usize,
     pub quit: bool,
     next_request: u64,
-    sent: std::collections::VecDeque<Sent>,
+    pub(super) sent: std::collections::VecDeque<Sent>,
     last_rss: Option<Instant>,
     started: Instant,
     /// Keys of the session's models being loaded again at startup: session.json keeps them
     /// only on a clean exit (a model is written there once it has loaded, so a model whose
     /// load kills the process is not loaded again on the next start).
-    restoring: std::collections::HashSet<String>,
+    pub(super) restoring: std::collections::HashSet<String>,
     exiting: bool,
 }
 
@@ -283,6 +280,8 @@ impl App {
             opts,
             tab: Tab::Models,
             engine_state: EngineState::Idle,
+            engine_training: false,
+            engine_evaluating: false,
             busy_since: None,
             slots: Vec::new(),
             models: ModelsPane::default(),
@@ -486,10 +485,6 @@ impl App {
         self.ready_slots().next()
     }
 
-    pub fn engine_busy(&self) -> bool {
-        !matches!(self.engine_state, EngineState::Idle | EngineState::Stopped)
-    }
-
     // ------------------------------------------------------------ input
 
     /// A terminal event.
@@ -529,54 +524,6 @@ impl App {
         self.monitor_due(now, &mut out);
         self.track(&out);
         out
-    }
-
-    /// Notes the engine commands sent, in order: the engine runs them one after the other
-    /// and reports `State(Idle)` after each, which tells which one ended.
-    fn track(&mut self, out: &[Action]) {
-        for a in out {
-            if let Action::Engine(c) = a {
-                self.sent.push_back(match c {
-                    Command::Generate { request, .. } => Sent::Generate(*request),
-                    Command::Score { request, .. } => Sent::Score(*request),
-                    Command::MonitorTurn { request, .. }
-                    | Command::MonitorExplain { request, .. } => Sent::Monitor(*request),
-                    Command::Train(_) | Command::Tune { .. } => Sent::Train,
-                    Command::Evaluate(_) => Sent::Evaluate,
-                    Command::Load { key, .. } => Sent::Load(key.clone()),
-                    _ => Sent::Other,
-                });
-            }
-        }
-    }
-
-    /// The oldest command in flight has ended: whatever it left unfinished is over.
-    fn command_ended(&mut self) {
-        let Some(done) = self.sent.pop_front() else {
-            return;
-        };
-        match done {
-            Sent::Generate(r) => self.probe_request_ended(r),
-            Sent::Score(r) => {
-                if self.data.scoring == Some(r) {
-                    self.data.scoring = None;
-                }
-            }
-            Sent::Monitor(r) => self.monitor_request_ended(r),
-            Sent::Train => {
-                if self.train.live.active {
-                    self.train_on_error("the run ended without a summary");
-                }
-            }
-            Sent::Evaluate => self.eval.running = false,
-            Sent::Load(key) => self.slots.retain(|s| s.key != key || s.is_ready()),
-            Sent::Other => {}
-        }
-    }
-
-    /// Commands sent to the engine and not finished yet.
-    pub fn commands_in_flight(&self) -> usize {
-        self.sent.len()
     }
 
     fn handle_key_inner(&mut self, key: KeyEvent) -> Vec<Action> {
@@ -654,31 +601,6 @@ impl App {
     fn request_quit(&mut self, out: &mut Vec<Action>) {
         self.quit = true;
         out.push(Action::Quit);
-    }
-
-    /// Esc / x: cancel what the engine does now.
-    pub fn cancel_work(&mut self, out: &mut Vec<Action>) {
-        match self.engine_state {
-            EngineState::Idle => {
-                if self.slots.iter().any(|s| !s.is_ready()) {
-                    self.info("loading cannot be cancelled; it finishes in a moment");
-                }
-            }
-            EngineState::Training => {
-                out.push(Action::StopTraining);
-                self.train.stop_requested = true;
-                self.warn(
-                    "stopping training after this step (a checkpoint and the adapter are written)",
-                );
-            }
-            EngineState::Loading => {
-                self.info("loading cannot be cancelled; it finishes in a moment")
-            }
-            _ => {
-                out.push(Action::Cancel);
-                self.warn("cancelling…");
-            }
-        }
     }
 
     pub fn open_input(&mut self, title: impl Into<String>, initial: &str, purpose: InputPurpose) {
@@ -801,122 +723,6 @@ impl App {
         }
     }
 
-    // ------------------------------------------------------------ engine events
-
-    pub fn on_engine_event(&mut self, ev: Event) {
-        match ev {
-            Event::State(s) => {
-                if s == EngineState::Idle {
-                    self.busy_since = None;
-                } else if self.engine_state == EngineState::Idle || self.busy_since.is_none() {
-                    self.busy_since = Some(Instant::now());
-                }
-                self.engine_state = s;
-                if s == EngineState::Idle {
-                    self.command_ended();
-                }
-                if s == EngineState::Stopped {
-                    // nothing sent will end now
-                    while !self.sent.is_empty() {
-                        self.command_ended();
-                    }
-                }
-            }
-            Event::Loaded(info) => {
-                let text = format!(
-                    "loaded {} ({} parameters) in {:.1}s",
-                    info.name,
-                    super::widgets::human_count(info.parameters),
-                    info.load_s
-                );
-                self.restoring.remove(&info.key);
-                match self.slots.iter_mut().find(|s| s.key == info.key) {
-                    Some(s) => {
-                        s.name = info.name.clone();
-                        s.state = SlotState::Ready(info);
-                    }
-                    None => self.slots.push(Slot {
-                        key: info.key.clone(),
-                        spec: info.key.clone(),
-                        adapter: info.adapter.clone(),
-                        name: info.name.clone(),
-                        state: SlotState::Ready(info),
-                    }),
-                }
-                self.ok(text);
-                self.save_session();
-            }
-            Event::Unloaded { key } => {
-                self.slots.retain(|s| s.key != key);
-                self.save_session();
-            }
-            Event::Token { request, key, text } => self.probe_on_token(request, &key, &text),
-            Event::Generated {
-                request,
-                key,
-                generation,
-            } => self.probe_on_generated(request, &key, generation),
-            Event::Scored {
-                request,
-                key,
-                probabilities,
-            } => self.data_on_scored(request, &key, probabilities),
-            Event::Train(e) => self.train_on_event(e),
-            Event::EvalProgress { model, done, total } => self.eval_on_progress(model, done, total),
-            Event::EvalDone(results) => self.eval_on_done(results),
-            Event::DownloadProgress { id, progress } => {
-                self.info(format!(
-                    "downloading {id} {}",
-                    crate::model::download::bar(&progress, 20)
-                ));
-            }
-            Event::Downloaded { id, path } => {
-                self.ok(format!("downloaded {id} to {}", path.display()));
-                self.rescan_models();
-            }
-            Event::MonitorTurn {
-                request,
-                key,
-                result,
-            } => self.monitor_on_turn(request, &key, result),
-            Event::Explained {
-                request,
-                key,
-                explanation,
-            } => self.monitor_on_explained(request, &key, explanation),
-            Event::Error { subject, message } => self.on_engine_error(subject, message),
-        }
-    }
-
-    fn on_engine_error(&mut self, subject: Subject, message: String) {
-        match &subject {
-            Subject::Load { spec, key } => {
-                self.restoring.remove(key);
-                let before = self.slots.len();
-                self.slots.retain(|s| !(&s.spec == spec && !s.is_ready()));
-                if self.slots.len() != before {
-                    self.save_session();
-                }
-            }
-            Subject::Generate { key, .. } => self.probe_on_error(key, &message),
-            Subject::Score { .. } => self.data.scoring = None,
-            Subject::Train => self.train_on_error(&message),
-            Subject::Eval => self.eval_on_error(&message),
-            Subject::Engine => {
-                self.data.scoring = None;
-                self.train_on_error(&message);
-                self.eval_on_error(&message);
-            }
-            Subject::Monitor { .. } => self.monitor_on_error(&subject, &message),
-            Subject::Download { .. } => {}
-        }
-        if message == "cancelled" {
-            self.warn(format!("{subject}: cancelled"));
-        } else {
-            self.error(format!("{subject}: {message}"));
-        }
-    }
-
     /// Periodic update (memory figure, spinner, message expiry). True when a redraw is due.
     pub fn tick(&mut self, now: Instant) -> bool {
         let mut dirty = false;
@@ -931,7 +737,7 @@ impl App {
             self.rss_mib = r;
             self.last_rss = Some(now);
         }
-        let busy = self.engine_busy() || self.slots.iter().any(|s| !s.is_ready());
+        let busy = self.engine_working() || self.slots.iter().any(|s| !s.is_ready());
         if busy {
             let frame = (now.duration_since(self.started).as_millis() / 120) as usize;
             if frame != self.spinner {
@@ -951,50 +757,6 @@ impl App {
             }
         }
         dirty
-    }
-
-    /// One line on what the engine does, for the status bar.
-    pub fn engine_status(&self) -> (String, Level) {
-        const SPIN: [char; 8] = ['⠋', '⠙', '⠹', '⠸', '⠼', '⠴', '⠦', '⠧'];
-        let spin = SPIN[self.spinner % SPIN.len()];
-        let loading = self.slots.iter().filter(|s| !s.is_ready()).count();
-        match self.engine_state {
-            EngineState::Idle if loading > 0 => (format!("{spin} loading"), Level::Warn),
-            EngineState::Idle => ("● idle".into(), Level::Ok),
-            EngineState::Stopped => (
-                "✖ engine stopped: quit and start again".into(),
-                Level::Error,
-            ),
-            EngineState::Loading => (format!("{spin} loading"), Level::Warn),
-            EngineState::Generating => (format!("{spin} generating"), Level::Warn),
-            EngineState::Scoring => (format!("{spin} scoring"), Level::Warn),
-            EngineState::Monitoring => (format!("{spin} monitoring"), Level::Warn),
-            EngineState::Downloading => (format!("{spin} downloading"), Level::Warn),
-            EngineState::Training => {
-                let t = &self.train;
-                let step = t
-                    .live
-                    .metrics
-                    .last()
-                    .map(|m| m.step)
-                    .unwrap_or(t.live.start_step);
-                let mut s = if t.live.paused {
-                    format!("⏸ paused at step {step}/{}", t.live.total_steps)
-                } else {
-                    format!("{spin} training step {step}/{}", t.live.total_steps)
-                };
-                if let Some(m) = t.live.metrics.last() {
-                    if !t.live.paused {
-                        s.push_str(&format!(" · ETA {}", super::widgets::human_secs(m.eta_s)));
-                    }
-                }
-                (s, Level::Warn)
-            }
-            EngineState::Evaluating => {
-                let p = &self.eval.progress;
-                (format!("{spin} evaluating {}/{}", p.1, p.2), Level::Warn)
-            }
-        }
     }
 }
 

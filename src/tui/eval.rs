@@ -362,7 +362,7 @@ impl App {
     }
 
     pub fn eval_start(&mut self, out: &mut Vec<Action>) {
-        if self.eval.running {
+        if self.eval.running || self.engine_evaluating {
             self.warn("an evaluation is running (Esc cancels it)");
             return;
         }

@@ -11,6 +11,7 @@
 
 pub mod app;
 pub mod data;
+pub mod engine;
 pub mod eval;
 pub mod fixtures;
 pub mod keys;
@@ -114,7 +115,7 @@ pub fn run(session: &str, models_dir: &[PathBuf]) -> Result<()> {
     terminal::exit_on_next_signal();
     terminal::print_deferred_panics();
     app.save_session_on_exit();
-    if app.engine_busy() {
+    if app.engine_working() {
         // no terminal after SIGHUP: nothing to print to then
         use std::io::Write;
         let _ = writeln!(std::io::stderr(), "{}", strings::QUIT_WAIT);
@@ -131,7 +132,8 @@ pub fn apply(actions: Vec<Action>, engine: &Engine) {
     for a in actions {
         match a {
             Action::Engine(c) => engine.send(c),
-            Action::Cancel => engine.cancel(),
+            Action::Cancel => engine.cancel_interactive(),
+            Action::CancelEvaluation => engine.cancel_evaluation(),
             Action::PauseTraining => engine.pause_training(),
             Action::ResumeTraining => engine.resume_training(),
             Action::StopTraining => engine.stop_training(),

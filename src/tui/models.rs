@@ -116,7 +116,7 @@ impl App {
             opts,
             adapter,
         }));
-        if self.engine_state == crate::engine::EngineState::Training {
+        if self.engine_busy() {
             self.warn(strings::ENGINE_BUSY_QUEUED);
         } else {
             self.info(format!("loading {name}…"));

@@ -141,11 +141,13 @@ impl Default for TrainConfig {
 /// `eval_every` says otherwise or they would take too much of the budget.
 pub const BUDGET_EVALS: usize = 3;
 
-/// Pause and stop, set from any thread, read between steps.
+/// Pause and stop, set from any thread, read between steps; and the engine's priority gate,
+/// waited on before every micro-batch and validation batch (interactive work first).
 #[derive(Debug, Default)]
 pub struct TrainControl {
     pub pause: AtomicBool,
     pub stop: AtomicBool,
+    pub gate: std::sync::Arc<crate::engine::gate::PriorityGate>,
 }
 
 /// One optimizer step's figures.

@@ -309,6 +309,17 @@ impl<'a> Trainer<'a> {
         })
     }
 
+    /// Waits while the engine has interactive work pending (see `engine::gate`); like a
+    /// pause, the wait counts neither against the time budget nor in the step's time.
+    fn yield_to_interactive(&mut self, control: &TrainControl) {
+        let t = self.clock.now();
+        if !control.gate.wait_clear(&control.stop).is_zero() {
+            let waited = self.clock.now() - t;
+            self.t_offset -= waited;
+            self.step_t += waited;
+        }
+    }
+
     /// Training seconds so far (what a time budget counts).
     fn now(&self) -> f64 {
         self.t_offset + self.clock.now() - self.t_first
@@ -325,12 +336,13 @@ impl<'a> Trainer<'a> {
         'outer: while self.st.step < self.total {
             let order = self.order(self.st.epoch);
             while self.st.micro < self.micro_per_epoch && self.st.step < self.total {
+                self.yield_to_interactive(control);
                 if !self.micro_step(&order)? {
                     continue;
                 }
                 let mut m = self.optimizer_step()?;
                 if self.tc.time_budget_s.is_some() && self.st.plan.is_none() {
-                    self.make_plan(on_event)?;
+                    self.make_plan(control, on_event)?;
                     m.total_steps = self.total;
                 }
                 match self.after_step(m, control, on_event)? {
@@ -528,11 +540,12 @@ impl<'a> Trainer<'a> {
 
     /// Mean validation loss, from the frozen-prefix cache where there is one. A pass over
     /// every validation example also keeps their P(fraud) (`last_val`).
-    fn val_loss(&mut self, idx: &[usize]) -> Result<f64> {
+    fn val_loss(&mut self, idx: &[usize], control: &TrainControl) -> Result<f64> {
         let mut sum = 0.0;
         let mut n = 0usize;
         let mut scored = Vec::new();
         for chunk in idx.chunks(self.tc.batch.max(1)) {
+            self.yield_to_interactive(control);
             let refs: Vec<&Example> = chunk.iter().map(|&i| &self.val_ex[i]).collect();
             let b = make_batch(&refs)?;
             if b.targets.is_empty() {
@@ -578,12 +591,16 @@ impl<'a> Trainer<'a> {
     /// The time-budget plan, made once the first optimizer step has shown what a token
     /// costs: a first validation batch is timed too, then the run's own batches, in their
     /// seeded order, are walked until the budget is full.
-    fn make_plan(&mut self, on_event: &mut dyn FnMut(TrainEvent)) -> Result<()> {
+    fn make_plan(
+        &mut self,
+        control: &TrainControl,
+        on_event: &mut dyn FnMut(TrainEvent),
+    ) -> Result<()> {
         let tc = self.tc;
         let budget = tc.time_budget_s.context("no time budget")?;
         if !self.val_ex.is_empty() {
             let first: Vec<usize> = (0..self.val_ex.len().min(tc.batch)).collect();
-            self.val_loss(&first)?;
+            self.val_loss(&first, control)?;
         }
         let mut costs = self.meter.costs(&Costs::default());
         if let Some(first) = self.first_micro {
@@ -735,7 +752,7 @@ impl<'a> Trainer<'a> {
         if want_eval {
             let all: Vec<usize> = (0..self.val_ex.len()).collect();
             let t0 = self.now();
-            let el = self.val_loss(&all)?;
+            let el = self.val_loss(&all, control)?;
             if last {
                 // the final evaluation (where the threshold is chosen) counts apart from
                 // the training time a budget holds

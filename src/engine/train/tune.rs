@@ -166,6 +166,28 @@ pub fn tune(
     on_event: &mut dyn FnMut(TuneEvent),
 ) -> Result<TuneResult> {
     let t0 = Instant::now();
+    check(base, budget_s)?;
+    let lm = model::load(&base.model, LoadOptions::default())?;
+    search(lm, t0, base, grid, budget_s, eta, control, on_event)
+}
+
+/// [`tune`] on a model already loaded (the engine's, shared); the budget counts from now.
+pub fn tune_loaded(
+    lm: LoadedModel,
+    base: &TrainConfig,
+    grid: &Grid,
+    budget_s: f64,
+    eta: usize,
+    control: &TrainControl,
+    on_event: &mut dyn FnMut(TuneEvent),
+) -> Result<TuneResult> {
+    let t0 = Instant::now();
+    check(base, budget_s)?;
+    search(lm, t0, base, grid, budget_s, eta, control, on_event)
+}
+
+/// Settings a search refuses before loading anything.
+fn check(base: &TrainConfig, budget_s: f64) -> Result<()> {
     if !(budget_s > 0.0 && budget_s.is_finite()) {
         bail!("the time budget must be a positive number of seconds");
     }
@@ -175,7 +197,21 @@ pub fn tune(
     if base.full {
         bail!("tune searches LoRA recipes (not --full)");
     }
-    let lm = model::load(&base.model, LoadOptions::default())?;
+    Ok(())
+}
+
+/// The search itself, its budget counted from `t0`.
+#[allow(clippy::too_many_arguments)]
+fn search(
+    lm: LoadedModel,
+    t0: Instant,
+    base: &TrainConfig,
+    grid: &Grid,
+    budget_s: f64,
+    eta: usize,
+    control: &TrainControl,
+    on_event: &mut dyn FnMut(TuneEvent),
+) -> Result<TuneResult> {
     let n_layers = lm.model.layers.len();
     let mut grid = grid.clone();
     if grid.layers.is_empty() {

@@ -352,14 +352,8 @@ impl App {
                 strings::MONITOR_NEEDS_MODEL.into()
             });
         }
+        // training and evaluation run beside the worker: a turn does not wait for them
         match self.engine_state {
-            EngineState::Training => Some(
-                "the engine is training: a turn would wait until the run ends (Train pane: x stops it)"
-                    .into(),
-            ),
-            EngineState::Evaluating => Some(
-                "the engine is evaluating: a turn would wait until it ends (Esc cancels it)".into(),
-            ),
             EngineState::Downloading => Some(
                 "the engine is downloading a model: a turn would wait until it ends (Esc cancels it)"
                     .into(),

@@ -210,7 +210,7 @@ impl App {
     /// `tune`, a recipe search within the form's time budget in `runs/tune-<id>/` instead
     /// (its trials show as runs, one after the other).
     pub fn train_start(&mut self, out: &mut Vec<Action>, tune: bool) {
-        if self.train.live.active {
+        if self.train.live.active || self.engine_training {
             self.warn(strings::TRAIN_ALREADY);
             return;
         }
