@@ -13,6 +13,14 @@
 //!
 //! Every run prints the CPU line on stderr first (unless BENCH_NO_CPU_LINE is set: compare.sh
 //! prints it once); the JSON figures name the kernel level.
+//!   cargo run --release --example bench_engine -- memory MODEL DATA.jsonl
+//!   cargo run --release --example bench_engine -- beside MODEL DATA.jsonl [STEPS] [PROBE_TOKENS] [GAP_S]
+//!
+//! `memory` runs the workbench's flow (load, then train) twice, each in a process of its own:
+//! the run sharing the engine's loaded weights, and the run loading its own copy (what the
+//! engine did before); it prints resident memory and live heap after the load and at the
+//! run's peak. `beside` trains through the engine and measures its steps alone, then with
+//! probes sent alongside (each PROBE_TOKENS long, GAP_S apart), then the probes alone.
 
 use anyhow::{bail, Result};
 use candle_core::Tensor;
@@ -107,7 +115,16 @@ fn main() -> Result<()> {
             args.get(4).map(String::as_str).unwrap_or("score"),
             args.get(5).map(|b| b.parse()).transpose()?.unwrap_or(8),
         ),
-        _ => bail!("usage: bench_engine speed|train|score|cpu …"),
+        Some("memory") => memory(&args[1], &args[2]),
+        Some("memory-run") => memory_run(&args[1], &args[2], &args[3]),
+        Some("beside") => beside::run(
+            &args[1],
+            &args[2],
+            args.get(3).map(|a| a.parse()).transpose()?.unwrap_or(6),
+            args.get(4).map(|a| a.parse()).transpose()?.unwrap_or(16),
+            args.get(5).map(|a| a.parse()).transpose()?.unwrap_or(1.0),
+        ),
+        _ => bail!("usage: bench_engine speed|train|score|cpu|memory|beside …"),
     }
 }
 
@@ -314,4 +331,322 @@ fn score(
                "samples_per_s": samples.len() as f64 / secs, "kernels": kernels(), "probs": probs, "answers": answers})
     );
     Ok(())
+}
+
+/// A short training config for the memory and step benchmarks.
+fn short_run(model: &str, data: &str, dir: &std::path::Path, steps: usize) -> TrainConfig {
+    TrainConfig {
+        model: model.into(),
+        data: data.into(),
+        out_dir: dir.into(),
+        batch: 1,
+        grad_accum: 1,
+        max_len: 256,
+        max_steps: Some(steps),
+        limit: Some(64),
+        schedule: fraudlab::engine::train::Schedule::Constant,
+        warmup_ratio: 0.0,
+        shuffle: false,
+        ..Default::default()
+    }
+}
+
+/// Both ways of the workbench's load-then-train flow, each in a fresh process; a table.
+fn memory(model_spec: &str, data: &str) -> Result<()> {
+    println!("{}", fraudlab::model::kernels::cpu_line());
+    let exe = std::env::current_exe()?;
+    let mut rows = Vec::new();
+    for mode in ["copy", "shared"] {
+        let out = std::process::Command::new(&exe)
+            .args(["memory-run", model_spec, data, mode])
+            .output()?;
+        if !out.status.success() {
+            bail!("{mode}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        rows.push((mode, v));
+    }
+    println!(
+        "{:<8} {:>14} {:>14} {:>16} {:>16} {:>14}",
+        "run", "rss_load_MiB", "rss_peak_MiB", "heap_load_MiB", "heap_peak_MiB", "peak-load_MiB"
+    );
+    for (mode, v) in &rows {
+        let f = |k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+        println!(
+            "{:<8} {:>14.0} {:>14.0} {:>16.0} {:>16.0} {:>14.0}",
+            mode,
+            f("rss_after_load_mib"),
+            f("rss_peak_mib"),
+            f("heap_after_load_mib"),
+            f("heap_peak_mib"),
+            f("rss_peak_mib") - f("rss_after_load_mib")
+        );
+    }
+    println!(
+        "weights (f32): {:.0} MiB; shared/copy peak RSS: {:.2}",
+        rows[0].1["weights_mib"].as_f64().unwrap_or(0.0),
+        rows[1].1["rss_peak_mib"].as_f64().unwrap_or(0.0)
+            / rows[0].1["rss_peak_mib"].as_f64().unwrap_or(1.0)
+    );
+    Ok(())
+}
+
+/// One way of the flow: the engine loads the model, then a 3-step run trains, either through
+/// the engine (`shared`: it reuses the loaded weights) or on a thread beside it calling
+/// `train`, which loads its own copy (`copy`: the engine's old path). Peaks are reset after the
+/// load (`/proc/self/clear_refs`), so they are the run's.
+fn memory_run(model_spec: &str, data: &str, mode: &str) -> Result<()> {
+    use fraudlab::engine::{Command, Engine, Event};
+    use std::sync::atomic::Ordering::Relaxed;
+    let engine = Engine::spawn(4096);
+    engine.send(Command::Load {
+        key: "m".into(),
+        spec: model_spec.into(),
+        opts: LoadOptions::default(),
+        adapter: None,
+    });
+    let params = loop {
+        match engine.events.recv()? {
+            Event::Loaded(info) => break info.parameters,
+            Event::Error { message, .. } => bail!("load: {message}"),
+            _ => {}
+        }
+    };
+    let rss_load = rss_mib().0;
+    let heap_load = heap_mib().0;
+    std::fs::write("/proc/self/clear_refs", "5")?;
+    PEAK.store(LIVE.load(Relaxed), Relaxed);
+    let dir = std::env::temp_dir().join(format!("fraudlab-bench-mem-{}", std::process::id()));
+    let tc = short_run(model_spec, data, &dir, 3);
+    match mode {
+        "shared" => {
+            engine.send(Command::Train(Box::new(tc)));
+            loop {
+                match engine.events.recv()? {
+                    Event::Train(TrainEvent::Finished(_)) => break,
+                    Event::Error { message, .. } => bail!("train: {message}"),
+                    _ => {}
+                }
+            }
+        }
+        "copy" => {
+            let control = TrainControl::default();
+            fraudlab::engine::train::train(&tc, &control, &mut |_| {})?;
+        }
+        m => bail!("mode {m}: shared or copy"),
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    println!(
+        "{}",
+        json!({"mode": mode, "rss_after_load_mib": rss_load, "rss_peak_mib": rss_mib().1,
+               "heap_after_load_mib": heap_load, "heap_peak_mib": heap_mib().1,
+               "weights_mib": params as f64 * 4.0 / 1048576.0})
+    );
+    Ok(())
+}
+
+/// Training steps through the engine, alone and with probes alongside.
+mod beside {
+    use super::*;
+    use fraudlab::engine::{Command, Engine, Event};
+    use std::time::Duration;
+
+    /// What one phase saw.
+    #[derive(Default)]
+    struct Phase {
+        /// the steps' own time (gate waits excluded)
+        step_s: Vec<f64>,
+        /// wall time between step reports
+        wall_s: Vec<f64>,
+        /// send-to-answer time of each probe
+        probe_s: Vec<f64>,
+        probe_tokens: usize,
+        /// time some probe was pending
+        busy_s: f64,
+        total_s: f64,
+    }
+
+    fn med(v: &[f64]) -> f64 {
+        if v.is_empty() {
+            f64::NAN
+        } else {
+            median(v.to_vec())
+        }
+    }
+
+    /// Runs until `steps` steps were seen (or `probes` probes answered when `steps` is 0),
+    /// sending a probe `gap` after each answer when `probe_tokens` > 0.
+    fn phase(
+        engine: &Engine,
+        steps: usize,
+        probes: usize,
+        probe_tokens: usize,
+        gap: f64,
+        next_request: &mut u64,
+    ) -> Result<Phase> {
+        let mut p = Phase::default();
+        let t0 = Instant::now();
+        let mut last_step = None::<Instant>;
+        let mut pending: Option<(u64, Instant)> = None;
+        let mut next_at = Some(Instant::now());
+        let send = |engine: &Engine, request: u64| {
+            engine.send(Command::Generate {
+                request,
+                keys: vec!["m".into()],
+                system: None,
+                prompt: "请简短介绍下大语言模型。".into(),
+                raw: false,
+                params: SamplingParams {
+                    max_tokens: probe_tokens,
+                    ..Default::default()
+                },
+            })
+        };
+        loop {
+            let done_steps = p.step_s.len() >= steps;
+            let done_probes = steps == 0 && p.probe_s.len() >= probes;
+            if (steps > 0 && done_steps) || done_probes {
+                break;
+            }
+            if probe_tokens > 0 && pending.is_none() && next_at.is_some_and(|t| Instant::now() >= t)
+            {
+                *next_request += 1;
+                send(engine, *next_request);
+                pending = Some((*next_request, Instant::now()));
+                next_at = None;
+            }
+            let e = match engine.events.recv_timeout(Duration::from_millis(20)) {
+                Ok(e) => e,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
+                Err(e) => bail!("engine: {e}"),
+            };
+            match e {
+                Event::Train(TrainEvent::Step(m)) => {
+                    let now = Instant::now();
+                    if let Some(t) = last_step {
+                        p.step_s.push(m.step_s);
+                        p.wall_s.push(now.duration_since(t).as_secs_f64());
+                    }
+                    last_step = Some(now);
+                }
+                Event::Generated {
+                    request,
+                    generation,
+                    ..
+                } if pending.is_some_and(|(r, _)| r == request) => {
+                    let (_, sent) = pending.take().unwrap();
+                    let dt = sent.elapsed().as_secs_f64();
+                    p.probe_s.push(dt);
+                    p.busy_s += dt;
+                    p.probe_tokens += generation.generated_tokens;
+                    next_at = Some(Instant::now() + Duration::from_secs_f64(gap));
+                }
+                Event::Error { subject, message } => bail!("{subject}: {message}"),
+                _ => {}
+            }
+        }
+        // an unanswered probe is waited for, so the next phase starts clean
+        if let Some((r, sent)) = pending {
+            loop {
+                if let Event::Generated { request, .. } = engine.events.recv()? {
+                    if request == r {
+                        p.busy_s += sent.elapsed().as_secs_f64();
+                        break;
+                    }
+                }
+            }
+        }
+        p.total_s = t0.elapsed().as_secs_f64();
+        Ok(p)
+    }
+
+    pub fn run(model: &str, data: &str, steps: usize, probe_tokens: usize, gap: f64) -> Result<()> {
+        println!("{}", fraudlab::model::kernels::cpu_line());
+        let engine = Engine::spawn(4096);
+        engine.send(Command::Load {
+            key: "m".into(),
+            spec: model.into(),
+            opts: LoadOptions::default(),
+            adapter: None,
+        });
+        loop {
+            match engine.events.recv()? {
+                Event::Loaded(_) => break,
+                Event::Error { message, .. } => bail!("load: {message}"),
+                _ => {}
+            }
+        }
+        let dir =
+            std::env::temp_dir().join(format!("fraudlab-bench-beside-{}", std::process::id()));
+        let mut tc = short_run(model, data, &dir, 1_000_000);
+        tc.limit = None;
+        engine.send(Command::Train(Box::new(tc)));
+        let mut req = 0;
+        // warm-up: the first steps (allocations, caches) are not counted
+        phase(&engine, 2, 0, 0, 0.0, &mut req)?;
+        let alone = phase(&engine, steps, 0, 0, 0.0, &mut req)?;
+        let with = phase(&engine, steps, 0, probe_tokens, gap, &mut req)?;
+        engine.stop_training();
+        loop {
+            match engine.events.recv()? {
+                Event::Train(TrainEvent::Finished(_)) => break,
+                Event::Error { message, .. } => bail!("train: {message}"),
+                _ => {}
+            }
+        }
+        let probes_alone = phase(
+            &engine,
+            0,
+            with.probe_s.len().clamp(2, 6),
+            probe_tokens,
+            gap,
+            &mut req,
+        )?;
+        let _ = std::fs::remove_dir_all(&dir);
+        let per_step = |p: &Phase| p.wall_s.iter().sum::<f64>() / p.wall_s.len().max(1) as f64;
+        println!(
+            "training steps (batch 1, up to 256 tokens), {steps} per phase; probes of {probe_tokens} tokens, {gap}s apart"
+        );
+        println!(
+            "{:<22} {:>12} {:>12} {:>14} {:>10} {:>12} {:>10}",
+            "phase", "step_s med", "wall/step", "steps/min", "probes", "probe_s med", "probe tok/s"
+        );
+        for (name, p) in [
+            ("training alone", &alone),
+            ("training + probes", &with),
+            ("probes alone", &probes_alone),
+        ] {
+            let tok_s = p.probe_tokens as f64 / p.probe_s.iter().sum::<f64>().max(1e-9);
+            println!(
+                "{:<22} {:>12.3} {:>12.3} {:>14.2} {:>10} {:>12.3} {:>10.1}",
+                name,
+                med(&p.step_s),
+                if p.step_s.is_empty() {
+                    f64::NAN
+                } else {
+                    per_step(p)
+                },
+                if p.step_s.is_empty() {
+                    f64::NAN
+                } else {
+                    60.0 / per_step(p)
+                },
+                p.probe_s.len(),
+                med(&p.probe_s),
+                if p.probe_s.is_empty() {
+                    f64::NAN
+                } else {
+                    tok_s
+                },
+            );
+        }
+        println!(
+            "with probes / alone: step_s {:.2}x, wall per step {:.2}x; probes pending {:.0}% of the phase; probe latency during training / alone {:.2}x",
+            med(&with.step_s) / med(&alone.step_s),
+            per_step(&with) / per_step(&alone),
+            100.0 * with.busy_s / with.total_s,
+            med(&with.probe_s) / med(&probes_alone.probe_s)
+        );
+        Ok(())
+    }
 }
