@@ -101,6 +101,12 @@ pub enum Command {
     Monitor(MonitorArgs),
     /// Serve the classifier over HTTP: classify, conversation turns, OpenAI-style chat.
     Serve(ServeArgs),
+    /// Hand a run's settings to a multi-GPU trainer: a folder with the dataset in its format,
+    /// its training YAML, the commands and what it cannot express (README.md inside).
+    Handoff {
+        #[command(subcommand)]
+        cmd: HandoffCmd,
+    },
     /// Write a tiny random demo model (offline, seconds) to try every pane.
     DemoModel {
         /// Folder to write the tiny model into.
@@ -345,6 +351,33 @@ pub struct TrainArgs {
     /// One JSON object per step and a summary, for scripts.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum HandoffCmd {
+    /// A LLaMA-Factory folder: dataset (ShareGPT) + dataset_info.json + train.yaml + README.md.
+    #[command(
+        mut_arg("model", |a| a.required(false).default_value("").hide_default_value(true)),
+        // "-": not given (a path value cannot be empty)
+        mut_arg("data", |a| a.required(false).default_value("-").hide_default_value(true)),
+        mut_arg("out", |a| a.required(true).help("Folder to write the hand-off into")),
+        mut_arg("json", |a| a.help("Print the result as one JSON object"))
+    )]
+    Llamafactory(HandoffArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct HandoffArgs {
+    /// The run's settings, as `train` takes them (--model and --data are required unless
+    /// --run gives them).
+    #[command(flatten)]
+    pub train: TrainArgs,
+    /// Repeat this run's settings (its config.json); --model, --data and --val override them.
+    #[arg(long)]
+    pub run: Option<PathBuf>,
+    /// Write over the files of an existing hand-off folder.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Args, Debug)]
