@@ -107,6 +107,11 @@ pub enum Command {
         #[command(subcommand)]
         cmd: HandoffCmd,
     },
+    /// The session's runs: import an adapter trained elsewhere (LLaMA-Factory, peft).
+    Runs {
+        #[command(subcommand)]
+        cmd: RunsCmd,
+    },
     /// Write a tiny random demo model (offline, seconds) to try every pane.
     DemoModel {
         /// Folder to write the tiny model into.
@@ -378,6 +383,26 @@ pub struct HandoffArgs {
     /// Write over the files of an existing hand-off folder.
     #[arg(long)]
     pub force: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RunsCmd {
+    /// Import an adapter trained elsewhere (LLaMA-Factory's output folder, a hand-off folder,
+    /// or a PEFT LoRA folder) as a run of the session, with the trainer's logged losses.
+    Import {
+        /// The folder holding adapter_config.json (or a hand-off folder with output/).
+        dir: PathBuf,
+        /// Run id (default: a time stamp).
+        #[arg(long)]
+        name: Option<String>,
+        /// The base model as it is found here (default: the hand-off's model, else the
+        /// adapter's base_model_name_or_path).
+        #[arg(long)]
+        model: Option<String>,
+        /// Print the result as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args, Debug)]

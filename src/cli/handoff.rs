@@ -1,4 +1,4 @@
-//! `fraudlab handoff llamafactory`.
+//! `fraudlab handoff llamafactory` and `fraudlab runs import`.
 
 use anyhow::{bail, Context, Result};
 use std::path::Path;
@@ -6,7 +6,7 @@ use std::path::Path;
 use super::args::*;
 use super::common::*;
 use crate::engine::train::{TrainConfig, TrainSummary};
-use crate::handoff::{self, HandoffOptions};
+use crate::handoff::{self, HandoffOptions, ImportOptions};
 
 /// A run folder's settings (`config.json`) and the steps its time budget planned, if any.
 fn run_settings(dir: &Path) -> Result<(TrainConfig, Option<usize>)> {
@@ -104,6 +104,38 @@ pub(super) fn cmd_handoff(cmd: HandoffCmd) -> Result<()> {
     );
     for g in applies {
         println!("  - {}", g.setting);
+    }
+    Ok(())
+}
+
+pub(super) fn cmd_runs(cmd: RunsCmd, session: &str) -> Result<()> {
+    let RunsCmd::Import {
+        dir,
+        name,
+        model,
+        json,
+    } = cmd;
+    let sess = open_session(session)?;
+    let r = handoff::import_run(&sess, &dir, &ImportOptions { name, model })?;
+    if json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        println!(
+            "imported run {} into {}: adapter in {}, {}",
+            r.run_id,
+            r.run_dir.display(),
+            r.adapter.display(),
+            match &r.log {
+                Some(src) => format!("{} logged steps from {src}", r.steps),
+                None => "no training log found".into(),
+            }
+        );
+    }
+    if !r.model_found {
+        eprintln!(
+            "warning: the base model `{}` is not found on this machine; give --model when importing (or edit the run's config.json) so the panes can load it",
+            r.model
+        );
     }
     Ok(())
 }

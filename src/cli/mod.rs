@@ -41,6 +41,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Some(Command::Monitor(a)) => live::monitor(a),
         Some(Command::Serve(a)) => crate::serve::run(a),
         Some(Command::Handoff { cmd }) => handoff::cmd_handoff(cmd),
+        Some(Command::Runs { cmd }) => handoff::cmd_runs(cmd, &cli.session),
         Some(Command::Download { id, revision, json }) => {
             models::cmd_download(&id, revision.as_deref(), json)
         }

@@ -1,7 +1,8 @@
 //! Moving a run to a bigger machine and back: [`write_llamafactory`] writes a folder that
 //! LLaMA-Factory trains from (the dataset in its ShareGPT format with the prompts fraudlab
 //! trains on, `dataset_info.json`, a training YAML equivalent to the run's settings, and a
-//! README with the commands and every setting the trainer cannot express).
+//! README with the commands and every setting the trainer cannot express), and
+//! [`import::import_run`] brings the adapter it produces back into a session as a run.
 //!
 //! This room owns the translation between a [`TrainConfig`] and LLaMA-Factory's files; it
 //! reads datasets through `data` and never runs a model.
@@ -14,8 +15,11 @@ use std::path::{Path, PathBuf};
 use crate::data::{self, Message, Sample, SampleBody, DEFAULT_SYSTEM};
 use crate::engine::train::TrainConfig;
 
+pub mod import;
 mod readme;
 mod yaml;
+
+pub use import::{import_run, ImportOptions, ImportReport};
 
 /// The file in a hand-off folder that records the fraudlab settings it was written from
 /// (`runs import` reads it back).
