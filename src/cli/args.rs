@@ -112,6 +112,9 @@ pub enum Command {
         #[command(subcommand)]
         cmd: RunsCmd,
     },
+    /// Run the capability suite (sessions/<name>/suite.jsonl, or the built-in one) over one or
+    /// more models: a pass/fail matrix, saved in the session.
+    Suite(SuiteArgs),
     /// Write a tiny random demo model (offline, seconds) to try every pane.
     DemoModel {
         /// Folder to write the tiny model into.
@@ -403,6 +406,35 @@ pub enum RunsCmd {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Args, Debug)]
+pub struct SuiteArgs {
+    /// Model(s) to run the suite on; repeat for a matrix (sizes, base vs instruct).
+    #[arg(long, required_unless_present = "from")]
+    pub model: Vec<String>,
+    /// Adapter(s), paired with --model in order ("-" for none).
+    #[arg(long)]
+    pub adapter: Vec<String>,
+    /// Answer length cap for cases that do not set `max_tokens`.
+    #[arg(long = "max-tokens", default_value_t = crate::data::suite::DEFAULT_MAX_TOKENS)]
+    pub max_tokens: usize,
+    /// Suite file (JSONL, one case a line). Default: the session's suite.jsonl, else the
+    /// built-in suite.
+    #[arg(long)]
+    pub suite: Option<PathBuf>,
+    /// One JSON line per model and case instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// Print the matrix as `md` or `csv` instead of the table (with --from: a saved one).
+    #[arg(long)]
+    pub format: Option<String>,
+    /// Export a saved result (sessions/<name>/suites/<id>.json) instead of running.
+    #[arg(long, conflicts_with = "suite")]
+    pub from: Option<PathBuf>,
+    /// For GGUF: keep weights quantized.
+    #[arg(long)]
+    pub quantized: bool,
 }
 
 #[derive(Args, Debug)]
