@@ -2,12 +2,14 @@
 //!
 //! `model` runs Qwen2-family models in Candle, `engine` drives them on a worker thread
 //! (generation, scoring, training, evaluation), `data` holds datasets, labels and sessions,
-//! `tui` is the workbench, `cli` the headless commands.
+//! `tui` is the workbench, `cli` the headless commands, `handoff` the folders that move a run to
+//! a multi-GPU trainer and bring its adapter back.
 
 pub mod cli;
 pub mod data;
 pub mod engine;
 pub mod fmt;
+pub mod handoff;
 pub mod model;
 pub mod serve;
 pub mod tui;

@@ -103,6 +103,20 @@ pub enum Command {
     Monitor(MonitorArgs),
     /// Serve the classifier over HTTP: classify, conversation turns, OpenAI-style chat.
     Serve(ServeArgs),
+    /// Hand a run's settings to a multi-GPU trainer: a folder with the dataset in its format,
+    /// its training YAML, the commands and what it cannot express (README.md inside).
+    Handoff {
+        #[command(subcommand)]
+        cmd: HandoffCmd,
+    },
+    /// The session's runs: import an adapter trained elsewhere (LLaMA-Factory, peft).
+    Runs {
+        #[command(subcommand)]
+        cmd: RunsCmd,
+    },
+    /// Run the capability suite (sessions/<name>/suite.jsonl, or the built-in one) over one or
+    /// more models: a pass/fail matrix, saved in the session.
+    Suite(SuiteArgs),
     /// Write a tiny random demo model (offline, seconds) to try every pane.
     DemoModel {
         /// Folder to write the tiny model into.
@@ -373,6 +387,82 @@ pub struct TrainArgs {
     /// One JSON object per step and a summary, for scripts.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum HandoffCmd {
+    /// A LLaMA-Factory folder: dataset (ShareGPT) + dataset_info.json + train.yaml + README.md.
+    #[command(
+        mut_arg("model", |a| a.required(false).default_value("").hide_default_value(true)),
+        // "-": not given (a path value cannot be empty)
+        mut_arg("data", |a| a.required(false).default_value("-").hide_default_value(true)),
+        mut_arg("out", |a| a.required(true).help("Folder to write the hand-off into")),
+        mut_arg("json", |a| a.help("Print the result as one JSON object"))
+    )]
+    Llamafactory(HandoffArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct HandoffArgs {
+    /// The run's settings, as `train` takes them (--model and --data are required unless
+    /// --run gives them).
+    #[command(flatten)]
+    pub train: TrainArgs,
+    /// Repeat this run's settings (its config.json); --model, --data and --val override them.
+    #[arg(long)]
+    pub run: Option<PathBuf>,
+    /// Write over the files of an existing hand-off folder.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RunsCmd {
+    /// Import an adapter trained elsewhere (LLaMA-Factory's output folder, a hand-off folder,
+    /// or a PEFT LoRA folder) as a run of the session, with the trainer's logged losses.
+    Import {
+        /// The folder holding adapter_config.json (or a hand-off folder with output/).
+        dir: PathBuf,
+        /// Run id (default: a time stamp).
+        #[arg(long)]
+        name: Option<String>,
+        /// The base model as it is found here (default: the hand-off's model, else the
+        /// adapter's base_model_name_or_path).
+        #[arg(long)]
+        model: Option<String>,
+        /// Print the result as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct SuiteArgs {
+    /// Model(s) to run the suite on; repeat for a matrix (sizes, base vs instruct).
+    #[arg(long, required_unless_present = "from")]
+    pub model: Vec<String>,
+    /// Adapter(s), paired with --model in order ("-" for none).
+    #[arg(long)]
+    pub adapter: Vec<String>,
+    /// Answer length cap for cases that do not set `max_tokens`.
+    #[arg(long = "max-tokens", default_value_t = crate::data::suite::DEFAULT_MAX_TOKENS)]
+    pub max_tokens: usize,
+    /// Suite file (JSONL, one case a line). Default: the session's suite.jsonl, else the
+    /// built-in suite.
+    #[arg(long)]
+    pub suite: Option<PathBuf>,
+    /// One JSON line per model and case instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// Print the matrix as `md` or `csv` instead of the table (with --from: a saved one).
+    #[arg(long)]
+    pub format: Option<String>,
+    /// Export a saved result (sessions/<name>/suites/<id>.json) instead of running.
+    #[arg(long, conflicts_with = "suite")]
+    pub from: Option<PathBuf>,
+    /// For GGUF: keep weights quantized.
+    #[arg(long)]
+    pub quantized: bool,
 }
 
 #[derive(Args, Debug)]

@@ -3,7 +3,8 @@
 use anyhow::Result;
 use std::path::PathBuf;
 
-use super::args::ModelArgs;
+use super::args::{ModelArgs, TrainArgs};
+use crate::engine::train::TrainConfig;
 use crate::model;
 
 /// Loads a model and applies an adapter if given.
@@ -61,4 +62,57 @@ pub fn install_stop_signals() {
             on_stop_signal as *const () as libc::sighandler_t,
         );
     }
+}
+
+/// The run `train`'s arguments describe, written to `out`.
+pub fn train_config(a: &TrainArgs, out: std::path::PathBuf) -> Result<TrainConfig> {
+    let targets: Vec<String> = a
+        .target
+        .split(',')
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty())
+        .collect();
+    Ok(TrainConfig {
+        model: a.model.clone(),
+        data: a.data.clone(),
+        val: a.val.clone(),
+        val_split: a.val_split,
+        out_dir: out,
+        full: a.full,
+        lora: crate::model::adapter::LoraSpec {
+            r: a.lora_r,
+            lora_alpha: a.lora_alpha,
+            lora_dropout: a.lora_dropout,
+            target_modules: targets,
+            use_rslora: false,
+            layers_to_transform: a
+                .layers
+                .as_deref()
+                .map(crate::model::adapter::parse_layers)
+                .transpose()?,
+        },
+        lr: a.lr,
+        epochs: a.epochs,
+        max_steps: a.max_steps,
+        batch: a.batch,
+        grad_accum: a.grad_accum,
+        max_len: a.max_len,
+        schedule: a.schedule.parse()?,
+        warmup_ratio: a.warmup_ratio,
+        warmup_steps: a.warmup_steps,
+        weight_decay: a.weight_decay,
+        max_grad_norm: a.max_grad_norm,
+        seed: a.seed,
+        save_every: a.save_every,
+        eval_every: a.eval_every,
+        early_stopping: a.early_stopping,
+        resume: a.resume,
+        answer_fields: a.answer_fields,
+        anonymize_speakers: a.anonymize_speakers,
+        limit: a.limit,
+        time_budget_s: a.time_budget,
+        frozen_cache_mib: a.frozen_cache_mib,
+        dtype: a.dtype.clone(),
+        ..TrainConfig::default()
+    })
 }

@@ -1,8 +1,8 @@
 //! Headless commands (clap). Every command prints JSON with `--json` for scripts.
 //!
 //! `args` holds every command's arguments; one file of handlers per group of commands
-//! (`models`, `train`, `eval`, `data`, `live`), each using `args` and `common` only, so no
-//! two handler files depend on each other.
+//! (`models`, `train`, `eval`, `data`, `live`, `handoff`, `suite`), each using `args` and
+//! `common` only, so no two handler files depend on each other.
 
 use anyhow::Result;
 
@@ -10,8 +10,10 @@ mod args;
 mod common;
 mod data;
 mod eval;
+mod handoff;
 mod live;
 mod models;
+mod suite;
 mod train;
 
 pub use args::*;
@@ -40,6 +42,9 @@ pub fn run(cli: Cli) -> Result<()> {
         Some(Command::DemoModel { out, gguf }) => models::cmd_demo(&out, gguf),
         Some(Command::Monitor(a)) => live::monitor(a),
         Some(Command::Serve(a)) => crate::serve::run(a),
+        Some(Command::Handoff { cmd }) => handoff::cmd_handoff(cmd),
+        Some(Command::Runs { cmd }) => handoff::cmd_runs(cmd, &cli.session),
+        Some(Command::Suite(a)) => suite::cmd_suite(a, &cli.session),
         Some(Command::Download { id, revision, json }) => {
             models::cmd_download(&id, revision.as_deref(), json)
         }

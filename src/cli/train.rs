@@ -5,7 +5,6 @@ use serde_json::json;
 
 use super::args::*;
 use super::common::*;
-use crate::engine::train::TrainConfig;
 use crate::model;
 
 pub(super) fn cmd_train(a: TrainArgs, session: &str) -> Result<()> {
@@ -115,59 +114,6 @@ pub(super) fn cmd_train(a: TrainArgs, session: &str) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// The run `train`'s arguments describe, written to `out`.
-fn train_config(a: &TrainArgs, out: std::path::PathBuf) -> Result<TrainConfig> {
-    let targets: Vec<String> = a
-        .target
-        .split(',')
-        .map(|t| t.trim().to_string())
-        .filter(|t| !t.is_empty())
-        .collect();
-    Ok(TrainConfig {
-        model: a.model.clone(),
-        data: a.data.clone(),
-        val: a.val.clone(),
-        val_split: a.val_split,
-        out_dir: out,
-        full: a.full,
-        lora: model::adapter::LoraSpec {
-            r: a.lora_r,
-            lora_alpha: a.lora_alpha,
-            lora_dropout: a.lora_dropout,
-            target_modules: targets,
-            use_rslora: false,
-            layers_to_transform: a
-                .layers
-                .as_deref()
-                .map(model::adapter::parse_layers)
-                .transpose()?,
-        },
-        lr: a.lr,
-        epochs: a.epochs,
-        max_steps: a.max_steps,
-        batch: a.batch,
-        grad_accum: a.grad_accum,
-        max_len: a.max_len,
-        schedule: a.schedule.parse()?,
-        warmup_ratio: a.warmup_ratio,
-        warmup_steps: a.warmup_steps,
-        weight_decay: a.weight_decay,
-        max_grad_norm: a.max_grad_norm,
-        seed: a.seed,
-        save_every: a.save_every,
-        eval_every: a.eval_every,
-        early_stopping: a.early_stopping,
-        resume: a.resume,
-        answer_fields: a.answer_fields,
-        anonymize_speakers: a.anonymize_speakers,
-        limit: a.limit,
-        time_budget_s: a.time_budget,
-        frozen_cache_mib: a.frozen_cache_mib,
-        dtype: a.dtype.clone(),
-        ..TrainConfig::default()
-    })
 }
 
 /// `fraudlab tune`.

@@ -9,6 +9,7 @@
 //!   tail repair, atomic compaction).
 //! * [`session`] — `sessions/<name>/` layout, `session.json`, run/eval ids.
 //! * [`metrics`] — confusion metrics, ROC-AUC, PR-AUC, curves, thresholds.
+//! * [`suite`] — the capability suite: cases, checks, saved results, Markdown / CSV.
 //! * [`fsutil`] — `write_atomic`, durable appends, time formatting.
 //! * [`hash`] — SHA-256 content ids (the `sha2` crate).
 
@@ -18,6 +19,7 @@ pub mod hash;
 pub mod journal;
 pub mod metrics;
 pub mod session;
+pub mod suite;
 pub mod tools;
 
 pub use dataset::{

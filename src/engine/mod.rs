@@ -9,6 +9,7 @@ pub mod generate;
 pub mod monitor;
 pub mod stream_eval;
 mod subject;
+pub mod suite;
 pub mod train;
 pub mod worker;
 

@@ -50,7 +50,7 @@ pub use config::{
     TrainSummary, BUDGET_EVALS,
 };
 pub use frozen::{CacheStats, FrozenCache, Set};
-pub use load::load_examples;
+pub use load::{load_examples, load_split};
 pub use memory::{available_mib, estimate_mib, rss_mib};
 pub use optim::lr_at;
 #[allow(unused_imports)]
