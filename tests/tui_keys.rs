@@ -309,7 +309,65 @@ fn probe_edit_run_stream_and_history() {
     // Ctrl-R runs too; and the suite sends one request per prompt
     assert_eq!(press(&mut app, &[ctrl('r')]).len(), 1);
     let a = press(&mut app, &[key('b')]);
-    assert_eq!(a.len(), fraudlab::tui::probe::builtin_suite().len());
+    let cases =
+        fraudlab::data::suite::parse_suite(fraudlab::data::suite::DEFAULT_SUITE, "built-in")
+            .unwrap();
+    assert_eq!(a.len(), cases.len());
+}
+
+#[test]
+fn the_suite_fails_wrong_verdicts_saves_the_matrix_and_reopens_it() {
+    let d = tempfile::tempdir().unwrap();
+    let (mut app, _) = with_data(d.path(), 4);
+    app.tab = Tab::Probe;
+    let a = press(&mut app, &[key('b')]);
+    assert!(!a.is_empty());
+    // the model calls every dialogue honest
+    for act in &a {
+        let Action::Engine(Command::Generate { request, .. }) = act else {
+            panic!("{act:?}")
+        };
+        app.on_engine_event(Event::Generated {
+            request: *request,
+            key: "m".into(),
+            generation: fixtures::generation("{\"is_fraud\": false}"),
+        });
+    }
+    let suite = app.probe.suite.as_ref().unwrap();
+    let saved = suite.saved.clone().expect("saved once every answer is in");
+    assert!(saved.is_file(), "{}", saved.display());
+    let fraud_case = suite
+        .results
+        .cases
+        .iter()
+        .find(|c| {
+            c.expect_json
+                .as_ref()
+                .is_some_and(|e| e.get("is_fraud") == Some(&serde_json::json!(true)))
+        })
+        .expect("the default suite has a fraud case")
+        .name
+        .clone();
+    let r = suite.results.get(&fraud_case, "m").unwrap();
+    assert!(!r.pass, "a fraud dialogue judged honest fails: {r:?}");
+    let (ok, n) = suite.results.score("m");
+    assert!(ok < n, "{ok}/{n}");
+    let shown = fraudlab::tui::render_to_string(&app, 160, 40);
+    // E exports Markdown and CSV beside the saved results
+    press(&mut app, &[key('E')]);
+    assert!(saved.with_extension("md").is_file());
+    assert!(saved.with_extension("csv").is_file());
+    // a new workbench on the same session shows the same matrix
+    let mut again = new_app(d.path());
+    again.tab = Tab::Probe;
+    let reopened = again
+        .probe
+        .suite
+        .as_ref()
+        .expect("reopened with the session");
+    assert_eq!(reopened.results.score("m"), (ok, n));
+    assert_eq!(reopened.results.get(&fraud_case, "m").unwrap().pass, false);
+    assert!(shown.contains("Capability suite"), "{shown}");
 }
 
 #[test]

@@ -161,11 +161,11 @@ fn probe_pane() {
     assert_has(
         &s,
         &[
-            "capability matrix",
-            "介绍大语言模型",
-            "判断: 诈骗对话",
-            "expects",
-            "tok/s",
+            "Capability suite — pass/fail matrix (built-in)",
+            "诈骗: 冒充客服退款",
+            "is_fraud=true",
+            "✓ 21.50 tok/s",
+            "✗ expect_json",
         ],
     );
     app.probe.view = fraudlab::tui::probe::ProbeView::History;

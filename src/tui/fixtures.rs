@@ -7,9 +7,10 @@ use std::time::Instant;
 
 use super::app::{App, AppOptions, Slot, SlotState};
 use super::eval::EvalView;
-use super::probe::{builtin_suite, ModelOutput, ProbeRun, SuiteRun};
+use super::probe::{ModelOutput, ProbeRun, SuiteRun};
 use super::train::{LiveRun, RunInfo};
 use crate::data::metrics::{self, EvalRow};
+use crate::data::suite::{CaseResult, SuiteModel, SuiteResults};
 use crate::data::{Sample, Session, DEFAULT_INSTRUCTION};
 use crate::engine::eval::{EvalMode, EvalResult, Prediction};
 use crate::engine::generate::{Generation, SamplingParams, StopReason};
@@ -242,29 +243,38 @@ pub fn demo_app(root: &Path, n_samples: usize, loss_points: usize) -> Result<App
         params: SamplingParams::default(),
         outputs,
     });
-    let prompts = builtin_suite();
-    let cells = prompts
+    // the built-in suite: the first model gives every verdict as fraud, the others as honest
+    let cases = crate::data::suite::parse_suite(crate::data::suite::DEFAULT_SUITE, "built-in")
+        .unwrap_or_default();
+    let models = keys
         .iter()
-        .map(|p| {
-            keys.iter()
-                .map(|(k, l)| {
-                    let mut o = ModelOutput::new(k, l);
-                    o.text = if p.expects_json {
-                        "{\"is_fraud\": false}".into()
-                    } else {
-                        "大语言模型是……".into()
-                    };
-                    o.done = Some(generation(&o.text.clone()));
-                    o
-                })
-                .collect()
+        .map(|(k, l)| SuiteModel {
+            label: l.clone(),
+            spec: k.clone(),
+            adapter: None,
         })
         .collect();
-    app.probe.suite = Some(SuiteRun {
-        requests: (10..10 + prompts.len() as u64).collect(),
-        prompts,
-        cells,
-    });
+    let mut run = SuiteRun::new(
+        SuiteResults::new("built-in", cases.clone(), models),
+        keys.iter().map(|k| k.0.clone()).collect(),
+        (10..10 + cases.len() as u64).collect(),
+    );
+    for (i, c) in cases.iter().enumerate() {
+        for (j, (_, l)) in keys.iter().enumerate() {
+            let answer = if j == 0 {
+                "{\"is_fraud\": true}"
+            } else {
+                "{\"is_fraud\": false}"
+            };
+            let o = &mut run.cells[i][j];
+            o.text = answer.into();
+            o.done = Some(generation(answer));
+            run.results
+                .results
+                .push(CaseResult::graded(c, l, answer, 21.5, 6));
+        }
+    }
+    app.probe.suite = Some(run);
     for i in 0..20 {
         app.probe.history.push(super::probe::HistoryItem {
             time: format!("2025-01-{:02}T10:{:02}:00Z", 1 + i % 28, i % 60),

@@ -91,8 +91,13 @@ pub const PROBE: &[KeyHelp] = &[
     k("←/→ +/-", "change the focused sampling setting", NO),
     k(
         "b",
-        "run the built-in probe suite on every loaded model",
+        "run the capability suite (the session's suite.jsonl, else the built-in one) on every loaded model: a pass/fail matrix, saved in the session",
         ("b", "suite"),
+    ),
+    k(
+        "E",
+        "export the suite matrix as Markdown and CSV (sessions/<name>/suites/)",
+        NO,
     ),
     k("v", "view: outputs / history / suite matrix", ("v", "view")),
     k("[ ]", "history: previous / next entry", NO),
@@ -381,19 +386,23 @@ pub mod strings {
         }
     }
 
+    /// Where the advice line sends a user to compare candidate models.
+    pub const ADVICE_SUITE: &str =
+        " Compare candidates (sizes, base vs instruct) with the capability suite: load them, Probe pane (2), b.";
+
     // Probe
     pub const SYSTEM_TITLE: &str = "System";
     pub const PROMPT_TITLE: &str = "Prompt";
     pub const SAMPLING_TITLE: &str = "Sampling";
     pub const OUTPUTS_TITLE: &str = "Outputs";
     pub const HISTORY_TITLE: &str = "History";
-    pub const SUITE_TITLE: &str = "Probe suite";
+    pub const SUITE_TITLE: &str = "Capability suite";
     pub const DEFAULT_PROMPT: &str = "请简短介绍下大语言模型。";
     pub const NO_LOADED: &str = "load a model first (Models pane: Enter)";
     pub const NO_OUTPUT_YET: &str =
         "F5 (or Ctrl-R) runs the prompt on every loaded model; outputs stream here side by side.";
     pub const NO_HISTORY: &str = "No probes in this session yet.";
-    pub const NO_SUITE: &str = "Press b to run the built-in suite on every loaded model.";
+    pub const NO_SUITE: &str = "Press b to run the capability suite (the session's suite.jsonl, else the built-in one) on every loaded model: a pass/fail matrix of cases and models, wrong verdicts failing.";
     pub const ENGINE_BUSY_QUEUED: &str =
         "the engine is busy; this waits until the current work ends (Esc cancels it)";
 

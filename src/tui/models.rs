@@ -484,6 +484,7 @@ fn draw_detail(f: &mut Frame, area: Rect, app: &App) {
     lines.push(Line::from(vec![
         Span::styled("advice: ", theme::accent()),
         Span::raw(advice),
+        Span::styled(strings::ADVICE_SUITE, theme::dim()),
     ]));
     if let Some(m) = app.selected_model() {
         lines.push(Line::from(format!(

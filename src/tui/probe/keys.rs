@@ -4,10 +4,8 @@
 
 use crossterm::event::{KeyCode, KeyEvent};
 
-use super::{
-    builtin_suite, ModelOutput, ProbeRun, ProbeView, SuiteRun, FIELDS, F_PROMPT, F_SYSTEM,
-};
-use crate::data::DEFAULT_SYSTEM;
+use super::{ModelOutput, ProbeRun, ProbeView, SuiteRun, FIELDS, F_PROMPT, F_SYSTEM};
+use crate::data::suite::{self, SuiteModel, SuiteResults};
 use crate::engine::generate::SamplingParams;
 use crate::engine::Command;
 use crate::tui::app::{Action, App, InputPurpose};
@@ -65,6 +63,7 @@ impl App {
                 Some('+') | Some('=') if f > F_PROMPT => self.probe.adjust(f, 1),
                 Some('-') if f > F_PROMPT => self.probe.adjust(f, -1),
                 Some('b') => self.probe_run_suite(out),
+                Some('E') => self.probe_export_suite(),
                 Some('v') => {
                     self.probe.view = match self.probe.view {
                         ProbeView::Outputs => ProbeView::History,
@@ -221,45 +220,83 @@ impl App {
         self.save_session();
     }
 
+    /// Runs the session's suite (`suite.jsonl`, else the built-in one) on every loaded
+    /// model: one request per case, greedy, through the engine's generate path.
     pub fn probe_run_suite(&mut self, out: &mut Vec<Action>) {
-        let targets = self.probe_targets();
-        if targets.is_empty() {
+        let slots: Vec<SuiteModel> = self
+            .ready_slots()
+            .map(|s| SuiteModel {
+                label: s.label(),
+                spec: s.spec.clone(),
+                adapter: s.adapter.clone(),
+            })
+            .collect();
+        let keys: Vec<String> = self.ready_slots().map(|s| s.key.clone()).collect();
+        if keys.is_empty() {
             self.warn(strings::NO_LOADED);
             return;
         }
-        let prompts = builtin_suite();
+        let (cases, origin) = match suite::session_suite(&self.session) {
+            Ok(x) => x,
+            Err(e) => {
+                self.error(format!("{e:#}"));
+                return;
+            }
+        };
         let mut requests = Vec::new();
-        let mut cells = Vec::new();
-        for p in &prompts {
+        for c in &cases {
             let request = self.request_id();
             requests.push(request);
-            cells.push(
-                targets
-                    .iter()
-                    .map(|(k, l)| ModelOutput::new(k, l))
-                    .collect(),
-            );
             out.push(Action::Engine(Command::Generate {
                 request,
-                keys: targets.iter().map(|t| t.0.clone()).collect(),
-                system: Some(DEFAULT_SYSTEM.to_string()),
-                prompt: p.prompt.clone(),
+                keys: keys.clone(),
+                system: c.system_prompt(),
+                prompt: c.user_prompt(),
                 raw: false,
                 params: SamplingParams {
-                    max_tokens: p.max_tokens,
+                    max_tokens: c.max_tokens_or(suite::DEFAULT_MAX_TOKENS),
                     ..Default::default()
                 },
             }));
         }
-        self.probe.suite = Some(SuiteRun {
-            prompts,
-            requests,
-            cells,
-        });
+        let n = cases.len();
+        let results = SuiteResults::new(&origin, cases, slots);
+        self.probe.suite = Some(SuiteRun::new(results, keys.clone(), requests));
         self.probe.view = ProbeView::Suite;
         self.info(format!(
-            "running the probe suite on {} model(s)…",
-            targets.len()
+            "running the capability suite ({n} cases, {origin}) on {} model(s)…",
+            keys.len()
         ));
+    }
+
+    /// Writes the suite matrix beside its saved results: `suites/<id>.md` and `.csv`.
+    fn probe_export_suite(&mut self) {
+        let Some(s) = &mut self.probe.suite else {
+            self.warn(strings::NO_SUITE);
+            return;
+        };
+        if s.results.results.is_empty() {
+            self.warn("no suite results yet: press b and wait for the answers");
+            return;
+        }
+        let r = (|| -> anyhow::Result<(std::path::PathBuf, std::path::PathBuf)> {
+            if s.saved.is_none() {
+                s.saved = Some(s.results.save(&self.session)?);
+            }
+            let dir = suite::results_dir(&self.session);
+            let md = dir.join(format!("{}.md", s.results.id));
+            let csv = dir.join(format!("{}.csv", s.results.id));
+            crate::data::write_atomic(&md, s.results.to_markdown().as_bytes())?;
+            crate::data::write_atomic(&csv, s.results.to_csv().as_bytes())?;
+            Ok((md, csv))
+        })();
+        match r {
+            Ok((md, csv)) => self.ok(format!(
+                "suite matrix exported: {} and {}",
+                md.display(),
+                csv.display()
+            )),
+            Err(e) => self.error(format!("cannot export the suite: {e:#}")),
+        }
     }
 }

@@ -1,21 +1,23 @@
 //! Probe pane: system and user prompt editors, sampling settings, every loaded model's
 //! answer streamed side by side with time to first token and tokens/s, a JSON badge, the
-//! session's probe history, and a built-in probe suite as a capability matrix.
+//! session's probe history, and the capability suite (`data::suite`) as a pass/fail matrix.
 //!
 //! This file holds the pane's state (the editors, sampling settings, the current run and
-//! suite run with each model's streamed output, the history), the built-in suite, the
-//! JSON badge, and the handlers for the engine's generation events; the key handling and
+//! suite run with each model's streamed output and graded results, the history), the JSON
+//! badge, and the handlers for the engine's generation events (grading and saving the suite); the key handling and
 //! the runs it starts are in `keys.rs`, the drawing in `view.rs`.
 
 use ratatui::style::Style;
 use serde_json::{json, Value};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use super::app::App;
 use super::keys::strings;
 use super::theme;
 use super::widgets::TextEditor;
-use crate::data::{parse_answer, DEFAULT_INSTRUCTION, DEFAULT_SYSTEM};
+use crate::data::suite::{self, Case, CaseResult, SuiteResults};
+use crate::data::{parse_answer, DEFAULT_SYSTEM};
 use crate::engine::generate::{Generation, SamplingParams};
 
 mod keys;
@@ -81,7 +83,7 @@ impl ModelOutput {
         self.pieces += 1;
     }
 
-    fn finished(&self) -> bool {
+    pub fn finished(&self) -> bool {
         self.done.is_some() || self.error.is_some() || self.cancelled
     }
 
@@ -146,54 +148,77 @@ impl HistoryItem {
     }
 }
 
-/// A prompt of the built-in suite.
-#[derive(Debug, Clone)]
-pub struct SuitePrompt {
-    pub name: &'static str,
-    pub prompt: String,
-    /// The answer should be fraud JSON.
-    pub expects_json: bool,
-    pub max_tokens: usize,
-}
-
-/// The built-in probe suite: a plain question, and the fraud judgement prompt on a fraud
-/// and a normal dialogue.
-pub fn builtin_suite() -> Vec<SuitePrompt> {
-    let fraud = "张伟：您好，我是银行客服，您的账户涉嫌洗钱，需要把资金转到安全账户。\n李娜：真的吗？我该怎么办？\n张伟：请马上告诉我手机收到的验证码，我帮您操作。";
-    let normal = "王芳：周末一起去爬山吗？\n李明：好啊，几点出发？\n王芳：早上八点，在地铁站见。";
-    vec![
-        SuitePrompt {
-            name: "介绍大语言模型",
-            prompt: strings::DEFAULT_PROMPT.to_string(),
-            expects_json: false,
-            max_tokens: 128,
-        },
-        SuitePrompt {
-            name: "判断: 诈骗对话",
-            prompt: format!("{DEFAULT_INSTRUCTION}\n{fraud}"),
-            expects_json: true,
-            max_tokens: 96,
-        },
-        SuitePrompt {
-            name: "判断: 正常对话",
-            prompt: format!("{DEFAULT_INSTRUCTION}\n{normal}"),
-            expects_json: true,
-            max_tokens: 96,
-        },
-        SuitePrompt {
-            name: "follow: JSON only",
-            prompt: "Reply with only this JSON and nothing else: {\"is_fraud\": false}".into(),
-            expects_json: true,
-            max_tokens: 32,
-        },
-    ]
-}
-
+/// A run of the capability suite (the session's `suite.jsonl`, else the built-in one) over
+/// the loaded models: every case's streamed answers, and the graded results, which are saved
+/// in the session once every answer is in.
 #[derive(Debug, Clone)]
 pub struct SuiteRun {
-    pub prompts: Vec<SuitePrompt>,
+    /// Cases, models (columns) and the results graded so far.
+    pub results: SuiteResults,
+    /// The engine key of each model column.
+    pub keys: Vec<String>,
+    /// One request per case.
     pub requests: Vec<u64>,
+    /// Per case, per model: the answer as it streams.
     pub cells: Vec<Vec<ModelOutput>>,
+    /// Where the results were saved (`suites/<id>.json`).
+    pub saved: Option<PathBuf>,
+}
+
+impl SuiteRun {
+    /// A run about to start: one empty cell per case and model.
+    pub fn new(results: SuiteResults, keys: Vec<String>, requests: Vec<u64>) -> Self {
+        let cells = results
+            .cases
+            .iter()
+            .map(|_| {
+                keys.iter()
+                    .zip(&results.models)
+                    .map(|(k, m)| ModelOutput::new(k, &m.label))
+                    .collect()
+            })
+            .collect();
+        Self {
+            results,
+            keys,
+            requests,
+            cells,
+            saved: None,
+        }
+    }
+
+    /// A saved run, reopened with the session.
+    pub fn reopened(results: SuiteResults, path: PathBuf) -> Self {
+        let mut r = Self::new(results, Vec::new(), Vec::new());
+        r.saved = Some(path);
+        r
+    }
+
+    /// The graded result of case `i` for model column `j`, if in.
+    pub fn result(&self, i: usize, j: usize) -> Option<&CaseResult> {
+        let c = self.results.cases.get(i)?;
+        let m = self.results.models.get(j)?;
+        self.results.get(&c.name, &m.label)
+    }
+
+    /// Every answer is in (answered, failed or cancelled).
+    pub fn finished(&self) -> bool {
+        self.requests.is_empty() || self.cells.iter().flatten().all(ModelOutput::finished)
+    }
+
+    fn record(&mut self, i: usize, key: &str, r: impl FnOnce(&Case, &str) -> CaseResult) {
+        let Some(j) = self.keys.iter().position(|k| k == key) else {
+            return;
+        };
+        let (Some(case), Some(m)) = (self.results.cases.get(i), self.results.models.get(j)) else {
+            return;
+        };
+        let res = r(case, &m.label);
+        self.results
+            .results
+            .retain(|x| !(x.name == res.name && x.model == res.model));
+        self.results.results.push(res);
+    }
 }
 
 #[derive(Debug)]
@@ -317,6 +342,13 @@ impl App {
             }
             Err(e) => self.error(format!("cannot read the probe history: {e:#}")),
         }
+        // the last suite matrix is shown again with the session
+        if self.probe.suite.is_none() {
+            if let Some(r) = SuiteResults::latest(&self.session) {
+                let p = suite::results_dir(&self.session).join(format!("{}.json", r.id));
+                self.probe.suite = Some(SuiteRun::reopened(r, p));
+            }
+        }
     }
 
     fn probe_output_mut(
@@ -335,7 +367,7 @@ impl App {
         }
         if let Some(s) = &mut self.probe.suite {
             if let Some(i) = s.requests.iter().position(|&r| r == request) {
-                let name = s.prompts[i].name.to_string();
+                let name = s.results.cases[i].name.clone();
                 return s.cells[i]
                     .iter_mut()
                     .find(|o| o.key == key)
@@ -358,14 +390,17 @@ impl App {
             }
             _ => match &self.probe.suite {
                 Some(s) => match s.requests.iter().position(|&r| r == request) {
-                    Some(i) => (
-                        Some(DEFAULT_SYSTEM.to_string()),
-                        s.prompts[i].prompt.clone(),
-                        SamplingParams {
-                            max_tokens: s.prompts[i].max_tokens,
-                            ..Default::default()
-                        },
-                    ),
+                    Some(i) => {
+                        let c = &s.results.cases[i];
+                        (
+                            c.system_prompt(),
+                            c.user_prompt(),
+                            SamplingParams {
+                                max_tokens: c.max_tokens_or(suite::DEFAULT_MAX_TOKENS),
+                                ..Default::default()
+                            },
+                        )
+                    }
                     None => return,
                 },
                 None => return,
@@ -406,6 +441,44 @@ impl App {
         if let Err(e) = self.session.append_probe(&record) {
             self.error(format!("cannot save the probe: {e:#}"));
         }
+        if let Some(s) = &mut self.probe.suite {
+            if let Some(i) = s.requests.iter().position(|&r| r == request) {
+                s.record(i, key, |c, m| {
+                    CaseResult::graded(c, m, &g.text, g.decode_tok_s, g.generated_tokens)
+                });
+                self.probe_suite_save_when_done();
+            }
+        }
+    }
+
+    /// Saves the suite's results in the session once every answer is in.
+    pub(super) fn probe_suite_save_when_done(&mut self) {
+        let Some(s) = &mut self.probe.suite else {
+            return;
+        };
+        if s.saved.is_some() || !s.finished() || s.results.results.is_empty() {
+            return;
+        }
+        match s.results.save(&self.session) {
+            Ok(p) => {
+                let models: Vec<String> = s
+                    .results
+                    .models
+                    .iter()
+                    .map(|m| {
+                        let (ok, n) = s.results.score(&m.label);
+                        format!("{} {ok}/{n}", m.label)
+                    })
+                    .collect();
+                s.saved = Some(p.clone());
+                self.ok(format!(
+                    "suite done: {} — saved in {} (E exports Markdown and CSV)",
+                    models.join(", "),
+                    p.display()
+                ));
+            }
+            Err(e) => self.error(format!("cannot save the suite results: {e:#}")),
+        }
     }
 
     /// The engine finished request `r`: outputs still open were cancelled (or never ran).
@@ -423,6 +496,7 @@ impl App {
         if let Some(s) = &mut self.probe.suite {
             if let Some(i) = s.requests.iter().position(|&q| q == r) {
                 s.cells[i].iter_mut().for_each(close);
+                self.probe_suite_save_when_done();
             }
         }
     }
@@ -438,11 +512,17 @@ impl App {
             }
         }
         if let Some(s) = &mut self.probe.suite {
-            for row in &mut s.cells {
+            let mut failed = None;
+            for (i, row) in s.cells.iter_mut().enumerate() {
                 if let Some(o) = row.iter_mut().find(|o| o.key == key && !o.finished()) {
                     o.error = Some(message.to_string());
+                    failed = Some(i);
                     break;
                 }
+            }
+            if let Some(i) = failed {
+                s.record(i, key, |c, m| CaseResult::failed(c, m, message));
+                self.probe_suite_save_when_done();
             }
         }
     }

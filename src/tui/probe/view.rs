@@ -292,57 +292,91 @@ fn draw_suite(f: &mut Frame, area: Rect, app: &App) {
         );
         return;
     };
-    let models: Vec<String> = s
-        .cells
-        .first()
-        .map(|r| r.iter().map(|o| o.label.clone()).collect())
-        .unwrap_or_default();
-    let mut header = vec![Cell::from("prompt"), Cell::from("expects")];
-    header.extend(models.iter().map(|m| Cell::from(m.clone())));
-    let rows: Vec<Row> = s
-        .prompts
+    let r = &s.results;
+    let fails: Vec<String> = r
+        .results
         .iter()
-        .zip(&s.cells)
-        .map(|(p, row)| {
-            let mut cells = vec![
-                Cell::from(p.name),
-                Cell::from(if p.expects_json { "JSON" } else { "text" }),
-            ];
-            for o in row {
-                let (badge, style) = if let Some(e) = &o.error {
-                    (format!("✗ {}", truncate(e, 20)), theme::err())
-                } else if o.cancelled {
-                    ("cancelled".to_string(), theme::dim())
-                } else if !o.finished() {
-                    ("…".to_string(), theme::dim())
-                } else {
-                    let (b, st) = json_badge(&o.text);
-                    let ok = if p.expects_json {
-                        b.starts_with("JSON ✓")
-                    } else {
-                        !o.text.trim().is_empty()
-                    };
-                    let rate = o.speed().1.map(short_float).unwrap_or_else(|| "–".into());
-                    (
-                        format!("{} {b} · {rate} tok/s", if ok { "ok" } else { "no" }),
-                        if ok { st } else { theme::warn() },
-                    )
-                };
-                cells.push(Cell::from(Span::styled(badge, style)));
-            }
-            Row::new(cells)
-        })
+        .filter(|x| !x.pass)
+        .map(|x| format!("✗ {} × {}: {}", x.name, x.model, x.failures()))
         .collect();
-    let mut widths = vec![Constraint::Length(18), Constraint::Length(7)];
-    widths.extend(models.iter().map(|_| Constraint::Fill(1)));
+    let fail_h = if fails.is_empty() {
+        0
+    } else {
+        (fails.len() as u16 + 2).min(area.height / 3)
+    };
+    let [top, bottom] =
+        Layout::vertical([Constraint::Fill(1), Constraint::Length(fail_h)]).areas(area);
+    let mut header = vec![Cell::from("case"), Cell::from("checks")];
+    header.extend(r.models.iter().map(|m| Cell::from(m.label.clone())));
+    let mut rows: Vec<Row> = Vec::new();
+    for (i, c) in r.cases.iter().enumerate() {
+        let checks = match c.expect_json.as_ref().and_then(|o| o.get("is_fraud")) {
+            Some(v) => format!("is_fraud={v}"),
+            None => c.tags.first().cloned().unwrap_or_else(|| "format".into()),
+        };
+        let mut cells = vec![Cell::from(c.name.clone()), Cell::from(checks)];
+        for j in 0..r.models.len() {
+            let o = s.cells.get(i).and_then(|row| row.get(j));
+            let (text, style) = match (s.result(i, j), o) {
+                (Some(x), _) if x.pass => (
+                    format!("✓ {} tok/s", short_float(x.tokens_per_s)),
+                    theme::ok(),
+                ),
+                (Some(x), _) => {
+                    let first = x
+                        .checks
+                        .iter()
+                        .find(|c| !c.pass)
+                        .map(|c| c.check.as_str())
+                        .unwrap_or("");
+                    (format!("✗ {first}"), theme::err())
+                }
+                (None, Some(o)) if o.cancelled => ("cancelled".to_string(), theme::dim()),
+                (None, Some(o)) if !o.finished() => ("…".to_string(), theme::dim()),
+                _ => ("–".to_string(), theme::dim()),
+            };
+            cells.push(Cell::from(Span::styled(text, style)));
+        }
+        rows.push(Row::new(cells));
+    }
+    let mut total = vec![
+        Cell::from(Span::styled("passed", theme::bold())),
+        Cell::from(""),
+    ];
+    for m in &r.models {
+        let (p, n) = r.score(&m.label);
+        total.push(Cell::from(Span::styled(
+            format!("{p}/{n} of {}", r.cases.len()),
+            theme::bold(),
+        )));
+    }
+    rows.push(Row::new(total));
+    let mut widths = vec![Constraint::Length(20), Constraint::Length(14)];
+    widths.extend(r.models.iter().map(|_| Constraint::Fill(1)));
+    let saved = match &s.saved {
+        Some(_) => format!(" · saved {}", r.id),
+        None => String::new(),
+    };
     let table = Table::new(rows, widths)
         .header(Row::new(header).style(theme::header()))
         .block(theme::block(
             format!(
-                "{} — capability matrix (ok: the answer has the expected shape)",
-                strings::SUITE_TITLE
+                "{} — pass/fail matrix ({}){saved} · b runs, E exports",
+                strings::SUITE_TITLE,
+                r.suite
             ),
             false,
         ));
-    f.render_widget(table, area);
+    f.render_widget(table, top);
+    if fail_h > 0 {
+        let block = theme::block("Failures", false);
+        let inner = block.inner(bottom);
+        f.render_widget(block, bottom);
+        let w = inner.width as usize;
+        let lines: Vec<Line> = fails
+            .iter()
+            .map(|l| Line::styled(truncate(&one_line(l), w), theme::warn()))
+            .collect();
+        f.render_widget(Paragraph::new(lines), inner);
+    }
 }
