@@ -768,13 +768,19 @@ fn session_restores_models_dataset_and_pane() {
         app.save_session();
     }
     let s = Session::open(d.path(), "t").unwrap();
-    let (app, actions) = App::open(
+    let (mut app, actions) = App::open(
         s,
         AppOptions {
             sessions_root: d.path().into(),
             model_dirs: vec![],
         },
     );
+    // discovery and the dataset are queued for the I/O worker: the dataset shows once in
+    assert!(app.io_pending());
+    assert_eq!(app.data.path, None);
+    assert_eq!(app.data.loading.as_deref(), Some(data.as_path()));
+    app.finish_io();
+    assert!(!app.io_pending());
     assert_eq!(app.tab, Tab::Data);
     assert_eq!(app.data.path.as_deref(), Some(data.as_path()));
     assert_eq!(app.data.counts.hand, 1);
@@ -912,4 +918,57 @@ fn a_recipe_search_needs_a_time_budget_and_lists_its_trials_as_runs() {
             format!("{name}/1-lr2e-4-r8-all")
         ]
     );
+}
+
+#[test]
+fn datasets_and_scans_open_on_the_io_worker_and_stale_results_are_dropped() {
+    use fraudlab::tui::io::{AfterScan, IoWorker};
+    let d = tempfile::tempdir().unwrap();
+    let mut app = new_app(d.path());
+    let a = d.path().join("a.jsonl");
+    let b = d.path().join("b.jsonl");
+    fixtures::write_dataset(&a, 3).unwrap();
+    fixtures::write_dataset(&b, 5).unwrap();
+    // Enter on the open-dataset prompt queues the file; nothing is read on this thread
+    app.tab = Tab::Data;
+    press(&mut app, &[key('o')]);
+    type_text(&mut app, a.to_str().unwrap());
+    press(&mut app, &[code(KeyCode::Enter)]);
+    assert_eq!(app.data.path, None);
+    assert_eq!(app.data.loading.as_deref(), Some(a.as_path()));
+    assert!(fraudlab::tui::render_to_string(&app, 100, 20).contains("loading"));
+    let worker = IoWorker::spawn().unwrap();
+    for job in app.take_io() {
+        worker.send(job);
+    }
+    // the user asks for another file before the first is in: the first is dropped
+    app.request_dataset(&b);
+    app.request_scan(AfterScan::Report);
+    for job in app.take_io() {
+        worker.send(job);
+    }
+    let mut got = 0;
+    let t0 = std::time::Instant::now();
+    while got < 3 {
+        for done in worker.drain() {
+            app.on_io(done);
+            got += 1;
+        }
+        assert!(t0.elapsed().as_secs() < 30, "the worker answers");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert_eq!(app.data.path.as_deref(), Some(b.as_path()));
+    assert_eq!(app.data.samples.len(), 5);
+    assert!(!app.io_pending());
+    assert!(app
+        .message
+        .as_ref()
+        .unwrap()
+        .text
+        .contains("model(s) found"));
+    // a file that cannot be read is an error naming it; the open dataset stays
+    app.request_dataset(&d.path().join("missing.jsonl"));
+    app.finish_io();
+    assert!(app.message.as_ref().unwrap().text.contains("missing.jsonl"));
+    assert_eq!(app.data.path.as_deref(), Some(b.as_path()));
 }

@@ -240,6 +240,8 @@ pub struct App {
     /// load kills the process is not loaded again on the next start).
     pub(super) restoring: std::collections::HashSet<String>,
     exiting: bool,
+    /// Slow work for the I/O worker (discovery, datasets), taken by the event loop.
+    pub(super) io_jobs: Vec<super::io::IoJob>,
 }
 
 /// Resident memory of this process (VmRSS) in MiB.
@@ -304,6 +306,7 @@ impl App {
             started: Instant::now(),
             restoring: Default::default(),
             exiting: false,
+            io_jobs: Vec::new(),
         };
         let tui = app.tui_settings();
         if let Some(t) = tui
@@ -326,11 +329,13 @@ impl App {
     }
 
     /// The workbench as it opens: models discovered, the session's dataset opened (or the
-    /// bundled sample), its models loaded again, the last evaluation shown.
+    /// bundled sample), its models loaded again, the last evaluation shown. Discovery and the
+    /// dataset are queued for the I/O worker ([`App::take_io`]; [`App::finish_io`] does them
+    /// in place).
     pub fn open(session: Session, opts: AppOptions) -> (App, Vec<Action>) {
         let mut app = App::new(session, opts);
         let mut out = Vec::new();
-        app.rescan_models();
+        app.request_scan(super::io::AfterScan::Nothing);
         // models first: opening the dataset saves the session, which records the loaded models
         let mut to_load: Vec<(String, Option<PathBuf>)> =
             app.cfg.models.iter().map(|m| (m.clone(), None)).collect();
@@ -355,7 +360,7 @@ impl App {
             .or_else(default_dataset);
         if let Some(p) = dataset {
             if p.exists() {
-                app.open_dataset(&p);
+                app.request_dataset(&p);
             } else {
                 app.warn(format!("{}: the session's dataset is gone", p.display()));
             }
@@ -691,7 +696,7 @@ impl App {
                     return;
                 }
                 let p = PathBuf::from(&text);
-                self.open_dataset(&p);
+                self.request_dataset(&p);
             }
             InputPurpose::Search => self.data_search(&text),
             InputPurpose::Reason => self.data_set_reason(&text),

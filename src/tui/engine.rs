@@ -182,7 +182,7 @@ impl App {
             }
             Event::Downloaded { id, path } => {
                 self.ok(format!("downloaded {id} to {}", path.display()));
-                self.rescan_models();
+                self.request_scan(super::io::AfterScan::Nothing);
             }
             Event::MonitorTurn {
                 request,

@@ -13,7 +13,11 @@ pub mod app;
 pub mod data;
 pub mod engine;
 pub mod eval;
+/// Realistic app states for tests and benchmarks; not in the shipped binary (the `fixtures`
+/// feature, which the tests and examples turn on through the dev-dependency on this package).
+#[cfg(feature = "fixtures")]
 pub mod fixtures;
+pub mod io;
 pub mod keys;
 pub mod models;
 pub mod monitor;
@@ -153,10 +157,14 @@ pub async fn event_loop<B: Backend>(
 ) -> Result<()> {
     let mut tick = tokio::time::interval(Duration::from_millis(30));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let io = io::IoWorker::spawn()?;
     terminal.draw(|f| draw(f, app))?;
     after_draw(app);
     loop {
         let mut dirty = false;
+        for job in app.take_io() {
+            io.send(job);
+        }
         tokio::select! {
             ev = input.recv() => match ev {
                 Some(ev) => {
@@ -182,6 +190,10 @@ pub async fn event_loop<B: Backend>(
                     for e in events {
                         app.on_engine_event(e);
                     }
+                }
+                for done in io.drain() {
+                    app.on_io(done);
+                    dirty = true;
                 }
                 if app.tick(Instant::now()) {
                     dirty = true;

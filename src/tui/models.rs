@@ -10,6 +10,7 @@ use ratatui::Frame;
 use std::path::{Path, PathBuf};
 
 use super::app::{Action, App, InputPurpose, PickPurpose, SlotState};
+use super::io::{AfterScan, IoJob};
 use super::keys::{self, plain, strings};
 use super::theme;
 use super::widgets::{human_bytes, human_count, truncate};
@@ -26,6 +27,8 @@ pub struct ModelsPane {
     pub offset: std::cell::Cell<usize>,
     /// How models are loaded (`p` cycles it; kept in the session); the RAM columns follow it.
     pub precision: Precision,
+    /// Scans on the I/O worker.
+    pub scanning: usize,
 }
 
 /// The engine key of a model with an optional adapter, loaded at `precision` (f32 keys
@@ -54,7 +57,8 @@ impl App {
         v
     }
 
-    pub fn rescan_models(&mut self) {
+    /// The session's added folders and load precision, before a scan.
+    fn before_scan(&mut self) {
         if let Some(p) = self
             .tui_settings()
             .get("load_precision")
@@ -71,16 +75,54 @@ impl App {
                     .collect();
             }
         }
+    }
+
+    /// Discovers models now, on this thread (tests; the workbench uses [`Self::request_scan`]).
+    pub fn rescan_models(&mut self) {
+        self.before_scan();
+        let list = discover::discover(&self.model_dirs());
+        self.models_discovered(list, AfterScan::Nothing);
+    }
+
+    /// Queues a scan for the I/O worker; the list shows "scanning…" until it is in.
+    pub fn request_scan(&mut self, then: AfterScan) {
+        self.before_scan();
+        self.models.scanning += 1;
+        let dirs = self.model_dirs();
+        self.io_jobs.push(IoJob::Discover { dirs, then });
+    }
+
+    /// A scan is in: the new list, the selection kept (or moved to an added folder).
+    pub(super) fn models_discovered(&mut self, list: Vec<ModelInfo>, then: AfterScan) {
         let sel = self
             .models
             .list
             .get(self.models.selected)
             .map(|m| m.path.clone());
-        self.models.list = discover::discover(&self.model_dirs());
+        self.models.list = list;
         self.models.selected = sel
             .and_then(|p| self.models.list.iter().position(|m| m.path == p))
             .unwrap_or(0)
             .min(self.models.list.len().saturating_sub(1));
+        match then {
+            AfterScan::Nothing => {}
+            AfterScan::Report => {
+                let n = self.models.list.len();
+                self.info(format!("{n} model(s) found"));
+            }
+            AfterScan::Select(p) => {
+                match self.models.list.iter().position(|m| m.path.starts_with(&p)) {
+                    Some(i) => {
+                        self.models.selected = i;
+                        self.ok(format!("added {}", p.display()));
+                    }
+                    None => self.warn(format!(
+                        "{}: no Qwen2-family model found there (folders with config.json, .gguf files)",
+                        p.display()
+                    )),
+                }
+            }
+        }
     }
 
     pub fn selected_model(&self) -> Option<&ModelInfo> {
@@ -159,9 +201,8 @@ impl App {
                 }
                 Some('g') => self.open_input(strings::HUB_TITLE, "", InputPurpose::HubId),
                 Some('r') => {
-                    self.rescan_models();
-                    let n = self.models.list.len();
-                    self.info(format!("{n} model(s) found"));
+                    self.request_scan(AfterScan::Report);
+                    self.info("scanning for models…");
                 }
                 Some('d') => match self.write_demo_model() {
                     Ok(p) => {
@@ -265,20 +306,9 @@ impl App {
         if !self.models.added_dirs.contains(&p) {
             self.models.added_dirs.push(p.clone());
         }
-        self.rescan_models();
-        let found = self.models.list.iter().position(|m| m.path.starts_with(&p));
-        match found {
-            Some(i) => {
-                self.models.selected = i;
-                let t = format!("added {}", p.display());
-                self.ok(t);
-            }
-            None => self.warn(format!(
-                "{}: no Qwen2-family model found there (folders with config.json, .gguf files)",
-                p.display()
-            )),
-        }
         self.save_session();
+        self.request_scan(AfterScan::Select(p.clone()));
+        self.info(format!("scanning {}…", p.display()));
     }
 
     pub(super) fn hub_id(&mut self, text: &str, out: &mut Vec<Action>) {
@@ -328,14 +358,24 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
     let [top, bottom] =
         Layout::vertical([Constraint::Min(5), Constraint::Length(detail_h)]).areas(area);
     let title = format!(
-        "{} ({} found, {} loaded) · loads as {}",
+        "{} ({} found, {} loaded) · loads as {}{}",
         strings::MODELS_TITLE,
         list.len(),
         app.ready_slots().count(),
-        app.models.precision.name()
+        app.models.precision.name(),
+        if app.models.scanning > 0 {
+            " · scanning…"
+        } else {
+            ""
+        }
     );
     let block = theme::block(title, true);
-    if list.is_empty() {
+    if list.is_empty() && app.models.scanning > 0 {
+        f.render_widget(
+            Paragraph::new(vec![Line::from("scanning for models…")]).block(block),
+            top,
+        );
+    } else if list.is_empty() {
         let mut lines = vec![
             Line::styled(strings::NO_MODELS, theme::bold()),
             Line::from(""),

@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use super::app::{Action, App, InputPurpose, PickPurpose};
+use super::io::{IoJob, OpenedDataset};
 use super::keys::{self, plain, strings};
 use super::theme;
 use super::widgets::{display_width, one_line, truncate, wrap};
@@ -64,6 +65,8 @@ pub struct Counts {
 #[derive(Debug, Default)]
 pub struct DataPane {
     pub path: Option<PathBuf>,
+    /// A dataset being opened on the I/O worker (the one shown stays until it is in).
+    pub loading: Option<PathBuf>,
     pub dataset_id: String,
     pub samples: Vec<Sample>,
     /// First turn of each sample on one line (cut), for the table.
@@ -183,7 +186,7 @@ impl DataPane {
 }
 
 /// The first turn as `speaker: text` on one line.
-fn preview(s: &Sample) -> String {
+pub(super) fn preview(s: &Sample) -> String {
     let text = s.dialogue_text();
     // the first non-empty line is the first turn; no need to parse the whole dialogue
     let first = text
@@ -253,39 +256,59 @@ impl App {
         Ok(Some(n))
     }
 
-    /// Opens a dataset and its label journal (shown read-only when it cannot be opened).
+    /// Opens a dataset and its label journal now, on this thread (tests, and a jump to a
+    /// sample that needs its dataset at once); the workbench uses [`Self::request_dataset`].
     pub fn open_dataset(&mut self, path: &Path) {
-        let r = match data::load(path) {
-            Ok(r) => r,
-            Err(e) => {
-                self.error(format!("cannot open {}: {e:#}", path.display()));
-                return;
-            }
-        };
-        let d = &mut self.data;
-        d.journal = None;
+        self.data.loading = Some(path.to_path_buf());
+        self.io_jobs.push(IoJob::OpenDataset {
+            path: path.to_path_buf(),
+            labels: self.session.labels_path(&data::dataset_id(path)),
+        });
+        self.finish_io();
+    }
+
+    /// Queues a dataset (and its label journal) for the I/O worker; the pane says
+    /// "loading…" and keeps showing the current one until it is in.
+    pub fn request_dataset(&mut self, path: &Path) {
+        self.data.loading = Some(path.to_path_buf());
+        self.io_jobs.push(IoJob::OpenDataset {
+            path: path.to_path_buf(),
+            labels: self.session.labels_path(&data::dataset_id(path)),
+        });
+        self.info(format!("opening {}…", path.display()));
+    }
+
+    /// A dataset read on the I/O worker becomes the pane's (shown read-only when its label
+    /// journal cannot be opened).
+    pub(super) fn dataset_opened(&mut self, path: &Path, o: OpenedDataset) {
+        let OpenedDataset {
+            read: r,
+            journal,
+            hand,
+            previews,
+            lens,
+            stats,
+        } = o;
         let id = data::dataset_id(path);
-        let jp = self.session.labels_path(&id);
+        let d = &mut self.data;
         let mut compacted = None;
-        match Journal::open(&jp) {
+        d.hand = hand;
+        match journal {
             Ok(j) => {
                 compacted = j.compacted_at_open();
-                d.hand = j.current_labels().into_iter().collect();
                 d.journal = Some(j);
                 d.journal_error = None;
             }
             Err(e) => {
-                d.journal_error = Some(format!("{e:#}"));
-                d.hand = Journal::read(&jp)
-                    .map(|r| r.current_labels().into_iter().collect())
-                    .unwrap_or_default();
+                d.journal = None;
+                d.journal_error = Some(e);
             }
         }
         d.path = Some(path.to_path_buf());
         d.dataset_id = id;
-        d.previews = r.samples.iter().map(preview).collect();
-        d.lens = r.samples.iter().map(|s| s.char_len()).collect();
-        d.stats = Some(data::tools::stats(&r.samples, 8, None));
+        d.previews = previews;
+        d.lens = lens;
+        d.stats = Some(stats);
         d.samples = r.samples;
         d.summary = r.summary.clone();
         d.probs.clear();
@@ -655,326 +678,5 @@ impl App {
 
 // ---------------------------------------------------------------- drawing
 
-fn label_text(l: Option<bool>) -> &'static str {
-    match l {
-        Some(true) => "fraud",
-        Some(false) => "normal",
-        None => "–",
-    }
-}
-
-pub fn draw(f: &mut Frame, area: Rect, app: &App) {
-    let d = &app.data;
-    if d.path.is_none() {
-        f.render_widget(
-            Paragraph::new(vec![Line::from(strings::NO_DATASET)])
-                .wrap(Wrap { trim: true })
-                .block(theme::block(strings::DATA_TITLE, true)),
-            area,
-        );
-        return;
-    }
-    let wide = area.width >= 120;
-    if wide {
-        let [l, r] =
-            Layout::horizontal([Constraint::Percentage(55), Constraint::Fill(1)]).areas(area);
-        draw_table(f, l, app);
-        if d.stats_view {
-            draw_stats(f, r, app);
-        } else {
-            draw_detail(f, r, app);
-        }
-    } else if d.stats_view {
-        draw_stats(f, area, app);
-    } else if d.detail {
-        draw_detail(f, area, app);
-    } else {
-        draw_table(f, area, app);
-    }
-}
-
-fn draw_table(f: &mut Frame, area: Rect, app: &App) {
-    let d = &app.data;
-    let name = d
-        .path
-        .as_ref()
-        .and_then(|p| p.file_name())
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let mut title = format!(
-        "{} · {name} · {} · {} of {}",
-        strings::DATA_TITLE,
-        d.filter.name(),
-        d.visible.len(),
-        d.samples.len()
-    );
-    if !d.search.is_empty() {
-        title.push_str(&format!(" · /{}", d.search));
-    }
-    if d.journal.is_none() {
-        title.push_str(" · read-only");
-    }
-    let c = d.counts;
-    let counter = format!(
-        " labelled {}/{} · hand-labelled {} · remaining {} ",
-        c.labelled,
-        c.total,
-        c.hand,
-        c.total - c.labelled
-    );
-    let block = theme::block(title, true).title_bottom(Line::styled(counter, theme::accent()));
-    let inner_h = area.height.saturating_sub(3) as usize;
-    let sel = d.selected;
-    let mut off = d.offset.get();
-    if sel < off {
-        off = sel;
-    } else if inner_h > 0 && sel >= off + inner_h {
-        off = sel + 1 - inner_h;
-    }
-    if off + inner_h > d.visible.len() {
-        off = d.visible.len().saturating_sub(inner_h);
-    }
-    d.offset.set(off);
-    let has_probs = !d.probs.is_empty();
-    let rows: Vec<Row> = d.visible[off.min(d.visible.len())..]
-        .iter()
-        .take(inner_h.max(1))
-        .enumerate()
-        .map(|(k, &i)| {
-            let s = &d.samples[i];
-            let hand = d.hand.get(&s.id).map(|h| h.label);
-            let prob = d.probs.get(&s.id).copied();
-            let mut cells = vec![
-                Cell::from(format!("{}", i + 1)),
-                Cell::from(Span::styled(
-                    label_text(s.label),
-                    theme::label_style(s.label),
-                )),
-                Cell::from(Span::styled(
-                    label_text(hand),
-                    theme::label_style(hand).add_modifier(Modifier::BOLD),
-                )),
-            ];
-            if has_probs {
-                let st = match (prob, d.hand.get(&s.id).map(|h| h.label).or(s.label)) {
-                    (Some(p), Some(l)) if (p >= 0.5) != l => theme::warn(),
-                    _ => Style::new(),
-                };
-                cells.push(Cell::from(Span::styled(
-                    prob.map(|p| format!("{p:.2}"))
-                        .unwrap_or_else(|| "–".into()),
-                    st,
-                )));
-            }
-            cells.push(Cell::from(d.lens[i].to_string()));
-            cells.push(Cell::from(d.previews[i].as_str()));
-            let row = Row::new(cells);
-            if off + k == sel {
-                row.style(theme::selected())
-            } else {
-                row
-            }
-        })
-        .collect();
-    let mut header = vec!["#", "label", "hand"];
-    let mut widths = vec![
-        Constraint::Length(5),
-        Constraint::Length(6),
-        Constraint::Length(6),
-    ];
-    if has_probs {
-        header.push("P(fraud)");
-        widths.push(Constraint::Length(8));
-    }
-    header.extend(["len", "first turn"]);
-    widths.extend([Constraint::Length(5), Constraint::Fill(1)]);
-    let table = Table::new(rows, widths)
-        .header(Row::new(header).style(theme::header()))
-        .block(block);
-    f.render_widget(table, area);
-}
-
-fn draw_detail(f: &mut Frame, area: Rect, app: &App) {
-    let d = &app.data;
-    let Some(s) = d.selected_sample() else {
-        f.render_widget(
-            Paragraph::new("no sample in view").block(theme::block("Dialogue", false)),
-            area,
-        );
-        return;
-    };
-    let kind = if s.kind() == "fraud" {
-        String::new()
-    } else {
-        format!(" ({})", s.kind())
-    };
-    let block = theme::block(
-        format!("Dialogue {}{kind}", &s.id[..s.id.len().min(8)]),
-        false,
-    );
-    let inner = block.inner(area);
-    f.render_widget(block, area);
-    let w = inner.width as usize;
-    let hand = d.hand.get(&s.id);
-    let mut lines: Vec<Line> = Vec::new();
-    let mut head = vec![
-        Span::styled("label ", theme::dim()),
-        Span::styled(label_text(s.label), theme::label_style(s.label)),
-    ];
-    head.push(Span::styled("  hand ", theme::dim()));
-    let hl = hand.map(|h| h.label);
-    head.push(Span::styled(
-        label_text(hl),
-        theme::label_style(hl).add_modifier(Modifier::BOLD),
-    ));
-    if let Some(p) = d.probs.get(&s.id) {
-        head.push(Span::styled("  P(fraud) ", theme::dim()));
-        head.push(Span::raw(format!("{p:.3}")));
-        if let Some(m) = &d.prob_model {
-            head.push(Span::styled(format!(" ({m})"), theme::dim()));
-        }
-    }
-    lines.push(Line::from(head));
-    let nonempty = |o: Option<String>| o.filter(|x| !x.trim().is_empty());
-    let (speaker, reason) = match hand {
-        Some(h) => (
-            nonempty(h.fraud_speaker.clone()),
-            nonempty(h.reason.clone()),
-        ),
-        None => (
-            nonempty(s.fraud_speaker.clone()),
-            nonempty(s.reason.clone()),
-        ),
-    };
-    if let Some(sp) = &speaker {
-        lines.push(Line::from(vec![
-            Span::styled("fraud speaker ", theme::dim()),
-            Span::styled(sp.clone(), Style::new().fg(theme::FRAUD)),
-        ]));
-    }
-    if let Some(r) = &reason {
-        for row in wrap(&format!("reason: {r}"), w) {
-            lines.push(Line::styled(row, theme::dim()));
-        }
-    }
-    lines.push(Line::styled("─".repeat(w), theme::dim()));
-    let speakers = s.speakers();
-    for (sp, text) in s.turns() {
-        let ci = speakers.iter().position(|x| *x == sp).unwrap_or(0);
-        let mut style = Style::new()
-            .fg(theme::speaker_color(ci))
-            .add_modifier(Modifier::BOLD);
-        if speaker
-            .as_deref()
-            .is_some_and(|f| f.split([',', '，', '、']).any(|n| n.trim() == sp))
-        {
-            style = style.add_modifier(Modifier::UNDERLINED);
-        }
-        let name = if sp.is_empty() {
-            String::new()
-        } else {
-            format!("{sp}: ")
-        };
-        let indent = display_width(&name).min(w / 3);
-        let body_w = w.saturating_sub(indent).max(1);
-        for (k, row) in wrap(&text, body_w).into_iter().enumerate() {
-            if k == 0 {
-                lines.push(Line::from(vec![
-                    Span::styled(truncate(&name, indent.max(1)), style),
-                    Span::raw(row),
-                ]));
-            } else {
-                lines.push(Line::from(vec![
-                    Span::raw(" ".repeat(indent)),
-                    Span::raw(row),
-                ]));
-            }
-        }
-    }
-    let h = inner.height as usize;
-    let max_scroll = lines.len().saturating_sub(h);
-    let skip = d.detail_scroll.min(max_scroll);
-    let lines: Vec<Line> = lines.into_iter().skip(skip).take(h).collect();
-    f.render_widget(Paragraph::new(lines), inner);
-}
-
-fn draw_stats(f: &mut Frame, area: Rect, app: &App) {
-    let d = &app.data;
-    let Some(st) = &d.stats else { return };
-    let c = d.counts;
-    let [text_a, chart_a] = Layout::vertical([
-        Constraint::Length(9.min(area.height / 2)),
-        Constraint::Fill(1),
-    ])
-    .areas(area);
-    let mut lines = vec![
-        Line::from(vec![
-            Span::styled("samples ", theme::dim()),
-            Span::raw(c.total.to_string()),
-            Span::styled("  fraud ", theme::dim()),
-            Span::styled(c.fraud.to_string(), Style::new().fg(theme::FRAUD)),
-            Span::styled("  normal ", theme::dim()),
-            Span::styled(c.normal.to_string(), Style::new().fg(theme::NORMAL)),
-            Span::styled("  unlabelled ", theme::dim()),
-            Span::raw((c.total - c.labelled).to_string()),
-            Span::styled("  hand ", theme::dim()),
-            Span::raw(c.hand.to_string()),
-        ]),
-        Line::from(vec![
-            Span::styled("chars ", theme::dim()),
-            Span::raw(format!(
-                "min {} · median {:.0} · mean {:.0} · max {}",
-                st.chars.min, st.chars.median, st.chars.mean, st.chars.max
-            )),
-        ]),
-        Line::from(vec![
-            Span::styled("turns ", theme::dim()),
-            Span::raw(format!("mean {:.1} · max {}", st.turns.mean, st.turns.max)),
-            Span::styled("  speakers ", theme::dim()),
-            Span::raw(st.distinct_speakers.to_string()),
-        ]),
-    ];
-    if !st.top_speakers.is_empty() {
-        let top: Vec<String> = st
-            .top_speakers
-            .iter()
-            .take(6)
-            .map(|s| format!("{} ({})", s.name, s.samples))
-            .collect();
-        lines.push(Line::from(vec![
-            Span::styled("top speakers ", theme::dim()),
-            Span::raw(top.join(", ")),
-        ]));
-    }
-    lines.push(Line::styled(d.summary.clone(), theme::dim()));
-    f.render_widget(
-        Paragraph::new(lines)
-            .wrap(Wrap { trim: true })
-            .block(theme::block("Statistics", false)),
-        text_a,
-    );
-    let n = st.char_hist.len().max(1) as u16;
-    let inner_w = chart_a.width.saturating_sub(2);
-    let bar_w = (inner_w / n).saturating_sub(1).clamp(1, 12);
-    let bars: Vec<Bar> = st
-        .char_hist
-        .iter()
-        .map(|b| {
-            Bar::default()
-                .value(b.count as u64)
-                .label(Line::from(super::widgets::human_count(b.lo as u64)))
-        })
-        .collect();
-    let chart = BarChart::default()
-        .block(theme::block("dialogue length (chars) histogram", false))
-        .data(BarGroup::default().bars(&bars))
-        .bar_width(bar_w)
-        .bar_gap(1)
-        .bar_style(theme::accent())
-        .value_style(
-            Style::new()
-                .fg(ratatui::style::Color::Black)
-                .bg(theme::ACCENT),
-        );
-    f.render_widget(chart, chart_a);
-}
+mod view;
+pub use view::draw;
