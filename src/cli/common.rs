@@ -116,3 +116,22 @@ pub fn train_config(a: &TrainArgs, out: std::path::PathBuf) -> Result<TrainConfi
         ..TrainConfig::default()
     })
 }
+
+/// A progress bar on standard error for `unit`s of work (steps, samples): position, rate
+/// and ETA, and a message. Hidden with `--json`; indicatif draws nothing when standard error
+/// is not a terminal.
+pub fn progress_bar(json: bool, unit: &str) -> indicatif::ProgressBar {
+    use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+    if json {
+        return ProgressBar::hidden();
+    }
+    let b = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+    b.set_style(
+        ProgressStyle::with_template(&format!(
+            "[{{bar:25}}] {{pos}}/{{len}} {unit} ETA {{eta}} {{wide_msg}}"
+        ))
+        .expect("a valid template")
+        .progress_chars("=> "),
+    );
+    b
+}

@@ -77,15 +77,20 @@ pub(super) fn cmd_eval(a: EvalArgs, session: &str) -> Result<()> {
         return kfold_eval(&cfg, k, recipe.as_ref(), a.json);
     }
     let cancel = AtomicBool::new(false);
-    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let bar = progress_bar(a.json, "samples");
+    let mut current = String::new();
     let results = evaluate(&cfg, &cancel, &mut |m, d, n| {
-        if tty && !a.json {
-            eprint!("\r{m}: {d}/{n}\x1b[K");
+        if m != current {
+            // a new model: its own count and rate
+            current = m.to_string();
+            bar.set_message(current.clone());
+            bar.reset();
         }
-    })?;
-    if tty && !a.json {
-        eprintln!();
-    }
+        bar.set_length(n as u64);
+        bar.set_position(d as u64);
+    });
+    bar.finish_and_clear();
+    let results = results?;
     if a.json {
         for r in &results {
             println!("{}", serde_json::to_string(r)?);

@@ -27,6 +27,8 @@ pub(super) fn cmd_train(a: TrainArgs, session: &str) -> Result<()> {
     install_stop_signals();
     let json = a.json;
     let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    // a bar on a terminal; a line a step in a log (not a terminal); JSON lines with --json
+    let bar = progress_bar(json || !tty, "steps");
     let summary = train(&tc, &control, &mut |e| {
         if STOP_SIGNAL.load(std::sync::atomic::Ordering::SeqCst) {
             control
@@ -37,29 +39,30 @@ pub(super) fn cmd_train(a: TrainArgs, session: &str) -> Result<()> {
             TrainEvent::Step(m) => {
                 if json {
                     println!("{}", serde_json::to_string(&m).unwrap_or_default());
+                    return;
+                }
+                let line = format!(
+                    "loss {:.4}{} lr {:.2e} {:.1}s/step {:.0} tok/s",
+                    m.loss,
+                    m.eval_loss
+                        .map(|e| format!(" eval {e:.4}"))
+                        .unwrap_or_default(),
+                    m.lr,
+                    m.step_s,
+                    m.tokens_per_s,
+                );
+                if tty {
+                    // the trainer's ETA knows the plan (a time budget, validation passes)
+                    bar.set_length(m.total_steps as u64);
+                    bar.set_position(m.step as u64);
+                    bar.set_message(format!("{line} (trainer's ETA {})", fmt_secs(m.eta_s)));
                 } else {
-                    let w = 30;
-                    let done = (m.step * w / m.total_steps.max(1)).min(w);
-                    let line = format!(
-                        "[{}{}] step {}/{} loss {:.4}{} lr {:.2e} {:.1}s/step {:.0} tok/s ETA {}",
-                        "#".repeat(done),
-                        ".".repeat(w - done),
+                    eprintln!(
+                        "step {}/{} {line} ETA {}",
                         m.step,
                         m.total_steps,
-                        m.loss,
-                        m.eval_loss
-                            .map(|e| format!(" eval {e:.4}"))
-                            .unwrap_or_default(),
-                        m.lr,
-                        m.step_s,
-                        m.tokens_per_s,
                         fmt_secs(m.eta_s)
                     );
-                    if tty {
-                        eprint!("\r{line}\x1b[K");
-                    } else {
-                        eprintln!("{line}");
-                    }
                 }
             }
             TrainEvent::Started {
@@ -71,16 +74,19 @@ pub(super) fn cmd_train(a: TrainArgs, session: &str) -> Result<()> {
                 estimate_mib,
             } => {
                 if !json {
-                    eprintln!(
-                    "training in {} : {train_samples} train / {val_samples} val samples, steps {start_step}..{total_steps}, ~{:.1} GiB",
-                    run_dir.display(),
-                    estimate_mib / 1024.0
-                );
+                    bar.suspend(|| eprintln!(
+                        "training in {} : {train_samples} train / {val_samples} val samples, steps {start_step}..{total_steps}, ~{:.1} GiB",
+                        run_dir.display(),
+                        estimate_mib / 1024.0
+                    ));
+                    bar.set_length(total_steps as u64);
+                    bar.set_position(start_step as u64);
+                    bar.reset_eta();
                 }
             }
             TrainEvent::Log(l) => {
                 if !json {
-                    eprintln!("{l}");
+                    bar.suspend(|| eprintln!("{l}"));
                 }
             }
             TrainEvent::Planned(p) => {
@@ -92,13 +98,10 @@ pub(super) fn cmd_train(a: TrainArgs, session: &str) -> Result<()> {
             | TrainEvent::Eval { .. }
             | TrainEvent::Paused { .. }
             | TrainEvent::Resumed { .. } => {}
-            TrainEvent::Finished(_) => {
-                if tty && !json {
-                    eprintln!();
-                }
-            }
+            TrainEvent::Finished(_) => bar.finish_and_clear(),
         }
     })?;
+    bar.finish_and_clear();
     if json {
         println!("{}", json!({"finished": summary}));
     } else {
