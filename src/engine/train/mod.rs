@@ -34,7 +34,9 @@ mod frozen;
 mod load;
 mod memory;
 mod optim;
+mod plan;
 pub mod tune;
+mod validate;
 
 pub use batch::{
     epoch_order, eval_loss, make_example, mean_loss, mean_loss_cached, val_probabilities, Example,
@@ -53,6 +55,7 @@ pub use frozen::{CacheStats, FrozenCache, Set};
 pub use load::{load_examples, load_split};
 pub use memory::{available_mib, estimate_mib, rss_mib};
 pub use optim::lr_at;
+pub use validate::threshold_for_recall;
 #[allow(unused_imports)]
 use {batch::*, checkpoint::*, config::*, memory::*, optim::*};
 
@@ -538,198 +541,6 @@ impl<'a> Trainer<'a> {
         })
     }
 
-    /// Mean validation loss, from the frozen-prefix cache where there is one. A pass over
-    /// every validation example also keeps their P(fraud) (`last_val`).
-    fn val_loss(&mut self, idx: &[usize], control: &TrainControl) -> Result<f64> {
-        let mut sum = 0.0;
-        let mut n = 0usize;
-        let mut scored = Vec::new();
-        for chunk in idx.chunks(self.tc.batch.max(1)) {
-            self.yield_to_interactive(control);
-            let refs: Vec<&Example> = chunk.iter().map(|&i| &self.val_ex[i]).collect();
-            let b = make_batch(&refs)?;
-            if b.targets.is_empty() {
-                continue;
-            }
-            let start = self.frozen_input(Set::Val, &b, chunk)?;
-            let t0 = self.clock.now();
-            let (nll, probs) = batch_eval(&self.model, &b, start.as_ref())?;
-            sum += nll;
-            for (&i, p) in chunk.iter().zip(probs) {
-                if let (Some(p), Some(v)) = (p, self.val_ex[i].verdict) {
-                    scored.push((v.label, p));
-                }
-            }
-            self.clock.charge(Work::Eval {
-                tokens: b.ids.len(),
-            });
-            self.meter.eval_s += self.clock.now() - t0;
-            self.meter.eval_tokens += b.ids.len() as u64;
-            n += b.targets.len();
-        }
-        if idx.len() == self.val_ex.len() {
-            self.last_val = Some(scored);
-        }
-        Ok(if n == 0 { f64::NAN } else { sum / n as f64 })
-    }
-
-    /// ROC-AUC of the last full validation pass.
-    fn val_auc(&self) -> Option<f64> {
-        let rows: Vec<data::EvalRow> = self
-            .last_val
-            .as_ref()?
-            .iter()
-            .map(|&(label, p)| data::EvalRow {
-                label,
-                predicted: Some(p >= 0.5),
-                probability: Some(p),
-            })
-            .collect();
-        data::metrics::roc_auc(&rows)
-    }
-
-    /// The time-budget plan, made once the first optimizer step has shown what a token
-    /// costs: a first validation batch is timed too, then the run's own batches, in their
-    /// seeded order, are walked until the budget is full.
-    fn make_plan(
-        &mut self,
-        control: &TrainControl,
-        on_event: &mut dyn FnMut(TrainEvent),
-    ) -> Result<()> {
-        let tc = self.tc;
-        let budget = tc.time_budget_s.context("no time budget")?;
-        if !self.val_ex.is_empty() {
-            let first: Vec<usize> = (0..self.val_ex.len().min(tc.batch)).collect();
-            self.val_loss(&first, control)?;
-        }
-        let mut costs = self.meter.costs(&Costs::default());
-        if let Some(first) = self.first_micro {
-            // the first micro-batch pays for cold caches and allocations: measure training
-            // on the ones after it where the step had more
-            let warm = self.meter.since(&first).costs(&costs);
-            costs.step_per_token = warm.step_per_token;
-            costs.frozen_per_token = warm.frozen_per_token;
-        }
-        let cached = |set: Set, i: usize| -> bool {
-            self.frozen
-                .as_ref()
-                .is_some_and(|c| c.lock().map(|c| c.contains(set, i)).unwrap_or(false))
-        };
-        let prefix = self
-            .frozen
-            .as_ref()
-            .and_then(|c| c.lock().ok().map(|c| c.prefix_len()))
-            .unwrap_or(0);
-        let frozen_on = self.frozen.is_some();
-        let row_tokens = |e: &Example| e.ids.len().saturating_sub(prefix);
-        // the steps after this one, in the order the run will take them, as far as the
-        // budget could reach
-        let remaining = (budget - self.now()).max(0.0);
-        let mut seen: std::collections::HashSet<usize> = std::collections::HashSet::new();
-        let mut loads = Vec::new();
-        let mut acc = 0.0;
-        let (mut epoch, mut micro) = (self.st.epoch, self.st.micro);
-        if micro >= self.micro_per_epoch {
-            epoch += 1;
-            micro = 0;
-        }
-        let mut order = self.order(epoch);
-        while acc <= remaining && loads.len() < 1_000_000 {
-            let members = self.step_members(&order, micro);
-            let mut load = StepLoad {
-                step_tokens: 0,
-                frozen_tokens: 0,
-                samples: 0,
-            };
-            for idx in &members {
-                let refs: Vec<&Example> = idx.iter().map(|&i| &self.train_ex[i]).collect();
-                load.step_tokens += make_batch(&refs)?.ids.len();
-                load.samples += idx.len();
-                if frozen_on {
-                    for &i in idx {
-                        if !cached(Set::Train, i) && seen.insert(i) {
-                            load.frozen_tokens += row_tokens(&self.train_ex[i]);
-                        }
-                    }
-                }
-            }
-            acc += load.step_tokens as f64 * costs.step_per_token
-                + load.frozen_tokens as f64 * costs.frozen_per_token
-                + costs.optim;
-            loads.push(load);
-            micro += members.len();
-            if micro >= self.micro_per_epoch {
-                epoch += 1;
-                micro = 0;
-                order = self.order(epoch);
-            }
-        }
-        let eval = (!self.val_ex.is_empty()).then(|| {
-            let mut e = EvalLoad {
-                first_frozen_tokens: 0,
-                frozen_tokens: 0,
-                eval_tokens: 0,
-            };
-            for (k, chunk) in self.val_ex.chunks(tc.batch.max(1)).enumerate() {
-                let refs: Vec<&Example> = chunk.iter().collect();
-                e.eval_tokens += make_batch(&refs).map(|b| b.ids.len()).unwrap_or(0);
-                for (j, ex) in chunk.iter().enumerate() {
-                    let i = k * tc.batch.max(1) + j;
-                    if frozen_on && !cached(Set::Val, i) {
-                        e.first_frozen_tokens += row_tokens(ex);
-                    }
-                }
-            }
-            e
-        });
-        let evals = if tc.eval_every > 0 {
-            // what a fixed interval gives over a run of about the reachable length
-            (self.st.step + loads.len()).div_ceil(tc.eval_every) - 1
-        } else {
-            BUDGET_EVALS
-        };
-        let mut p = plan(
-            budget,
-            self.now(),
-            self.st.step,
-            &loads,
-            eval,
-            evals,
-            costs,
-            tc.warmup_ratio,
-            tc.warmup_steps,
-            self.st.samples_seen,
-            self.train_ex.len(),
-        );
-        if let Some(m) = tc.max_steps {
-            p.total_steps = p.total_steps.min(m.max(self.st.step));
-        }
-        if tc.eval_every > 0 {
-            p.eval_every = tc.eval_every;
-        }
-        self.total = p.total_steps;
-        self.warmup = p.warmup_steps;
-        self.eval_every = p.eval_every;
-        on_event(TrainEvent::Log(format!(
-            "time budget {}: {} steps ({} samples, {:.2} epochs), warmup {}, validation every {} steps; predicted {} (a step of {} tokens: {:.2}s)",
-            crate::fmt::human_secs(budget),
-            p.total_steps,
-            p.samples,
-            p.epochs,
-            p.warmup_steps,
-            p.eval_every,
-            crate::fmt::human_secs(p.predicted_s),
-            loads.first().map(|l| l.step_tokens).unwrap_or(0),
-            loads
-                .first()
-                .map(|l| l.step_tokens as f64 * costs.step_per_token + costs.optim)
-                .unwrap_or(0.0)
-        )));
-        on_event(TrainEvent::Planned(p.clone()));
-        self.st.plan = Some(p);
-        Ok(())
-    }
-
     /// Validation, the metrics line, checkpoints, stop / early stopping / budget / pause.
     fn after_step(
         &mut self,
@@ -950,71 +761,6 @@ fn new_frozen_cache(
     Ok(Some(Arc::new(Mutex::new(cache))))
 }
 
-impl Trainer<'_> {
-    /// The F1-best decision threshold on the labelled validation dialogues, from the last
-    /// validation pass (on the final weights: a run always validates at its last step),
-    /// whose P(fraud) is read where score mode reads it; with its precision and recall, the
-    /// threshold that keeps recall at 0.95, and the ROC-AUC. `None` without a validation set
-    /// holding both labels.
-    fn calibrate(&self, on_event: &mut dyn FnMut(TrainEvent)) -> Result<Option<Calibration>> {
-        let Some(v) = &self.last_val else {
-            return Ok(None);
-        };
-        let pos = v.iter().filter(|x| x.0).count();
-        if pos == 0 || pos == v.len() {
-            return Ok(None);
-        }
-        let rows: Vec<data::EvalRow> = v
-            .iter()
-            .map(|&(label, p)| data::EvalRow {
-                label,
-                predicted: Some(p >= 0.5),
-                probability: Some(p),
-            })
-            .collect();
-        let Some((threshold, m)) = data::metrics::best_f1_threshold(&rows) else {
-            return Ok(None);
-        };
-        let at_half = data::metrics::at_threshold(&rows, 0.5);
-        let c = Calibration {
-            threshold,
-            n: v.len(),
-            precision: m.precision,
-            recall: m.recall,
-            f1: m.f1,
-            f1_at_half: at_half.f1,
-            threshold_for_recall_95: threshold_for_recall(&rows, 0.95),
-            roc_auc: data::metrics::roc_auc(&rows),
-        };
-        on_event(TrainEvent::Log(format!(
-            "decision threshold {:.4} (F1-best on {} validation dialogues): precision {:.3} recall {:.3} F1 {:.3} (F1 {:.3} at 0.5), ROC-AUC {}",
-            c.threshold,
-            c.n,
-            c.precision,
-            c.recall,
-            c.f1,
-            c.f1_at_half,
-            c.roc_auc.map(|a| format!("{a:.3}")).unwrap_or_else(|| "–".into())
-        )));
-        Ok(Some(c))
-    }
-}
-
-/// The highest threshold whose recall on `rows` is at least `recall`.
-pub fn threshold_for_recall(rows: &[data::EvalRow], recall: f64) -> Option<f64> {
-    let mut pos: Vec<f64> = rows
-        .iter()
-        .filter(|r| r.label)
-        .filter_map(|r| r.probability)
-        .collect();
-    if pos.is_empty() {
-        return None;
-    }
-    pos.sort_by(|a, b| b.total_cmp(a));
-    let need = ((recall * pos.len() as f64).ceil() as usize).clamp(1, pos.len());
-    Some(pos[need - 1])
-}
-
 /// The LoRA factors as the run's trainable tensors.
 fn lora_trainable(lora: Vec<LoraVars>) -> Trainable {
     let mut names = Vec::new();
@@ -1085,35 +831,4 @@ fn resume(
         st.step
     )));
     Ok(Some(st))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn threshold_for_a_recall_on_known_scores() {
-        let rows: Vec<data::EvalRow> = [
-            (true, 0.9),
-            (true, 0.8),
-            (true, 0.3),
-            (true, 0.6),
-            (false, 0.7),
-        ]
-        .iter()
-        .map(|&(label, p)| data::EvalRow {
-            label,
-            predicted: Some(p >= 0.5),
-            probability: Some(p),
-        })
-        .collect();
-        // 4 fraud scores 0.9 0.8 0.6 0.3: recall 0.95 needs all four, 0.75 three, 0.5 two
-        assert_eq!(threshold_for_recall(&rows, 0.95), Some(0.3));
-        assert_eq!(threshold_for_recall(&rows, 0.75), Some(0.6));
-        assert_eq!(threshold_for_recall(&rows, 0.5), Some(0.8));
-        assert_eq!(threshold_for_recall(&rows[4..], 0.95), None);
-        let (t, m) = data::metrics::best_f1_threshold(&rows).unwrap();
-        assert_eq!(t, 0.3);
-        assert!((m.f1 - 8.0 / 9.0).abs() < 1e-9);
-    }
 }
