@@ -283,6 +283,8 @@ fn under_load(
 ) -> anyhow::Result<Latency> {
     app.tab = Tab::Data;
     app.help = false;
+    // the previous loop ended on `q`
+    app.quit = false;
     start(app);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
     let pending: Arc<Mutex<Option<(Instant, bool)>>> = Arc::new(Mutex::new(None));
@@ -298,6 +300,8 @@ fn under_load(
                 tx.send(Event::Key(key('?'))).unwrap();
                 match ack_rx.recv_timeout(Duration::from_secs(5)) {
                     Ok(ms) => lat.push(ms),
+                    // the loop is gone: no frame will come
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
                     Err(_) => lat.push(5000.0),
                 }
                 std::thread::sleep(Duration::from_millis(3 + (i % 7) as u64));
