@@ -16,24 +16,6 @@ use fraudlab::engine::train::TrainConfig;
 use fraudlab::model::tiny::TinySpec;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::Output;
-
-fn fl(sessions: &Path, args: &[&str]) -> Output {
-    bin()
-        .env("FRAUDLAB_SESSIONS", sessions)
-        .args(args)
-        .output()
-        .expect("run fraudlab")
-}
-
-fn ok(o: &Output) -> String {
-    assert!(
-        o.status.success(),
-        "failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
 
 fn yaml_value(yaml: &str, key: &str) -> Option<String> {
     yaml.lines()
@@ -51,25 +33,7 @@ fn lines(p: &Path) -> Vec<Value> {
 
 /// Fraud dialogues whose speaker names give the label away (anonymisation must hide them).
 fn leaky_data(path: &Path, n: usize) {
-    let mut s = String::new();
-    for i in 0..n {
-        let fraud = i % 2 == 0;
-        let input = if fraud {
-            format!("诈骗者王强: 您的账户异常，请把验证码{i}告诉我。\n李阿姨: 好的。")
-        } else {
-            format!("张三: 明天{i}点开会。\n李四: 好的，我准时到。")
-        };
-        let v = serde_json::json!({
-            "instruction": fraudlab::data::DEFAULT_INSTRUCTION,
-            "input": input,
-            "label": fraud,
-            "fraud_speaker": if fraud { "诈骗者王强" } else { "" },
-            "reason": "test",
-        });
-        s.push_str(&serde_json::to_string(&v).unwrap());
-        s.push('\n');
-    }
-    std::fs::write(path, s).unwrap();
+    fraud_jsonl_by(path, n, "诈骗者王强", "李阿姨");
 }
 
 #[test]

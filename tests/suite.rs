@@ -6,25 +6,6 @@ use common::*;
 
 use fraudlab::model::tiny::TinySpec;
 use serde_json::Value;
-use std::path::Path;
-use std::process::Output;
-
-fn fl(sessions: &Path, args: &[&str]) -> Output {
-    bin()
-        .env("FRAUDLAB_SESSIONS", sessions)
-        .args(args)
-        .output()
-        .expect("run fraudlab")
-}
-
-fn ok(o: &Output) -> String {
-    assert!(
-        o.status.success(),
-        "failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
 
 #[test]
 fn the_suite_runs_over_models_and_is_saved_and_exported() {

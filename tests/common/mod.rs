@@ -70,11 +70,17 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 
 /// A small fraud-format JSONL file: alternating fraud / normal dialogues.
 pub fn fraud_jsonl(path: &Path, n: usize) {
+    fraud_jsonl_by(path, n, "客服", "用户");
+}
+
+/// [`fraud_jsonl`] with the fraudster and the victim named: a name such as `诈骗者王强`
+/// gives the label away, which anonymisation must hide.
+pub fn fraud_jsonl_by(path: &Path, n: usize, fraudster: &str, victim: &str) {
     let mut s = String::new();
     for i in 0..n {
         let fraud = i % 2 == 0;
         let input = if fraud {
-            format!("客服: 您好，您的账户异常，请把验证码{i}告诉我。\n用户: 好的。")
+            format!("{fraudster}: 您好，您的账户异常，请把验证码{i}告诉我。\n{victim}: 好的。")
         } else {
             format!("张三: 明天{i}点开会。\n李四: 好的，我准时到。")
         };
@@ -82,11 +88,30 @@ pub fn fraud_jsonl(path: &Path, n: usize) {
             "instruction": fraudlab::data::DEFAULT_INSTRUCTION,
             "input": input,
             "label": fraud,
-            "fraud_speaker": if fraud { "客服" } else { "" },
+            "fraud_speaker": if fraud { fraudster } else { "" },
             "reason": "test",
         });
         s.push_str(&serde_json::to_string(&v).unwrap());
         s.push('\n');
     }
     std::fs::write(path, s).unwrap();
+}
+
+/// Runs the binary with `FRAUDLAB_SESSIONS` set to `sessions`.
+pub fn fl(sessions: &Path, args: &[&str]) -> Output {
+    bin()
+        .env("FRAUDLAB_SESSIONS", sessions)
+        .args(args)
+        .output()
+        .expect("run fraudlab")
+}
+
+/// Standard output of a run that must have succeeded (its standard error otherwise).
+pub fn ok(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
 }
