@@ -11,6 +11,8 @@
 #   BUDGET      training time budget (default 60m; iterate with 15m)
 #   LAYERS      LoRA layer range (default 12-23); LR (default 2e-4); BATCH (4); ACCUM (2);
 #               MAX_LEN (384); LORA_R (8); SEED (0)
+#   DTYPE       frozen base weights in f32 or bf16 (default f32); the test part is evaluated
+#               in the same dtype the run trained and calibrated in
 #   ANONYMIZE=1 train and evaluate with speakers renamed A, B… per dialogue
 #   ZERO_SHOT=0 skip the zero-shot evaluation
 #
@@ -39,6 +41,7 @@ accum=${ACCUM:-2}
 max_len=${MAX_LEN:-384}
 rank=${LORA_R:-8}
 seed=${SEED:-0}
+dtype=${DTYPE:-f32}
 anon=()
 anon_eval=()
 if [[ ${ANONYMIZE:-0} == 1 ]]; then
@@ -60,7 +63,7 @@ rm -rf "$run"
 t0=$(date +%s)
 "$fl" train --model "$model" --data "$out/split/train.jsonl" --val "$out/split/val.jsonl" \
   --out "$run" --time-budget "$budget" --layers "$layers" --lr "$lr" --lora-r "$rank" \
-  --batch "$batch" --grad-accum "$accum" --max-len "$max_len" --seed "$seed" "${anon[@]}" \
+  --batch "$batch" --grad-accum "$accum" --max-len "$max_len" --seed "$seed" --dtype "$dtype" "${anon[@]}" \
   --json > "$run.log"
 t1=$(date +%s)
 python3 - "$run/summary.json" "$budget" $((t1 - t0)) <<'EOF'
@@ -78,7 +81,7 @@ models=(--model "$model" --adapter "$run/adapter")
 if [[ ${ZERO_SHOT:-1} == 1 ]]; then
   models=(--model "$model" --model "$model" --adapter - --adapter "$run/adapter")
 fi
-"$fl" eval "${models[@]}" --data "$out/split/test.jsonl" "${anon_eval[@]}" --json > "$out/test-eval.jsonl"
+"$fl" eval "${models[@]}" --data "$out/split/test.jsonl" --dtype "$dtype" "${anon_eval[@]}" --json > "$out/test-eval.jsonl"
 python3 - "$out/test-eval.jsonl" <<'EOF'
 import json, sys
 print(f"{'test part':<28} {'n':>4} {'precision':>9} {'recall':>7} {'F1':>6} {'ROC-AUC':>8}  threshold")
