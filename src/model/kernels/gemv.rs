@@ -158,11 +158,13 @@ fn tile(
             }
         }
     }
-    let _ = level;
-    tile_portable(x, mr, k, w, j, nr, acc)
+    // on the bf16 level, bf16 weights always meet x rounded to bf16 (the tail rows too)
+    let round_x = level >= Level::Avx512Bf16 && matches!(w, Weights::Bf16(_));
+    tile_portable(x, mr, k, w, j, nr, acc, round_x)
 }
 
 /// The plain-Rust tile: the reference the SIMD tiles are tested against.
+#[allow(clippy::too_many_arguments)]
 fn tile_portable(
     x: &[f32],
     mr: usize,
@@ -171,7 +173,9 @@ fn tile_portable(
     j: usize,
     nr: usize,
     acc: &mut [[f32; R]; MR],
+    round_x: bool,
 ) {
+    let rx = |v: f32| if round_x { bf16::from_f32(v).to_f32() } else { v };
     for r in 0..nr {
         let row = (j + r) * k;
         for (i, a) in acc.iter_mut().enumerate().take(mr) {
@@ -181,7 +185,7 @@ fn tile_portable(
                 Weights::Bf16(w) => xi
                     .iter()
                     .zip(&w[row..row + k])
-                    .map(|(a, b)| a * b.to_f32())
+                    .map(|(a, b)| rx(*a) * b.to_f32())
                     .sum(),
             };
         }
