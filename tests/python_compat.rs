@@ -177,10 +177,9 @@ fn transformers_and_peft_interchange() {
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let ranged = ranged_dir.join("adapter");
-    let cfg: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(ranged.join("adapter_config.json")).unwrap(),
-    )
-    .unwrap();
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(ranged.join("adapter_config.json")).unwrap())
+            .unwrap();
     assert_eq!(cfg["layers_to_transform"], serde_json::json!([1]));
     let ranged_ours = top_logits(&ours(&conv, Some(&ranged)));
     assert!(

@@ -175,7 +175,13 @@ fn tile_portable(
     acc: &mut [[f32; R]; MR],
     round_x: bool,
 ) {
-    let rx = |v: f32| if round_x { bf16::from_f32(v).to_f32() } else { v };
+    let rx = |v: f32| {
+        if round_x {
+            bf16::from_f32(v).to_f32()
+        } else {
+            v
+        }
+    };
     for r in 0..nr {
         let row = (j + r) * k;
         for (i, a) in acc.iter_mut().enumerate().take(mr) {
@@ -291,7 +297,11 @@ mod x86 {
                 let hi = _mm512_maskz_loadu_ps(m_hi, xp.wrapping_add(16));
                 let xb = _mm512_cvtne2ps_pbh(hi, lo);
                 for r in 0..R {
-                    ai[r] = _mm512_dpbf16_ps(ai[r], xb, std::mem::transmute::<__m512i, __m512bh>(wv[r]));
+                    ai[r] = _mm512_dpbf16_ps(
+                        ai[r],
+                        xb,
+                        std::mem::transmute::<__m512i, __m512bh>(wv[r]),
+                    );
                 }
             }
             c += 32;
