@@ -2,7 +2,9 @@
 //! to the Python reference and prints ratios.
 //!
 //!   cargo run --release --example bench_engine -- speed MODEL PROMPT_FILE NEW_TOKENS [--quantized]
-//!   cargo run --release --example bench_engine -- train MODEL DATA.jsonl BATCH STEPS
+//!   cargo run --release --example bench_engine -- train MODEL DATA.jsonl BATCH STEPS [--layers 12-23]
+//!       (every step sees new samples, so frozen layers below a LoRA range run each step: the
+//!       first epoch's cost)
 //!   cargo run --release --example bench_engine -- score MODEL DATA.jsonl N [score|generate] [BATCH]
 //!
 //! `--dtype bf16` (anywhere) loads the dense weights in bf16 (the base weights, for train).
@@ -84,6 +86,14 @@ fn main() -> Result<()> {
         None => "f32".to_string(),
     };
     let dt = model::loader::parse_dtype(&dtype)?;
+    let layers = match args.iter().position(|a| a == "--layers") {
+        Some(i) => {
+            let l = args.get(i + 1).cloned().unwrap_or_default();
+            args.drain(i..(i + 2).min(args.len()));
+            Some(fraudlab::model::adapter::parse_layers(&l)?)
+        }
+        None => None,
+    };
     if std::env::var_os("BENCH_NO_CPU_LINE").is_none() {
         eprintln!("{}", fraudlab::model::kernels::cpu_line());
     }
@@ -106,6 +116,7 @@ fn main() -> Result<()> {
             args[3].parse()?,
             args[4].parse()?,
             &dtype,
+            layers,
         ),
         Some("score") => score(
             dt,
@@ -243,7 +254,14 @@ fn linear_bytes(l: &fraudlab::model::qwen2::Linear) -> usize {
     }
 }
 
-fn train(model_spec: &str, data: &str, batch: usize, steps: usize, dtype: &str) -> Result<()> {
+fn train(
+    model_spec: &str,
+    data: &str,
+    batch: usize,
+    steps: usize,
+    dtype: &str,
+    layers: Option<Vec<usize>>,
+) -> Result<()> {
     let lm = model::load(
         model_spec,
         LoadOptions {
@@ -265,6 +283,14 @@ fn train(model_spec: &str, data: &str, batch: usize, steps: usize, dtype: &str) 
         shuffle: false,
         dtype: dtype.to_string(),
         ..Default::default()
+    };
+    let layers_json = json!(layers);
+    let tc = TrainConfig {
+        lora: fraudlab::model::adapter::LoraSpec {
+            layers_to_transform: layers,
+            ..tc.lora.clone()
+        },
+        ..tc
     };
     let mut times = Vec::new();
     let mut toks = Vec::new();
@@ -291,7 +317,8 @@ fn train(model_spec: &str, data: &str, batch: usize, steps: usize, dtype: &str) 
     println!(
         "{}",
         json!({"step_s": median(times), "rss_mib": rss_mib().1, "tokens_per_step": median(toks),
-               "heap_after_load_mib": loaded_heap, "heap_peak_mib": heap_mib().1, "kernels": kernels()})
+               "heap_after_load_mib": loaded_heap, "heap_peak_mib": heap_mib().1, "kernels": kernels(),
+               "layers": layers_json})
     );
     Ok(())
 }

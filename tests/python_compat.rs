@@ -1,7 +1,8 @@
 //! Interchange with the Python stack, opt-in: set FRAUDLAB_TEST_PY to a Python with torch,
 //! transformers and peft (e.g. REF_PY from ../shared/reference/bench/setup.sh). Checks that
 //! transformers loads our converted folder and merged model unchanged, that an adapter made by
-//! Python `peft` gives the same logits here, and that our adapter gives the same logits there.
+//! Python `peft` gives the same logits here, and that our adapters (all layers, and a layer range
+//! written as `layers_to_transform`) give the same logits there.
 
 mod common;
 use common::*;
@@ -151,6 +152,51 @@ fn transformers_and_peft_interchange() {
         &with,
         "our adapter in peft",
     );
+    // an adapter on a layer range only (PEFT's layers_to_transform): the frozen layer below
+    // it has no LoRA weights, and peft must still load it and give the same logits
+    let ranged_dir = d.path().join("run-ranged");
+    let o = run(&[
+        "train",
+        "--model",
+        conv.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        ranged_dir.to_str().unwrap(),
+        "--layers",
+        "1-1",
+        "--max-steps",
+        "4",
+        "--batch",
+        "2",
+        "--grad-accum",
+        "1",
+        "--lr",
+        "1e-2",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let ranged = ranged_dir.join("adapter");
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(ranged.join("adapter_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(cfg["layers_to_transform"], serde_json::json!([1]));
+    let ranged_ours = top_logits(&ours(&conv, Some(&ranged)));
+    assert!(
+        ranged_ours != top_logits(&ours(&conv, None)),
+        "the layer-range adapter changes nothing"
+    );
+    same(
+        &top_logits(&python(&[
+            lp,
+            conv.to_str().unwrap(),
+            prompt.to_str().unwrap(),
+            ranged.to_str().unwrap(),
+        ])),
+        &ranged_ours,
+        "our layer-range adapter in peft",
+    );
+
     let merged = d.path().join("merged");
     let o = run(&[
         "merge",

@@ -188,29 +188,69 @@ mod x86 {
     fn pack_a(a: &[f32], m: usize, k: usize) -> (Vec<u32>, usize) {
         let kp = k + (k & 1);
         let mp = m.div_ceil(MR) * MR;
-        let mut out = vec![0u32; mp * kp / 2];
-        let b = |v: f32| half::bf16::from_f32(v).to_bits() as u32;
+        let wpr = kp / 2;
+        // a rounded to bf16 row by row in registers: rows of wpr words
+        let mut rounded = vec![0u32; m * wpr];
+        rounded
+            .par_chunks_mut(wpr)
+            .zip(a[..m * k].par_chunks(k))
+            // SAFETY: this module runs only where AVX512-BF16 is present; each row of
+            // `rounded` holds ⌈k / 2⌉ words for its k elements.
+            .for_each(|(dst, src)| unsafe { round_pairs(src, dst) });
+        let mut out = vec![0u32; mp * wpr];
         // one block of KC columns for all groups is (KC/2) · mp words; split it by group
         let mut rest = &mut out[..];
         for kc0 in (0..kp).step_by(KC) {
             let pairs = (kp - kc0).min(KC) / 2;
             let (block, tail) = rest.split_at_mut(pairs * mp);
             rest = tail;
+            let rounded = &rounded;
             block
                 .par_chunks_mut(MR * pairs)
                 .enumerate()
                 .for_each(|(g, dst)| {
                     for rr in 0..MR.min(m - g * MR) {
-                        let row = &a[(g * MR + rr) * k..(g * MR + rr + 1) * k];
-                        for q in 0..pairs {
-                            let c = kc0 + 2 * q;
-                            let hi = if c + 1 < k { b(row[c + 1]) } else { 0 };
-                            dst[q * MR + rr] = b(row[c]) | hi << 16;
+                        let row = &rounded[(g * MR + rr) * wpr + kc0 / 2..][..pairs];
+                        for (q, &v) in row.iter().enumerate() {
+                            dst[q * MR + rr] = v;
                         }
                     }
                 });
         }
         (out, kp)
+    }
+
+    /// dst[q] = bf16(src[2q]) | bf16(src[2q + 1]) << 16 (round to nearest even; the pad
+    /// past an odd length is zero).
+    ///
+    /// # Safety
+    /// AVX-512F/BW and AVX512-BF16 must be present; dst holds ⌈src.len() / 2⌉ words.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    unsafe fn round_pairs(src: &[f32], dst: &mut [u32]) {
+        let k = src.len();
+        debug_assert!(dst.len() >= k.div_ceil(2));
+        let mask16 = |n: usize| -> __mmask16 {
+            if n >= 16 {
+                0xffff
+            } else {
+                ((1u32 << n) - 1) as u16
+            }
+        };
+        let mut c = 0;
+        while c < k {
+            let left = k - c;
+            let p = src.as_ptr().wrapping_add(c);
+            // lanes past the end are masked: never read, zero
+            let lo = _mm512_maskz_loadu_ps(mask16(left), p);
+            let hi = _mm512_maskz_loadu_ps(mask16(left.saturating_sub(16)), p.wrapping_add(16));
+            let v: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
+            _mm512_mask_storeu_epi32(
+                dst.as_mut_ptr().add(c / 2) as *mut _,
+                mask16(left.div_ceil(2)),
+                v,
+            );
+            c += 32;
+        }
     }
 
     fn bytemuck_u16(w: &[half::bf16]) -> &[u16] {
@@ -252,10 +292,25 @@ mod x86 {
             let full = j0 + NR <= n && kc0 + 2 * pairs <= k;
             match orient {
                 Orient::Transposed if full => {
-                    // column j of B is row j of W: its pairs are consecutive words
+                    // column j of B is row j of W: its pairs are consecutive words, so a
+                    // panel is a transpose of 32 rows of words (16 × 16 blocks in registers)
+                    let q16 = pairs / 16 * 16;
+                    for half in 0..2 {
+                        let c0 = 16 * half;
+                        for q0 in (0..q16).step_by(16) {
+                            let rows: [&[u16]; 16] = std::array::from_fn(|i| {
+                                let r = (j0 + c0 + i) * k + kc0 + 2 * q0;
+                                &w[r..r + 32]
+                            });
+                            // SAFETY: this module runs only where AVX-512 is present (the
+                            // bf16 level implies it); every row holds 32 u16 and dst holds
+                            // rows q0..q0 + 16 of NR words from column c0 + 16 ≤ NR.
+                            unsafe { transpose16(&rows, &mut dst[q0 * NR + c0..], NR) };
+                        }
+                    }
                     for c in 0..NR {
                         let row = &w[(j0 + c) * k + kc0..(j0 + c) * k + kc0 + 2 * pairs];
-                        for (q, pr) in row.chunks_exact(2).enumerate() {
+                        for (q, pr) in row.chunks_exact(2).enumerate().skip(q16) {
                             dst[q * NR + c] = pr[0] as u32 | (pr[1] as u32) << 16;
                         }
                     }
@@ -264,9 +319,8 @@ mod x86 {
                     for q in 0..pairs {
                         let r0 = &w[(kc0 + 2 * q) * n + j0..][..NR];
                         let r1 = &w[(kc0 + 2 * q + 1) * n + j0..][..NR];
-                        for c in 0..NR {
-                            dst[q * NR + c] = r0[c] as u32 | (r1[c] as u32) << 16;
-                        }
+                        // SAFETY: as above; both rows hold NR u16, dst NR words from q · NR.
+                        unsafe { interleave32(r0, r1, &mut dst[q * NR..q * NR + NR]) };
                     }
                 }
                 _ => {
@@ -280,6 +334,72 @@ mod x86 {
                 }
             }
         }
+    }
+
+    /// out[q · ld + i] = word q (u16 pair 2q, 2q+1) of rows[i], for 16 rows of 16 words: a
+    /// 16 × 16 transpose of 32-bit words (pairs, then quads, then 128-bit lanes twice).
+    ///
+    /// # Safety
+    /// AVX-512F must be present; every row holds 32 u16; out holds 15 · ld + 16 words.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn transpose16(rows: &[&[u16]; 16], out: &mut [u32], ld: usize) {
+        debug_assert!(rows.iter().all(|r| r.len() >= 32) && out.len() >= 15 * ld + 16);
+        let mut r = [_mm512_setzero_si512(); 16];
+        for (v, row) in r.iter_mut().zip(rows) {
+            *v = _mm512_loadu_si512(row.as_ptr() as *const _);
+        }
+        // t[2p] / t[2p+1]: rows 2p and 2p+1 interleaved word by word (low / high halves of
+        // each 128-bit lane)
+        let mut t = [_mm512_setzero_si512(); 16];
+        for p in 0..8 {
+            t[2 * p] = _mm512_unpacklo_epi32(r[2 * p], r[2 * p + 1]);
+            t[2 * p + 1] = _mm512_unpackhi_epi32(r[2 * p], r[2 * p + 1]);
+        }
+        // u[4g + s]: in each 128-bit lane L, word 4L + s of rows 4g..4g+4
+        let mut u = [_mm512_setzero_si512(); 16];
+        for g in 0..4 {
+            let b = 4 * g;
+            u[b] = _mm512_unpacklo_epi64(t[b], t[b + 2]);
+            u[b + 1] = _mm512_unpackhi_epi64(t[b], t[b + 2]);
+            u[b + 2] = _mm512_unpacklo_epi64(t[b + 1], t[b + 3]);
+            u[b + 3] = _mm512_unpackhi_epi64(t[b + 1], t[b + 3]);
+        }
+        for s in 0..4 {
+            // lanes 0, 2 (v) and 1, 3 (x) of rows 0-7, then of rows 8-15
+            let v0 = _mm512_shuffle_i32x4::<0b10_00_10_00>(u[s], u[4 + s]);
+            let x0 = _mm512_shuffle_i32x4::<0b11_01_11_01>(u[s], u[4 + s]);
+            let v1 = _mm512_shuffle_i32x4::<0b10_00_10_00>(u[8 + s], u[12 + s]);
+            let x1 = _mm512_shuffle_i32x4::<0b11_01_11_01>(u[8 + s], u[12 + s]);
+            let cols = [
+                (s, _mm512_shuffle_i32x4::<0b10_00_10_00>(v0, v1)),
+                (4 + s, _mm512_shuffle_i32x4::<0b10_00_10_00>(x0, x1)),
+                (8 + s, _mm512_shuffle_i32x4::<0b11_01_11_01>(v0, v1)),
+                (12 + s, _mm512_shuffle_i32x4::<0b11_01_11_01>(x0, x1)),
+            ];
+            for (q, v) in cols {
+                _mm512_storeu_si512(out.as_mut_ptr().add(q * ld) as *mut _, v);
+            }
+        }
+    }
+
+    /// out[c] = r0[c] | r1[c] << 16 for 32 columns.
+    ///
+    /// # Safety
+    /// AVX-512F/BW must be present; r0 and r1 hold 32 u16, out 32 words.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    unsafe fn interleave32(r0: &[u16], r1: &[u16], out: &mut [u32]) {
+        debug_assert!(r0.len() >= 32 && r1.len() >= 32 && out.len() >= 32);
+        let a = _mm512_loadu_si512(r0.as_ptr() as *const _);
+        let b = _mm512_loadu_si512(r1.as_ptr() as *const _);
+        // per 128-bit lane L: lo = columns 8L..8L+4 interleaved, hi = 8L+4..8L+8
+        let lo = _mm512_unpacklo_epi16(a, b);
+        let hi = _mm512_unpackhi_epi16(a, b);
+        let p = _mm512_shuffle_i32x4::<0b01_00_01_00>(lo, hi); // lo.0 lo.1 hi.0 hi.1
+        let q = _mm512_shuffle_i32x4::<0b11_10_11_10>(lo, hi); // lo.2 lo.3 hi.2 hi.3
+        let o0 = _mm512_shuffle_i32x4::<0b11_01_10_00>(p, p); // lo.0 hi.0 lo.1 hi.1
+        let o1 = _mm512_shuffle_i32x4::<0b11_01_10_00>(q, q);
+        _mm512_storeu_si512(out.as_mut_ptr() as *mut _, o0);
+        _mm512_storeu_si512(out.as_mut_ptr().add(16) as *mut _, o1);
     }
 
     /// Columns of panels p0..p1 of c += a · B.
@@ -417,6 +537,8 @@ mod tests {
             (25, 300, 70),
             (40, 513, 97),
             (3, 64, 32),
+            (5, 90, 64),
+            (17, 1100, 48),
         ] {
             let a = data(m * k, 1);
             let w: Vec<bf16> = data(n * k, 2).iter().map(|&v| bf16::from_f32(v)).collect();

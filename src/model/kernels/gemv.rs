@@ -4,9 +4,10 @@
 //! it, so its speed is the speed the weights stream from memory. These kernels read each
 //! weight row once for all rows of x (up to `MR` x rows per pass, the rest from cache),
 //! four weight rows at a time with one accumulator each (independent chains, four streams
-//! for the prefetcher), and split the weight rows over the thread pool. bf16 weights are
-//! widened to f32 in registers (a 16-bit shift), so x stays f32 and a decoded token reads
-//! half the bytes.
+//! for the prefetcher), and split the weight rows over the thread pool. bf16 weights read
+//! half the bytes: with AVX512-BF16 they go to `vdpbf16ps` as they are (x rounded to bf16 in
+//! registers, f32 accumulation, as the bf16 matmul does); without it they are widened to f32
+//! in registers (a 16-bit shift) and x stays f32.
 
 use half::bf16;
 use rayon::prelude::*;
@@ -140,6 +141,9 @@ fn tile(
         // SAFETY: the level never exceeds what the CPU reported (see `kernels::level`), and
         // the slices hold the rows read (checked in `gemv`).
         unsafe {
+            if let (true, Weights::Bf16(w)) = (nr == R && level >= Level::Avx512Bf16, w) {
+                return x86::tile_dpbf16(x, mr, k, w.as_ptr() as _, j, acc);
+            }
             if nr == R && level >= Level::Avx512 {
                 return match w {
                     Weights::F32(w) => x86::tile_avx512::<false>(x, mr, k, w.as_ptr() as _, j, acc),
@@ -154,11 +158,13 @@ fn tile(
             }
         }
     }
-    let _ = level;
-    tile_portable(x, mr, k, w, j, nr, acc)
+    // on the bf16 level, bf16 weights always meet x rounded to bf16 (the tail rows too)
+    let round_x = level >= Level::Avx512Bf16 && matches!(w, Weights::Bf16(_));
+    tile_portable(x, mr, k, w, j, nr, acc, round_x)
 }
 
 /// The plain-Rust tile: the reference the SIMD tiles are tested against.
+#[allow(clippy::too_many_arguments)]
 fn tile_portable(
     x: &[f32],
     mr: usize,
@@ -167,7 +173,15 @@ fn tile_portable(
     j: usize,
     nr: usize,
     acc: &mut [[f32; R]; MR],
+    round_x: bool,
 ) {
+    let rx = |v: f32| {
+        if round_x {
+            bf16::from_f32(v).to_f32()
+        } else {
+            v
+        }
+    };
     for r in 0..nr {
         let row = (j + r) * k;
         for (i, a) in acc.iter_mut().enumerate().take(mr) {
@@ -177,7 +191,7 @@ fn tile_portable(
                 Weights::Bf16(w) => xi
                     .iter()
                     .zip(&w[row..row + k])
-                    .map(|(a, b)| a * b.to_f32())
+                    .map(|(a, b)| rx(*a) * b.to_f32())
                     .sum(),
             };
         }
@@ -229,6 +243,68 @@ mod x86 {
                 }
             }
             c += 16;
+        }
+        for i in 0..mr {
+            for r in 0..R {
+                acc[i][r] = _mm512_reduce_add_ps(a[i][r]);
+            }
+        }
+    }
+
+    /// See `tile`: four bf16 weight rows on `vdpbf16ps`. Each 32 elements of x are rounded
+    /// to bf16 in registers (as the bf16 matmul rounds its input), so a weight is loaded
+    /// once and used as it is: two products per lane per instruction, no widening.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+    pub(super) unsafe fn tile_dpbf16(
+        x: &[f32],
+        mr: usize,
+        k: usize,
+        w: *const u16,
+        j: usize,
+        acc: &mut [[f32; R]; MR],
+    ) {
+        let rows: [*const u16; R] = [
+            w.add(j * k),
+            w.add((j + 1) * k),
+            w.add((j + 2) * k),
+            w.add((j + 3) * k),
+        ];
+        let mask16 = |n: usize| -> __mmask16 {
+            if n >= 16 {
+                0xffff
+            } else {
+                ((1u32 << n) - 1) as u16
+            }
+        };
+        let mut a = [[_mm512_setzero_ps(); R]; MR];
+        let mut c = 0;
+        while c < k {
+            let left = k - c;
+            let m32: __mmask32 = if left >= 32 {
+                !0
+            } else {
+                ((1u64 << left) - 1) as u32
+            };
+            let (m_lo, m_hi) = (mask16(left), mask16(left.saturating_sub(16)));
+            let mut wv = [_mm512_setzero_si512(); R];
+            for (v, row) in wv.iter_mut().zip(&rows) {
+                *v = _mm512_maskz_loadu_epi16(m32, row.add(c) as *const i16);
+            }
+            for (i, ai) in a.iter_mut().enumerate().take(mr) {
+                // lanes past k are masked: never read, zero in both operands
+                let xp = x.as_ptr().wrapping_add(i * k + c);
+                let lo = _mm512_maskz_loadu_ps(m_lo, xp);
+                let hi = _mm512_maskz_loadu_ps(m_hi, xp.wrapping_add(16));
+                let xb = _mm512_cvtne2ps_pbh(hi, lo);
+                for r in 0..R {
+                    ai[r] = _mm512_dpbf16_ps(
+                        ai[r],
+                        xb,
+                        std::mem::transmute::<__m512i, __m512bh>(wv[r]),
+                    );
+                }
+            }
+            c += 32;
         }
         for i in 0..mr {
             for r in 0..R {
@@ -342,15 +418,19 @@ mod tests {
             (5, 129, 33),
             (9, 200, 70),
             (1, 896, 130),
+            (2, 61, 8),
         ] {
             let x = data(m * k, 1);
             let w32 = data(n * k, 2);
             let wb: Vec<bf16> = w32.iter().map(|&v| bf16::from_f32(v)).collect();
             let wb32: Vec<f32> = wb.iter().map(|v| v.to_f32()).collect();
             let bias = data(n, 3);
+            // on the bf16 level, bf16 weights meet x rounded to bf16
+            let xb: Vec<f32> = x.iter().map(|&v| bf16::from_f32(v).to_f32()).collect();
             for level in super::super::available() {
                 for (w, wref) in [(Weights::F32(&w32), &w32), (Weights::Bf16(&wb), &wb32)] {
-                    let want = reference(&x, m, k, wref, n, &bias);
+                    let rounds = level >= Level::Avx512Bf16 && w.elem_bytes() == 2;
+                    let want = reference(if rounds { &xb } else { &x }, m, k, wref, n, &bias);
                     let mut y = vec![f32::NAN; m * n];
                     gemv(level, &x, m, k, w, n, Some(&bias), &mut y);
                     for (a, b) in y.iter().zip(&want) {
