@@ -120,63 +120,48 @@ fn transformers_and_peft_interchange() {
     // our adapter, and our merge, read by Python
     let data = d.path().join("d.jsonl");
     fraud_jsonl(&data, 6);
-    let run_dir = d.path().join("run");
-    let o = run(&[
-        "train",
-        "--model",
-        conv.to_str().unwrap(),
-        "--data",
-        data.to_str().unwrap(),
-        "--out",
-        run_dir.to_str().unwrap(),
-        "--max-steps",
-        "4",
-        "--batch",
-        "2",
-        "--grad-accum",
-        "1",
-        "--lr",
-        "1e-2",
-        "--json",
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let ad = run_dir.join("adapter");
-    let with = top_logits(&ours(&conv, Some(&ad)));
-    same(
-        &top_logits(&python(&[
+    // trains 4 steps on the tiny model into DIR (extra options before the common ones)
+    let train = |dir: &str, extra: &[&str]| {
+        let out = d.path().join(dir);
+        let mut a = vec![
+            "train",
+            "--model",
+            conv.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        a.extend(extra);
+        a.extend([
+            "--max-steps",
+            "4",
+            "--batch",
+            "2",
+            "--grad-accum",
+            "1",
+            "--lr",
+            "1e-2",
+            "--json",
+        ]);
+        let o = run(&a);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        out.join("adapter")
+    };
+    let in_peft = |adapter: &std::path::Path| {
+        top_logits(&python(&[
             lp,
             conv.to_str().unwrap(),
             prompt.to_str().unwrap(),
-            ad.to_str().unwrap(),
-        ])),
-        &with,
-        "our adapter in peft",
-    );
+            adapter.to_str().unwrap(),
+        ]))
+    };
+    let ad = train("run", &[]);
+    let with = top_logits(&ours(&conv, Some(&ad)));
+    same(&in_peft(&ad), &with, "our adapter in peft");
     // an adapter on a layer range only (PEFT's layers_to_transform): the frozen layer below
     // it has no LoRA weights, and peft must still load it and give the same logits
-    let ranged_dir = d.path().join("run-ranged");
-    let o = run(&[
-        "train",
-        "--model",
-        conv.to_str().unwrap(),
-        "--data",
-        data.to_str().unwrap(),
-        "--out",
-        ranged_dir.to_str().unwrap(),
-        "--layers",
-        "1-1",
-        "--max-steps",
-        "4",
-        "--batch",
-        "2",
-        "--grad-accum",
-        "1",
-        "--lr",
-        "1e-2",
-        "--json",
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let ranged = ranged_dir.join("adapter");
+    let ranged = train("run-ranged", &["--layers", "1-1"]);
     let cfg: serde_json::Value =
         serde_json::from_slice(&std::fs::read(ranged.join("adapter_config.json")).unwrap())
             .unwrap();
@@ -187,12 +172,7 @@ fn transformers_and_peft_interchange() {
         "the layer-range adapter changes nothing"
     );
     same(
-        &top_logits(&python(&[
-            lp,
-            conv.to_str().unwrap(),
-            prompt.to_str().unwrap(),
-            ranged.to_str().unwrap(),
-        ])),
+        &in_peft(&ranged),
         &ranged_ours,
         "our layer-range adapter in peft",
     );

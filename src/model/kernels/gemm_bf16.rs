@@ -130,6 +130,7 @@ fn widened(
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::*;
+    use crate::model::kernels::mask16;
     use std::arch::x86_64::*;
 
     /// Columns per panel: two 16-lane registers.
@@ -229,13 +230,6 @@ mod x86 {
     unsafe fn round_pairs(src: &[f32], dst: &mut [u32]) {
         let k = src.len();
         debug_assert!(dst.len() >= k.div_ceil(2));
-        let mask16 = |n: usize| -> __mmask16 {
-            if n >= 16 {
-                0xffff
-            } else {
-                ((1u32 << n) - 1) as u16
-            }
-        };
         let mut c = 0;
         while c < k {
             let left = k - c;

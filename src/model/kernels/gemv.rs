@@ -201,6 +201,7 @@ fn tile_portable(
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::{MR, R};
+    use crate::model::kernels::mask16;
     use std::arch::x86_64::*;
 
     /// 16 weights from `p` (f32, or bf16 widened) as f32; `mask` selects the lanes read.
@@ -269,13 +270,6 @@ mod x86 {
             w.add((j + 2) * k),
             w.add((j + 3) * k),
         ];
-        let mask16 = |n: usize| -> __mmask16 {
-            if n >= 16 {
-                0xffff
-            } else {
-                ((1u32 << n) - 1) as u16
-            }
-        };
         let mut a = [[_mm512_setzero_ps(); R]; MR];
         let mut c = 0;
         while c < k {

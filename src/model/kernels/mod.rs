@@ -274,3 +274,13 @@ mod tests {
         assert!(l.contains(&format!("kernels: {}", level().name())));
     }
 }
+
+/// The mask of the first `n` of 16 lanes (all of them from 16 on).
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn mask16(n: usize) -> u16 {
+    if n >= 16 {
+        0xffff
+    } else {
+        ((1u32 << n) - 1) as u16
+    }
+}
