@@ -9,7 +9,7 @@
 //!
 //! `--dtype bf16` (anywhere) loads the dense weights in bf16 (the base weights, for train).
 //!   cargo run --release --example bench_engine -- cpu      (the CPU, its features, the kernels)
-//!   cargo run --release --example bench_engine -- profile MODEL PROMPT_FILE prefill|decode SECONDS
+//!   cargo run --release --example bench_engine -- profile MODEL PROMPT_FILE prefill|decode SECONDS [--quantized]
 //!       (after loading, prints "start" on stderr and repeats the workload for SECONDS, for a
 //!       profiler attached then: `perf record -p PID`)
 //!
@@ -109,7 +109,14 @@ fn main() -> Result<()> {
             args.iter().any(|a| a == "--quantized"),
             dt,
         ),
-        Some("profile") => profile(&args[1], &args[2], &args[3], args[4].parse()?, dt),
+        Some("profile") => profile(
+            &args[1],
+            &args[2],
+            &args[3],
+            args[4].parse()?,
+            args.iter().any(|a| a == "--quantized"),
+            dt,
+        ),
         Some("train") => train(
             &args[1],
             &args[2],
@@ -193,15 +200,10 @@ fn profile(
     prompt_file: &str,
     what: &str,
     seconds: f64,
+    quantized: bool,
     dtype: candle_core::DType,
 ) -> Result<()> {
-    let lm = model::load(
-        model_spec,
-        LoadOptions {
-            dtype,
-            ..Default::default()
-        },
-    )?;
+    let lm = model::load(model_spec, LoadOptions { quantized, dtype })?;
     let ids = lm
         .tokenizer
         .encode(&std::fs::read_to_string(prompt_file)?)?;

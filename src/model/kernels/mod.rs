@@ -62,6 +62,9 @@ pub struct Features {
     pub avx512f: bool,
     pub avx512bw: bool,
     pub avx512bf16: bool,
+    /// AVX512-VNNI (`vpdpbusd`): the quantized dots use it at the AVX-512 levels when present
+    /// (the AVX2 dots otherwise).
+    pub avx512vnni: bool,
     /// Reported only: no kernel here uses AMX (it could not be run where this was written).
     pub amx_bf16: bool,
 }
@@ -79,6 +82,7 @@ impl Features {
                 avx512f: is_x86_feature_detected!("avx512f"),
                 avx512bw: is_x86_feature_detected!("avx512bw"),
                 avx512bf16: is_x86_feature_detected!("avx512bf16"),
+                avx512vnni: is_x86_feature_detected!("avx512vnni"),
                 amx_bf16: amx,
             }
         }
@@ -163,6 +167,19 @@ pub fn with_level<R: Send>(l: Level, f: impl FnOnce() -> R + Send) -> R {
     })
 }
 
+/// Runs `f` on a thread of the rayon pool (directly when already on one). A pool thread that
+/// starts a parallel loop works on it itself and only wakes the other threads; a thread
+/// outside the pool hands every loop over and sleeps until it ends, two context switches
+/// for each of the few hundred products a decoded token makes. Model entry points call
+/// this once, so the hand-over happens once per forward pass.
+pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    if rayon::current_thread_index().is_some() {
+        f()
+    } else {
+        rayon::scope(|_| f())
+    }
+}
+
 /// Call first thing in `main` (before any thread starts): hands Candle's parallel loops to
 /// the one rayon pool.
 ///
@@ -207,12 +224,13 @@ pub fn cpu_line() -> String {
     let f = features();
     let yn = |b: bool| if b { "yes" } else { "no" };
     format!(
-        "cpu: {} | threads {} | avx2 {} fma {} avx512f {} avx512-bf16 {} amx-bf16 {} | kernels: {}{}",
+        "cpu: {} | threads {} | avx2 {} fma {} avx512f {} avx512-vnni {} avx512-bf16 {} amx-bf16 {} | kernels: {}{}",
         cpu_model(),
         rayon::current_num_threads(),
         yn(f.avx2),
         yn(f.fma),
         yn(f.avx512f),
+        yn(f.avx512vnni),
         yn(f.avx512bf16),
         yn(f.amx_bf16),
         level().name(),

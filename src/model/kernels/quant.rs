@@ -123,6 +123,28 @@ fn rows<T: GgmlType + 'static>(
         })
         .collect();
     let q5 = std::any::TypeId::of::<T>() == std::any::TypeId::of::<kq::BlockQ5_0>();
+    let q8 = std::any::TypeId::of::<T>() == std::any::TypeId::of::<kq::BlockQ8_0>();
+    // the VNNI dots' x: Σ of each 4 values times the weight's offset (16 for Q5_0, whose
+    // values are stored + 16; 128 for Q8_0, whose signed values are shifted into u8)
+    let shift = match (q5, q8) {
+        _ if !vnni(lv) => None,
+        (true, _) => Some(4),
+        (_, true) => Some(7),
+        _ => None,
+    };
+    let prepared: Vec<Prepared> = match shift {
+        Some(sh) => xq
+            .iter()
+            // SAFETY: T is Q5_0 or Q8_0, whose partner is BlockQ8_0 (TypeId above)
+            .map(|xr| unsafe {
+                Prepared::new(
+                    std::slice::from_raw_parts(xr.as_ptr() as *const kq::BlockQ8_0, per),
+                    sh,
+                )
+            })
+            .collect(),
+        None => Vec::new(),
+    };
     let out = Out(y.as_mut_ptr());
     let chunk = n
         .div_ceil(rayon::current_num_threads() * 4)
@@ -132,7 +154,32 @@ fn rows<T: GgmlType + 'static>(
         for j in j0..(j0 + chunk).min(n) {
             let wr = &w[j * per..(j + 1) * per];
             for (i, xr) in xq.iter().enumerate() {
-                let v = if q5 {
+                let v = if let Some(px) = prepared.get(i) {
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: `prepared` is filled only at a VNNI-capable level (the CPU has
+                    // AVX-512 F/BW/VNNI and F16C), for T = Q5_0 or Q8_0 (TypeId above)
+                    unsafe {
+                        if q5 {
+                            x86::dot_q5_0_vnni(
+                                std::slice::from_raw_parts(
+                                    wr.as_ptr() as *const kq::BlockQ5_0,
+                                    per,
+                                ),
+                                px,
+                            )
+                        } else {
+                            x86::dot_q8_0_vnni(
+                                std::slice::from_raw_parts(
+                                    wr.as_ptr() as *const kq::BlockQ8_0,
+                                    per,
+                                ),
+                                px,
+                            )
+                        }
+                    }
+                    #[cfg(not(target_arch = "x86_64"))]
+                    unreachable!("no VNNI level off x86 ({px:p})")
+                } else if q5 {
                     // SAFETY: T is BlockQ5_0 and so its partner BlockQ8_0 (TypeId above)
                     let (wr, xr) = unsafe {
                         (
@@ -150,6 +197,44 @@ fn rows<T: GgmlType + 'static>(
         }
     };
     (0..n).into_par_iter().step_by(chunk).for_each(work);
+}
+
+/// Whether the quantized dots take the VNNI path at level `lv`.
+fn vnni(lv: Level) -> bool {
+    let f = super::features();
+    cfg!(target_arch = "x86_64") && lv >= Level::Avx512 && f.avx512vnni && f.avx512bw
+}
+
+/// One row of x (already rounded to Q8_0 blocks) as the VNNI dots read it: the values back
+/// to back, each block's scale once per 32-bit lane, and per lane (4 values) the correction
+/// for the weights' unsigned offset, `-(Σ x) << shift`, which `vpdpbusd` starts from.
+pub struct Prepared {
+    /// the Q8_0 blocks themselves (an odd last block is dotted by the plain code)
+    blocks: Vec<kq::BlockQ8_0>,
+    xs: Vec<i8>,
+    neg: Vec<i32>,
+    dx: Vec<f32>,
+}
+
+impl Prepared {
+    pub fn new(x: &[kq::BlockQ8_0], shift: u32) -> Self {
+        let mut p = Prepared {
+            blocks: x.to_vec(),
+            xs: Vec::with_capacity(x.len() * 32),
+            neg: Vec::with_capacity(x.len() * 8),
+            dx: Vec::with_capacity(x.len() * 8),
+        };
+        for b in x {
+            let (d, q) = q8_fields(b);
+            p.xs.extend_from_slice(q);
+            p.neg.extend(
+                q.chunks(4)
+                    .map(|c| -(c.iter().map(|&v| v as i32).sum::<i32>() << shift)),
+            );
+            p.dx.extend([d; 8]);
+        }
+        p
+    }
 }
 
 /// Raw fields of a Q5_0 block (22 bytes: f16 scale, 32 high bits, 16 bytes of nibbles) and a
@@ -223,6 +308,87 @@ mod x86 {
         _mm256_and_si256(set, _mm256_set1_epi8(0x10))
     }
 
+    /// Both scales of a pair of blocks (f16 at `a` and `b`) spread over 16 lanes: the first
+    /// block's in lanes 0-7, the second's in 8-15.
+    #[inline(always)]
+    unsafe fn pair_scales(a: *const u8, b: *const u8, spread: __m512i) -> __m512 {
+        let da = (a as *const u16).read_unaligned() as u32;
+        let db = (b as *const u16).read_unaligned() as u32;
+        let d = _mm_cvtph_ps(_mm_cvtsi32_si128((da | db << 16) as i32));
+        _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(d))
+    }
+
+    /// Q5_0 weights · prepared x, two blocks an iteration: the 5-bit values (+16, so
+    /// unsigned) against x's signed bytes in one `vpdpbusd` that starts from the -16·Σx
+    /// correction, then each block's scales.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
+    pub(super) unsafe fn dot_q5_0_vnni(w: &[kq::BlockQ5_0], x: &Prepared) -> f32 {
+        const B: usize = std::mem::size_of::<kq::BlockQ5_0>();
+        let nb = w.len();
+        debug_assert!(B == 22 && x.blocks.len() == nb);
+        let p = w.as_ptr() as *const u8;
+        let low = _mm512_set1_epi8(0x0F);
+        let sixteen = _mm512_set1_epi8(0x10);
+        // 128-bit lanes 1 and 3 hold the high nibbles
+        let shifts = _mm512_set_epi64(4, 4, 0, 0, 4, 4, 0, 0);
+        let spread = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+        let mut acc = _mm512_setzero_ps();
+        for i in 0..nb / 2 {
+            let a = p.add(2 * i * B);
+            let b = a.add(B);
+            let qa = _mm_loadu_si128(a.add(6) as *const __m128i);
+            let qb = _mm_loadu_si128(b.add(6) as *const __m128i);
+            let v = _mm512_inserti32x4::<1>(_mm512_castsi128_si512(qa), qa);
+            let v = _mm512_inserti32x4::<3>(_mm512_inserti32x4::<2>(v, qb), qb);
+            let nib = _mm512_and_si512(_mm512_srlv_epi64(v, shifts), low);
+            let qha = (a.add(2) as *const u32).read_unaligned() as u64;
+            let qhb = (b.add(2) as *const u32).read_unaligned() as u64;
+            let wq = _mm512_or_si512(nib, _mm512_maskz_mov_epi8(qha | qhb << 32, sixteen));
+            let xv = _mm512_loadu_si512(x.xs.as_ptr().add(64 * i) as *const _);
+            let c = _mm512_loadu_si512(x.neg.as_ptr().add(16 * i) as *const _);
+            let s = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(c, wq, xv));
+            let dx = _mm512_loadu_ps(x.dx.as_ptr().add(16 * i));
+            acc = _mm512_fmadd_ps(_mm512_mul_ps(s, pair_scales(a, b, spread)), dx, acc);
+        }
+        let mut sum = _mm512_reduce_add_ps(acc);
+        if nb % 2 == 1 {
+            sum += dot_q5_0_portable(&w[nb - 1..], &x.blocks[nb - 1..]);
+        }
+        sum
+    }
+
+    /// Q8_0 weights · prepared x, two blocks an iteration: the signed weights moved to
+    /// unsigned (+128, an xor of the sign bit) in one `vpdpbusd` that starts from the
+    /// -128·Σx correction, then each block's scales.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
+    pub(super) unsafe fn dot_q8_0_vnni(w: &[kq::BlockQ8_0], x: &Prepared) -> f32 {
+        const B: usize = std::mem::size_of::<kq::BlockQ8_0>();
+        let nb = w.len();
+        debug_assert!(B == 34 && x.blocks.len() == nb);
+        let p = w.as_ptr() as *const u8;
+        let sign = _mm512_set1_epi8(-128);
+        let spread = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+        let mut acc = _mm512_setzero_ps();
+        for i in 0..nb / 2 {
+            let a = p.add(2 * i * B);
+            let b = a.add(B);
+            let wa = _mm256_loadu_si256(a.add(2) as *const __m256i);
+            let wb = _mm256_loadu_si256(b.add(2) as *const __m256i);
+            let wv = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(wa), wb);
+            let wu = _mm512_xor_si512(wv, sign);
+            let xv = _mm512_loadu_si512(x.xs.as_ptr().add(64 * i) as *const _);
+            let c = _mm512_loadu_si512(x.neg.as_ptr().add(16 * i) as *const _);
+            let s = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(c, wu, xv));
+            let dx = _mm512_loadu_ps(x.dx.as_ptr().add(16 * i));
+            acc = _mm512_fmadd_ps(_mm512_mul_ps(s, pair_scales(a, b, spread)), dx, acc);
+        }
+        let mut sum = _mm512_reduce_add_ps(acc);
+        if nb % 2 == 1 {
+            sum += kq::BlockQ8_0::vec_dot(32, &w[nb - 1..], &x.blocks[nb - 1..]);
+        }
+        sum
+    }
+
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn dot_q5_0(w: &[kq::BlockQ5_0], x: &[kq::BlockQ8_0]) -> f32 {
         let mut acc = _mm256_setzero_ps();
@@ -267,7 +433,8 @@ mod tests {
             .collect()
     }
 
-    /// Every quantized type a GGUF model here uses, at every level, few rows: against the
+    /// Every quantized type a GGUF model here uses, at every level (so the VNNI dots as well
+    /// where the CPU has them), few rows: against the
     /// dequantized weights times the Q8-rounded x in f64 (what the dots compute exactly, up to
     /// f32 accumulation: 1e-4 of Σ|w·x|), and the dequantization against Candle's own.
     #[test]
@@ -280,46 +447,53 @@ mod tests {
             GgmlDType::Q6K,
             GgmlDType::Q4_0,
         ] {
-            let (n, k) = (37, 512);
-            let w = Tensor::from_vec(data(n * k, 1), (n, k), &dev)?;
-            let q = QTensor::quantize(&w, dt)?;
-            let wd = q.dequantize(&dev)?;
-            let ours = dequantize(&q)?.expect("a type handled here");
-            assert_eq!(
-                ours.to_vec2::<f32>()?,
-                wd.to_vec2::<f32>()?,
-                "{dt:?} dequantize"
-            );
-            let wd: Vec<f32> = wd.flatten_all()?.to_vec1()?;
-            for m in [1, 3] {
-                let x = data(m * k, 2);
-                // x as the dots see it: rounded to the partner type
-                let xr = Tensor::from_vec(x.clone(), (m, k), &dev)?;
-                let partner = if matches!(dt, GgmlDType::Q4K | GgmlDType::Q6K) {
-                    GgmlDType::Q8K
-                } else {
-                    GgmlDType::Q8_0
-                };
-                let xr: Vec<f32> = QTensor::quantize(&xr, partner)?
-                    .dequantize(&dev)?
-                    .flatten_all()?
-                    .to_vec1()?;
-                for l in available() {
-                    let mut y = vec![f32::NAN; m * n];
-                    with_level(l, || gemv(&x, m, &q, &mut y))?.expect("handled");
-                    for i in 0..m {
-                        for j in 0..n {
-                            let (mut s, mut mag) = (0f64, 0f64);
-                            for c in 0..k {
-                                let p = xr[i * k + c] as f64 * wd[j * k + c] as f64;
-                                s += p;
-                                mag += p.abs();
+            // 544 = 17 blocks of 32: the odd block the paired dots leave to the plain code
+            let ks: &[usize] = match dt {
+                GgmlDType::Q4K | GgmlDType::Q6K => &[512],
+                _ => &[512, 544],
+            };
+            for &k in ks {
+                let n = 37;
+                let w = Tensor::from_vec(data(n * k, 1), (n, k), &dev)?;
+                let q = QTensor::quantize(&w, dt)?;
+                let wd = q.dequantize(&dev)?;
+                let ours = dequantize(&q)?.expect("a type handled here");
+                assert_eq!(
+                    ours.to_vec2::<f32>()?,
+                    wd.to_vec2::<f32>()?,
+                    "{dt:?} dequantize"
+                );
+                let wd: Vec<f32> = wd.flatten_all()?.to_vec1()?;
+                for m in [1, 3] {
+                    let x = data(m * k, 2);
+                    // x as the dots see it: rounded to the partner type
+                    let xr = Tensor::from_vec(x.clone(), (m, k), &dev)?;
+                    let partner = if matches!(dt, GgmlDType::Q4K | GgmlDType::Q6K) {
+                        GgmlDType::Q8K
+                    } else {
+                        GgmlDType::Q8_0
+                    };
+                    let xr: Vec<f32> = QTensor::quantize(&xr, partner)?
+                        .dequantize(&dev)?
+                        .flatten_all()?
+                        .to_vec1()?;
+                    for l in available() {
+                        let mut y = vec![f32::NAN; m * n];
+                        with_level(l, || gemv(&x, m, &q, &mut y))?.expect("handled");
+                        for i in 0..m {
+                            for j in 0..n {
+                                let (mut s, mut mag) = (0f64, 0f64);
+                                for c in 0..k {
+                                    let p = xr[i * k + c] as f64 * wd[j * k + c] as f64;
+                                    s += p;
+                                    mag += p.abs();
+                                }
+                                let got = y[i * n + j] as f64;
+                                assert!(
+                                    (got - s).abs() <= 1e-4 * mag + 1e-6,
+                                    "{dt:?} k {k} {l:?} ({i},{j}): {got} vs {s}"
+                                );
                             }
-                            let got = y[i * n + j] as f64;
-                            assert!(
-                                (got - s).abs() <= 1e-4 * mag + 1e-6,
-                                "{dt:?} {l:?} ({i},{j}): {got} vs {s}"
-                            );
                         }
                     }
                 }

@@ -219,6 +219,21 @@ impl Qwen2 {
         &self,
         ids: &Tensor,
         valid: Option<&[Vec<bool>]>,
+        cache: Option<&mut KvCache>,
+        mode: Mode,
+        last_only: bool,
+        end: usize,
+    ) -> Result<Tensor> {
+        crate::model::kernels::on_pool(|| {
+            self.forward_rows_here(ids, valid, cache, mode, last_only, end)
+        })
+    }
+
+    /// [`Self::forward_rows`] on the calling thread.
+    fn forward_rows_here(
+        &self,
+        ids: &Tensor,
+        valid: Option<&[Vec<bool>]>,
         mut cache: Option<&mut KvCache>,
         mode: Mode,
         last_only: bool,
@@ -610,9 +625,12 @@ impl Qwen2 {
         valid: Option<&[Vec<bool>]>,
         cache: Option<&mut KvCache>,
     ) -> Result<Tensor> {
-        let hidden = self.forward_rows(ids, valid, cache, Mode::Infer, true, self.layers.len())?;
-        let last = hidden.squeeze(1)?;
-        self.logits(&last, Mode::Infer)
+        crate::model::kernels::on_pool(|| {
+            let hidden =
+                self.forward_rows(ids, valid, cache, Mode::Infer, true, self.layers.len())?;
+            let last = hidden.squeeze(1)?;
+            self.logits(&last, Mode::Infer)
+        })
     }
 
     /// Every linear layer with its PEFT-style module name (`model.layers.0.self_attn.q_proj`).
