@@ -196,3 +196,45 @@ fn packed_sequences_see_only_the_prefix_and_themselves() {
         o += n;
     }
 }
+
+#[test]
+fn exp_f32_is_within_float_rounding_of_exp() {
+    let mut worst = 0f64;
+    let mut x = -87.0f32;
+    while x <= 88.0 {
+        let want = (x as f64).exp();
+        let got = exp_f32(x) as f64;
+        worst = worst.max((got - want).abs() / want);
+        x += 0.0137;
+    }
+    assert!(worst < 5e-7, "largest relative error {worst}");
+    assert_eq!(exp_f32(0.0), 1.0);
+    // below the clamp: a tiny normal number, never a NaN or a negative
+    for x in [-88.0f32, -200.0, f32::NEG_INFINITY] {
+        let v = exp_f32(x);
+        assert!((0.0..2e-38).contains(&v), "exp({x}) = {v}");
+    }
+}
+
+/// The f32 path (the vectorised softmax without padding) against the f64 one, over enough
+/// keys that the 16-lane sums and their remainders both run.
+#[test]
+fn f32_attention_without_padding_matches_f64() {
+    let (nkv, rep, d, past, s) = (2, 2, 8, 3, 37);
+    let m = AttnMask::causal(1, s, past, vec![true; past + s], QUERY_BLOCK);
+    let q = rand(&[1, nkv, rep * s, d], 31);
+    let k = (rand(&[1, nkv, past + s, d], 32) * 3.0).unwrap();
+    let v = rand(&[1, nkv, past + s, d], 33);
+    let want = fused_attention(&q, &k, &v, &m, rep, 0.4).unwrap();
+    let f = |x: &Tensor| x.to_dtype(candle_core::DType::F32).unwrap();
+    let got = fused_attention(&f(&q), &f(&k), &f(&v), &m, rep, 0.4).unwrap();
+    let diff = (got.to_dtype(candle_core::DType::F64).unwrap() - want)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap();
+    assert!(diff < 1e-5, "max difference {diff}");
+}
