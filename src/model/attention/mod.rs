@@ -249,13 +249,14 @@ fn kv_slice<'a, T: AttnFloat>(
 /// e^x in f32 without a branch or a table, so a loop of it vectorises: x = n·ln 2 + r with
 /// |r| ≤ ln 2 / 2 (n rounded by adding 1.5·2²³, ln 2 split in two so n·ln 2 subtracts
 /// exactly), e^r by its Taylor polynomial to r⁷ (relative error below 1e-8 there), 2ⁿ put
-/// straight into the exponent bits. x is clamped to [-87.3, 88.3], where 2ⁿ stays a normal
-/// number: below it the result is e^-87.3 ≈ 1.2e-38 instead of a smaller one or 0.
+/// straight into the exponent bits. Above 88.3 x is clamped (2ⁿ stays a normal number); below
+/// -87.3 the result is 0 (a select, not a branch), so a masked -inf score weighs nothing.
 #[inline(always)]
 pub fn exp_f32(x: f32) -> f32 {
     const MAGIC: f32 = 12_582_912.0; // 1.5 · 2²³
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
+    let under = x < -87.3;
     let x = x.clamp(-87.3, 88.3);
     let t = x * std::f32::consts::LOG2_E + MAGIC;
     let n = t - MAGIC;
@@ -273,7 +274,12 @@ pub fn exp_f32(x: f32) -> f32 {
         p = p * r + c;
     }
     let ni = t.to_bits().wrapping_sub(MAGIC.to_bits()) as i32;
-    p * f32::from_bits(((ni + 127) as u32) << 23)
+    let y = p * f32::from_bits(((ni + 127) as u32) << 23);
+    if under {
+        0.0
+    } else {
+        y
+    }
 }
 
 pub trait AttnFloat:
@@ -288,7 +294,6 @@ pub trait AttnFloat:
     + candle_core::WithDType
 {
     const NEG_INF: Self;
-    fn exp_(self) -> Self;
     /// `x = exp(x - shift)` for every x; returns their sum.
     fn exp_shifted(xs: &mut [Self], shift: Self) -> Self;
     fn of(x: f64) -> Self;
@@ -297,9 +302,6 @@ pub trait AttnFloat:
 
 impl AttnFloat for f32 {
     const NEG_INF: Self = f32::NEG_INFINITY;
-    fn exp_(self) -> Self {
-        self.exp()
-    }
     fn exp_shifted(xs: &mut [Self], shift: Self) -> Self {
         // branch-free, so the compiler runs it lane-parallel; then a 16-lane sum
         for x in xs.iter_mut() {
@@ -329,9 +331,6 @@ impl AttnFloat for f32 {
 
 impl AttnFloat for f64 {
     const NEG_INF: Self = f64::NEG_INFINITY;
-    fn exp_(self) -> Self {
-        self.exp()
-    }
     fn exp_shifted(xs: &mut [Self], shift: Self) -> Self {
         let mut sum = 0.0;
         for x in xs.iter_mut() {
@@ -417,44 +416,23 @@ impl FusedAttention {
         let pad = self.mask.any_pad;
         for (r, row) in p.chunks_mut(w).enumerate() {
             let lim = blk.at + r + 1; // keys j < lim are not in the future
-            if !pad {
-                // the visible keys of each range are its first ones, up to lim
-                let vis = |k0: usize, k1: usize| lim.clamp(k0, k1) - k0;
-                let mut mx = T::NEG_INF;
-                let mut col = 0;
-                for &(k0, k1) in &blk.keys {
-                    for &x in &row[col..col + vis(k0, k1)] {
-                        if x > mx {
-                            mx = x;
-                        }
-                    }
-                    col += k1 - k0;
-                }
-                if mx == T::NEG_INF {
-                    row.iter_mut().for_each(|x| *x = T::ZERO);
-                    continue;
-                }
-                let mut sum = T::ZERO;
-                let mut col = 0;
-                for &(k0, k1) in &blk.keys {
-                    let v = vis(k0, k1);
-                    sum = sum + T::exp_shifted(&mut row[col..col + v], mx);
-                    row[col + v..col + (k1 - k0)]
-                        .iter_mut()
-                        .for_each(|x| *x = T::ZERO);
-                    col += k1 - k0;
-                }
-                let inv = T::ONE / sum;
-                row.iter_mut().for_each(|x| *x = *x * inv);
-                continue;
-            }
-            let visible = |j: usize| j < lim && (!pad || valid[j]);
+                                      // keys past lim are in the future; with padding, invalid ones are masked as well
+                                      // (-inf, so their exp is 0)
+            let vis = |k0: usize, k1: usize| lim.clamp(k0, k1) - k0;
             let mut mx = T::NEG_INF;
             let mut col = 0;
             for &(k0, k1) in &blk.keys {
-                for j in k0..k1 {
-                    if visible(j) && row[col + j - k0] > mx {
-                        mx = row[col + j - k0];
+                let seen = &mut row[col..col + vis(k0, k1)];
+                if pad {
+                    for (x, &ok) in seen.iter_mut().zip(&valid[k0..]) {
+                        if !ok {
+                            *x = T::NEG_INF;
+                        }
+                    }
+                }
+                for &x in seen.iter() {
+                    if x > mx {
+                        mx = x;
                     }
                 }
                 col += k1 - k0;
@@ -466,15 +444,11 @@ impl FusedAttention {
             let mut sum = T::ZERO;
             let mut col = 0;
             for &(k0, k1) in &blk.keys {
-                for j in k0..k1 {
-                    let x = &mut row[col + j - k0];
-                    *x = if visible(j) {
-                        (*x - mx).exp_()
-                    } else {
-                        T::ZERO
-                    };
-                    sum = sum + *x;
-                }
+                let v = vis(k0, k1);
+                sum = sum + T::exp_shifted(&mut row[col..col + v], mx);
+                row[col + v..col + (k1 - k0)]
+                    .iter_mut()
+                    .for_each(|x| *x = T::ZERO);
                 col += k1 - k0;
             }
             let inv = T::ONE / sum;

@@ -151,6 +151,18 @@ fn grad_check(m: &AttnMask, nkv: usize, rep: usize, d: usize, t: usize) {
 }
 
 /// Select rows (of every head) of a (1, nkv, rows, d) tensor.
+/// The largest |a - b| of two f64 tensors.
+fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap()
+}
+
 fn rows(x: &Tensor, per_head: usize, r0: usize, r1: usize) -> Tensor {
     let parts: Vec<Tensor> = (0..x.dim(2).unwrap() / per_head)
         .map(|h| x.narrow(2, h * per_head + r0, r1 - r0).unwrap())
@@ -184,14 +196,7 @@ fn packed_sequences_see_only_the_prefix_and_themselves() {
         };
         let alone = AttnMask::causal(1, n, past, vec![true; past + n], QUERY_BLOCK);
         let want = fused_attention(&qs, &cat(&k), &cat(&v), &alone, rep, 0.6).unwrap();
-        let diff = (rows(&got, s, o, o + n) - want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap();
+        let diff = max_diff(&rows(&got, s, o, o + n), &want);
         assert!(diff < 1e-12, "sequence at {o}: max difference {diff}");
         o += n;
     }
@@ -228,13 +233,6 @@ fn f32_attention_without_padding_matches_f64() {
     let want = fused_attention(&q, &k, &v, &m, rep, 0.4).unwrap();
     let f = |x: &Tensor| x.to_dtype(candle_core::DType::F32).unwrap();
     let got = fused_attention(&f(&q), &f(&k), &f(&v), &m, rep, 0.4).unwrap();
-    let diff = (got.to_dtype(candle_core::DType::F64).unwrap() - want)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f64>()
-        .unwrap();
+    let diff = max_diff(&got.to_dtype(candle_core::DType::F64).unwrap(), &want);
     assert!(diff < 1e-5, "max difference {diff}");
 }

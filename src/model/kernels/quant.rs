@@ -209,8 +209,8 @@ fn vnni(lv: Level) -> bool {
 /// to back, each block's scale once per 32-bit lane, and per lane (4 values) the correction
 /// for the weights' unsigned offset, `-(Σ x) << shift`, which `vpdpbusd` starts from.
 pub struct Prepared {
-    /// the Q8_0 blocks themselves (an odd last block is dotted by the plain code)
-    blocks: Vec<kq::BlockQ8_0>,
+    /// the last Q8_0 block (an odd last block is dotted by the plain code)
+    last: Option<kq::BlockQ8_0>,
     xs: Vec<i8>,
     neg: Vec<i32>,
     dx: Vec<f32>,
@@ -219,7 +219,7 @@ pub struct Prepared {
 impl Prepared {
     pub fn new(x: &[kq::BlockQ8_0], shift: u32) -> Self {
         let mut p = Prepared {
-            blocks: x.to_vec(),
+            last: x.last().cloned(),
             xs: Vec::with_capacity(x.len() * 32),
             neg: Vec::with_capacity(x.len() * 8),
             dx: Vec::with_capacity(x.len() * 8),
@@ -318,6 +318,25 @@ mod x86 {
         _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(d))
     }
 
+    /// acc + the pair i of blocks (weights `wu` as unsigned bytes, scales at `a` and `b`)
+    /// · x's pair i: one `vpdpbusd` from x's correction, then both blocks' scales.
+    #[inline(always)]
+    unsafe fn pair_dot(
+        acc: __m512,
+        wu: __m512i,
+        x: &Prepared,
+        i: usize,
+        a: *const u8,
+        b: *const u8,
+    ) -> __m512 {
+        let spread = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+        let xv = _mm512_loadu_si512(x.xs.as_ptr().add(64 * i) as *const _);
+        let c = _mm512_loadu_si512(x.neg.as_ptr().add(16 * i) as *const _);
+        let s = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(c, wu, xv));
+        let dx = _mm512_loadu_ps(x.dx.as_ptr().add(16 * i));
+        _mm512_fmadd_ps(_mm512_mul_ps(s, pair_scales(a, b, spread)), dx, acc)
+    }
+
     /// Q5_0 weights · prepared x, two blocks an iteration: the 5-bit values (+16, so
     /// unsigned) against x's signed bytes in one `vpdpbusd` that starts from the -16·Σx
     /// correction, then each block's scales.
@@ -325,13 +344,12 @@ mod x86 {
     pub(super) unsafe fn dot_q5_0_vnni(w: &[kq::BlockQ5_0], x: &Prepared) -> f32 {
         const B: usize = std::mem::size_of::<kq::BlockQ5_0>();
         let nb = w.len();
-        debug_assert!(B == 22 && x.blocks.len() == nb);
+        debug_assert!(B == 22 && x.xs.len() == nb * 32);
         let p = w.as_ptr() as *const u8;
         let low = _mm512_set1_epi8(0x0F);
         let sixteen = _mm512_set1_epi8(0x10);
         // 128-bit lanes 1 and 3 hold the high nibbles
         let shifts = _mm512_set_epi64(4, 4, 0, 0, 4, 4, 0, 0);
-        let spread = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
         let mut acc = _mm512_setzero_ps();
         for i in 0..nb / 2 {
             let a = p.add(2 * i * B);
@@ -344,15 +362,11 @@ mod x86 {
             let qha = (a.add(2) as *const u32).read_unaligned() as u64;
             let qhb = (b.add(2) as *const u32).read_unaligned() as u64;
             let wq = _mm512_or_si512(nib, _mm512_maskz_mov_epi8(qha | qhb << 32, sixteen));
-            let xv = _mm512_loadu_si512(x.xs.as_ptr().add(64 * i) as *const _);
-            let c = _mm512_loadu_si512(x.neg.as_ptr().add(16 * i) as *const _);
-            let s = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(c, wq, xv));
-            let dx = _mm512_loadu_ps(x.dx.as_ptr().add(16 * i));
-            acc = _mm512_fmadd_ps(_mm512_mul_ps(s, pair_scales(a, b, spread)), dx, acc);
+            acc = pair_dot(acc, wq, x, i, a, b);
         }
         let mut sum = _mm512_reduce_add_ps(acc);
         if nb % 2 == 1 {
-            sum += dot_q5_0_portable(&w[nb - 1..], &x.blocks[nb - 1..]);
+            sum += dot_q5_0_portable(&w[nb - 1..], x.last.as_slice());
         }
         sum
     }
@@ -364,10 +378,9 @@ mod x86 {
     pub(super) unsafe fn dot_q8_0_vnni(w: &[kq::BlockQ8_0], x: &Prepared) -> f32 {
         const B: usize = std::mem::size_of::<kq::BlockQ8_0>();
         let nb = w.len();
-        debug_assert!(B == 34 && x.blocks.len() == nb);
+        debug_assert!(B == 34 && x.xs.len() == nb * 32);
         let p = w.as_ptr() as *const u8;
         let sign = _mm512_set1_epi8(-128);
-        let spread = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
         let mut acc = _mm512_setzero_ps();
         for i in 0..nb / 2 {
             let a = p.add(2 * i * B);
@@ -375,16 +388,11 @@ mod x86 {
             let wa = _mm256_loadu_si256(a.add(2) as *const __m256i);
             let wb = _mm256_loadu_si256(b.add(2) as *const __m256i);
             let wv = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(wa), wb);
-            let wu = _mm512_xor_si512(wv, sign);
-            let xv = _mm512_loadu_si512(x.xs.as_ptr().add(64 * i) as *const _);
-            let c = _mm512_loadu_si512(x.neg.as_ptr().add(16 * i) as *const _);
-            let s = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(c, wu, xv));
-            let dx = _mm512_loadu_ps(x.dx.as_ptr().add(16 * i));
-            acc = _mm512_fmadd_ps(_mm512_mul_ps(s, pair_scales(a, b, spread)), dx, acc);
+            acc = pair_dot(acc, _mm512_xor_si512(wv, sign), x, i, a, b);
         }
         let mut sum = _mm512_reduce_add_ps(acc);
         if nb % 2 == 1 {
-            sum += kq::BlockQ8_0::vec_dot(32, &w[nb - 1..], &x.blocks[nb - 1..]);
+            sum += kq::BlockQ8_0::vec_dot(32, &w[nb - 1..], x.last.as_slice());
         }
         sum
     }
