@@ -5,6 +5,7 @@
 //!
 //!   cargo run --release --example bench_matmul [-- --python PY] [--no-bf16] [--quick]
 //!   cargo run --release --example bench_matmul -- --rows-sweep   (gemv against gemm by m)
+//!   cargo run --release --example bench_matmul -- --shapes 428x896x4864,200x896x128 --only-bf16
 //!
 //! PY (or `REF_PY`) is a Python with torch; without one, only our side is measured.
 //! Decode shapes cycle through enough weight copies (over 256 MiB) that the weights come from
@@ -194,6 +195,23 @@ impl Drop for Torch {
     }
 }
 
+/// `MxKxN,MxKxN,…` as given to `--shapes`.
+fn parse_shapes(s: &str) -> Result<Vec<(usize, usize, usize)>> {
+    s.split(',')
+        .map(|t| {
+            let d: Vec<usize> = t
+                .split('x')
+                .map(|v| v.trim().parse::<usize>())
+                .collect::<Result<_, _>>()
+                .with_context(|| format!("--shapes: `{t}` is not MxKxN"))?;
+            match d[..] {
+                [m, k, n] if m > 0 && k > 0 && n > 0 => Ok((m, k, n)),
+                _ => anyhow::bail!("--shapes: `{t}` is not MxKxN (three positive sizes)"),
+            }
+        })
+        .collect()
+}
+
 fn main() -> Result<()> {
     fraudlab::model::kernels::init_threads();
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -225,10 +243,18 @@ fn main() -> Result<()> {
     };
     let dtypes: &[(DType, &str)] = if flag("--no-bf16") {
         &[(DType::F32, "f32")]
+    } else if flag("--only-bf16") {
+        &[(DType::BF16, "bf16")]
     } else {
         &[(DType::F32, "f32"), (DType::BF16, "bf16")]
     };
-    let shapes = if flag("--quick") {
+    let given: Vec<(usize, usize, usize)> = match args.iter().position(|a| a == "--shapes") {
+        Some(i) => parse_shapes(args.get(i + 1).map(String::as_str).unwrap_or(""))?,
+        None => Vec::new(),
+    };
+    let shapes = if !given.is_empty() {
+        &given[..]
+    } else if flag("--quick") {
         &SHAPES[3..]
     } else {
         &SHAPES[..]

@@ -14,6 +14,7 @@
 
 use half::bf16;
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 use super::sgemm::{mm, parallelism_for};
 use super::Level;
@@ -25,6 +26,17 @@ pub enum Orient {
     Transposed,
     /// W is (k, n) and B = W: the input gradient of a linear layer, `dy · W`.
     Plain,
+}
+
+/// One product of a shared `a` in [`matmul_many`]: `c (m × n) = a · B + bias`, B from `w`
+/// as `orient` says.
+pub struct Job<'a> {
+    pub w: &'a [bf16],
+    pub orient: Orient,
+    pub n: usize,
+    pub bias: Option<&'a [f32]>,
+    /// m × n; every element is written, none read first (so it may start uninitialised)
+    pub c: &'a mut [MaybeUninit<f32>],
 }
 
 /// `c (m × n) = a (m × k) · B + bias`, B from `w` as `orient` says; c is overwritten.
@@ -40,24 +52,62 @@ pub fn matmul(
     bias: Option<&[f32]>,
     c: &mut [f32],
 ) {
-    assert!(a.len() >= m * k && w.len() >= n * k && c.len() >= m * n);
-    assert!(bias.is_none_or(|b| b.len() >= n));
-    if m == 0 || n == 0 {
-        return;
-    }
     let c = &mut c[..m * n];
-    match bias {
-        Some(b) => c.chunks_mut(n).for_each(|r| r.copy_from_slice(&b[..n])),
-        None => c.fill(0.0),
+    // SAFETY: f32 and MaybeUninit<f32> share size and layout, and only initialised values
+    // are written through the view (see `Job::c`)
+    let c = unsafe { &mut *(c as *mut [f32] as *mut [MaybeUninit<f32>]) };
+    matmul_many(
+        level,
+        a,
+        m,
+        k,
+        &mut [Job {
+            w,
+            orient,
+            n,
+            bias,
+            c,
+        }],
+    )
+}
+
+/// Several products of the same `a (m × k)` (the query, key and value projections of one
+/// input, or the gate and up projections): a is rounded and packed once, and the columns of
+/// all the products share one pass over the thread pool.
+pub fn matmul_many(level: Level, a: &[f32], m: usize, k: usize, jobs: &mut [Job<'_>]) {
+    assert!(a.len() >= m * k);
+    for j in jobs.iter() {
+        assert!(j.w.len() >= j.n * k && j.c.len() >= m * j.n);
+        assert!(j.bias.is_none_or(|b| b.len() >= j.n));
     }
-    if k == 0 {
+    if m == 0 {
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    if level >= Level::Avx512Bf16 {
-        return x86::matmul(a, m, k, w, orient, n, c);
+    if level >= Level::Avx512Bf16 && k > 0 {
+        return x86::matmul_many(a, m, k, jobs);
     }
-    widened(level, a, m, k, w, orient, n, c)
+    for j in jobs.iter_mut() {
+        let (n, c) = (j.n, &mut j.c[..m * j.n]);
+        if n == 0 {
+            continue;
+        }
+        match j.bias {
+            Some(b) => c.chunks_mut(n).for_each(|r| {
+                r.iter_mut().zip(b).for_each(|(d, &v)| {
+                    d.write(v);
+                })
+            }),
+            None => c.iter_mut().for_each(|d| {
+                d.write(0.0);
+            }),
+        }
+        // SAFETY: every element was just written
+        let c = unsafe { &mut *(c as *mut [MaybeUninit<f32>] as *mut [f32]) };
+        if k > 0 {
+            widened(level, a, m, k, j.w, j.orient, n, c)
+        }
+    }
 }
 
 /// Without bf16 dot products: blocks of W widened to f32 (about 4 MiB each, so they stay in
@@ -140,85 +190,109 @@ mod x86 {
     /// Rows of B (the reduction) per packed block; even. A packed panel (KC × NR bf16) fills
     /// the L1 cache; the tile's rows of a stream next to it.
     const KC: usize = 512;
-    /// Rows of a swept over the packed panels at a time (a multiple of MR; MC × KC bf16 of a
-    /// stay in L2).
-    const MC: usize = 480;
 
     /// A raw pointer to c that worker threads write through, each to its own columns.
     #[derive(Clone, Copy)]
     struct Out(*mut f32);
-    // SAFETY: every thread writes a disjoint set of columns of c (see `matmul`).
+    // SAFETY: every thread writes a disjoint set of columns of c (see `matmul_many`).
     unsafe impl Send for Out {}
     unsafe impl Sync for Out {}
 
-    pub(super) fn matmul(
-        a: &[f32],
-        m: usize,
-        k: usize,
-        w: &[half::bf16],
-        orient: Orient,
-        n: usize,
-        c: &mut [f32],
-    ) {
-        let (ab, kp) = pack_a(a, m, k);
-        let w16: &[u16] = bytemuck_u16(w);
-        let panels = n.div_ceil(NR);
+    /// What a tile's accumulators start from.
+    #[derive(Clone, Copy)]
+    enum Init {
+        /// c as it is (the blocks of k after the first)
+        Load,
+        Zero,
+        /// the bias of the tile's columns (each row)
+        Bias(*const f32),
+    }
+
+    /// Job `job`'s panels p0..p1: the unit of work handed to a thread.
+    struct Chunk {
+        job: usize,
+        p0: usize,
+        p1: usize,
+    }
+
+    pub(super) fn matmul_many(a: &[f32], m: usize, k: usize, jobs: &mut [Job<'_>]) {
+        let ab = pack_a(a, m, k);
+        let kp = k + (k & 1);
         let threads = rayon::current_num_threads().max(1);
-        // a few chunks per thread for balance, at least two panels each
-        let per = panels.div_ceil(threads * 2).max(2);
-        let out = Out(c.as_mut_ptr());
-        let work = |p0: usize| {
-            let p1 = (p0 + per).min(panels);
-            // SAFETY: panels p0..p1 are columns no other chunk writes; c holds m × n.
-            unsafe { columns(&ab, kp, m, k, w16, orient, n, p0, p1, out) }
+        let panels: usize = jobs.iter().map(|j| j.n.div_ceil(NR)).sum();
+        // many small chunks, so the threads end together; B is packed panel by panel, so
+        // a chunk's size does not change how much packing is done
+        let per = (panels / (threads * 8)).max(1);
+        let mut chunks = Vec::new();
+        for (ji, j) in jobs.iter().enumerate() {
+            let np = j.n.div_ceil(NR);
+            for p0 in (0..np).step_by(per) {
+                chunks.push(Chunk {
+                    job: ji,
+                    p0,
+                    p1: (p0 + per).min(np),
+                });
+            }
+        }
+        let outs: Vec<(Out, &[u16], Orient, usize, Option<&[f32]>)> = jobs
+            .iter_mut()
+            .map(|j| {
+                (
+                    Out(j.c.as_mut_ptr() as *mut f32),
+                    bytemuck_u16(j.w),
+                    j.orient,
+                    j.n,
+                    j.bias,
+                )
+            })
+            .collect();
+        let work = |ch: &Chunk| {
+            let (out, w, orient, n, bias) = outs[ch.job];
+            // SAFETY: the chunks of a job cover disjoint panels (columns) of its c, which
+            // holds m × n; the bias (if any) holds n.
+            unsafe { columns(&ab, kp, m, k, w, orient, n, bias, ch.p0, ch.p1, out) }
         };
-        if per >= panels || threads == 1 {
-            (0..panels).step_by(per).for_each(work);
+        if chunks.len() == 1 || threads == 1 {
+            chunks.iter().for_each(work);
         } else {
-            (0..panels)
-                .into_par_iter()
-                .step_by(per)
-                .for_each(|p| work(p));
+            chunks.par_iter().with_max_len(1).for_each(work);
         }
     }
 
     /// a rounded to bf16, as words of two consecutive elements (the pad past an odd k is
-    /// zero), laid out as the tile reads them: blocks of KC columns, in each block groups of
-    /// MR rows (the last group padded with zero rows), in each group pair after pair, MR
-    /// words each. Returns the words and k rounded up to even.
-    fn pack_a(a: &[f32], m: usize, k: usize) -> (Vec<u32>, usize) {
-        let kp = k + (k & 1);
-        let mp = m.div_ceil(MR) * MR;
-        let wpr = kp / 2;
-        // a rounded to bf16 row by row in registers: rows of wpr words
-        let mut rounded = vec![0u32; m * wpr];
-        rounded
-            .par_chunks_mut(wpr)
-            .zip(a[..m * k].par_chunks(k))
-            // SAFETY: this module runs only where AVX512-BF16 is present; each row of
-            // `rounded` holds ⌈k / 2⌉ words for its k elements.
-            .for_each(|(dst, src)| unsafe { round_pairs(src, dst) });
-        let mut out = vec![0u32; mp * wpr];
-        // one block of KC columns for all groups is (KC/2) · mp words; split it by group
-        let mut rest = &mut out[..];
-        for kc0 in (0..kp).step_by(KC) {
-            let pairs = (kp - kc0).min(KC) / 2;
-            let (block, tail) = rest.split_at_mut(pairs * mp);
-            rest = tail;
-            let rounded = &rounded;
-            block
-                .par_chunks_mut(MR * pairs)
-                .enumerate()
-                .for_each(|(g, dst)| {
-                    for rr in 0..MR.min(m - g * MR) {
-                        let row = &rounded[(g * MR + rr) * wpr + kc0 / 2..][..pairs];
-                        for (q, &v) in row.iter().enumerate() {
-                            dst[q * MR + rr] = v;
-                        }
+    /// zero), laid out as the tile reads them: groups of MR rows, in each group pair after
+    /// pair over all of k, MR words each (rows past m in the last group are zero and never
+    /// read).
+    fn pack_a(a: &[f32], m: usize, k: usize) -> Vec<u32> {
+        let wpr = k.div_ceil(2);
+        let groups = m.div_ceil(MR);
+        let mut out = vec![0u32; groups * MR * wpr];
+        let group = |(g, dst): (usize, &mut [u32])| {
+            let rows = MR.min(m - g * MR);
+            let mut tmp = [[0u32; 16]; MR];
+            for c0 in (0..k).step_by(32) {
+                let len = (k - c0).min(32);
+                for (rr, t) in tmp.iter_mut().enumerate().take(rows) {
+                    let src = &a[(g * MR + rr) * k + c0..][..len];
+                    // SAFETY: this module runs only where AVX512-BF16 is present; t holds
+                    // 16 words, ⌈len / 2⌉ of them written.
+                    unsafe { round_pairs(src, t) };
+                }
+                let q0 = c0 / 2;
+                for q in 0..len.div_ceil(2) {
+                    let d = &mut dst[(q0 + q) * MR..][..MR];
+                    for (rr, t) in tmp.iter().enumerate().take(rows) {
+                        d[rr] = t[q];
                     }
-                });
+                }
+            }
+        };
+        if m * k < 1 << 16 {
+            out.chunks_mut(MR * wpr).enumerate().for_each(group);
+        } else {
+            out.par_chunks_mut(MR * wpr).enumerate().for_each(group);
         }
-        (out, kp)
+        out
     }
 
     /// dst[q] = bf16(src[2q]) | bf16(src[2q + 1]) << 16 (round to nearest even; the pad
@@ -278,7 +352,7 @@ mod x86 {
         p1: usize,
         buf: &mut Vec<u32>,
     ) {
-        buf.clear();
+        // every word is written below, so a buffer from an earlier panel needs no clearing
         buf.resize((p1 - p0) * pairs * NR, 0);
         for (pi, p) in (p0..p1).enumerate() {
             let dst = &mut buf[pi * pairs * NR..(pi + 1) * pairs * NR];
@@ -396,10 +470,11 @@ mod x86 {
         _mm512_storeu_si512(out.as_mut_ptr().add(16) as *mut _, o1);
     }
 
-    /// Columns of panels p0..p1 of c += a · B.
+    /// Columns of panels p0..p1 of c = a · B + bias.
     ///
     /// # Safety
-    /// c (through `out`) holds m × n elements; no other thread writes these columns.
+    /// c (through `out`) holds m × n elements and bias (if any) n; no other thread writes
+    /// these columns.
     #[allow(clippy::too_many_arguments)]
     unsafe fn columns(
         ab: &[u32],
@@ -409,30 +484,33 @@ mod x86 {
         w: &[u16],
         orient: Orient,
         n: usize,
+        bias: Option<&[f32]>,
         p0: usize,
         p1: usize,
         out: Out,
     ) {
         let mut buf = Vec::new();
-        let mp = m.div_ceil(MR) * MR;
+        // words of packed a per group of MR rows
+        let gw = MR * (kp / 2);
         for kc0 in (0..kp).step_by(KC) {
             let pairs = (kp - kc0).min(KC) / 2;
-            pack(w, orient, k, n, kc0, pairs, p0, p1, &mut buf);
-            for mc0 in (0..m).step_by(MC) {
-                let mc1 = (mc0 + MC).min(m);
-                for (pi, p) in (p0..p1).enumerate() {
-                    let bp = buf.as_ptr().add(pi * pairs * NR);
-                    let j0 = p * NR;
-                    let cols = (n - j0).min(NR);
-                    let mut r0 = mc0;
-                    while r0 < mc1 {
-                        let rows = (mc1 - r0).min(MR);
-                        // r0 is a multiple of MR: the start of its group
-                        let ap = ab.as_ptr().add(kc0 / 2 * mp + r0 * pairs);
-                        let cp = out.0.add(r0 * n + j0);
-                        tile(rows, ap, bp, pairs, cp, n, cols);
-                        r0 += rows;
-                    }
+            for p in p0..p1 {
+                // one panel at a time, packed just before its rows run over it: it is still
+                // in L1 when the tiles read it
+                pack(w, orient, k, n, kc0, pairs, p, p + 1, &mut buf);
+                let bp = buf.as_ptr();
+                let j0 = p * NR;
+                let cols = (n - j0).min(NR);
+                let init = match (kc0, bias) {
+                    (0, Some(b)) => Init::Bias(b.as_ptr().add(j0)),
+                    (0, None) => Init::Zero,
+                    _ => Init::Load,
+                };
+                for r0 in (0..m).step_by(MR) {
+                    let rows = (m - r0).min(MR);
+                    let ap = ab.as_ptr().add(r0 / MR * gw + kc0 / 2 * MR);
+                    let cp = out.0.add(r0 * n + j0);
+                    tile(rows, ap, bp, pairs, cp, n, cols, init);
                 }
             }
         }
@@ -447,11 +525,12 @@ mod x86 {
         c: *mut f32,
         ldc: usize,
         cols: usize,
+        init: Init,
     ) {
         macro_rules! go {
             ($($r:literal)*) => {
                 match rows {
-                    $($r => kernel::<$r>(a, b, pairs, c, ldc, cols),)*
+                    $($r => kernel::<$r>(a, b, pairs, c, ldc, cols, init),)*
                     _ => unreachable!(),
                 }
             };
@@ -459,8 +538,9 @@ mod x86 {
         go!(1 2 3 4 5 6 7 8 9 10 11 12)
     }
 
-    /// c[0..R, 0..cols] += a[0..R] · panel: a group of packed a (MR words a pair, R of them
-    /// used), the packed panel of `pairs` pairs.
+    /// c[0..R, 0..cols] = init + a[0..R] · panel: a group of packed a (MR words a pair, R of
+    /// them used), the packed panel of `pairs` pairs.
+    #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
     unsafe fn kernel<const R: usize>(
         a: *const u32,
@@ -469,6 +549,7 @@ mod x86 {
         c: *mut f32,
         ldc: usize,
         cols: usize,
+        init: Init,
     ) {
         let m0: __mmask16 = if cols >= 16 {
             0xffff
@@ -483,9 +564,21 @@ mod x86 {
             0
         };
         let mut acc = [[_mm512_setzero_ps(); 2]; R];
-        for (r, ar) in acc.iter_mut().enumerate() {
-            ar[0] = _mm512_maskz_loadu_ps(m0, c.add(r * ldc));
-            ar[1] = _mm512_maskz_loadu_ps(m1, c.add(r * ldc + 16));
+        match init {
+            Init::Load => {
+                for (r, ar) in acc.iter_mut().enumerate() {
+                    ar[0] = _mm512_maskz_loadu_ps(m0, c.add(r * ldc));
+                    ar[1] = _mm512_maskz_loadu_ps(m1, c.add(r * ldc + 16));
+                }
+            }
+            Init::Zero => {}
+            Init::Bias(bias) => {
+                let b0 = _mm512_maskz_loadu_ps(m0, bias);
+                let b1 = _mm512_maskz_loadu_ps(m1, bias.add(16));
+                for ar in acc.iter_mut() {
+                    *ar = [b0, b1];
+                }
+            }
         }
         for q in 0..pairs {
             let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(q * NR) as _));
@@ -568,6 +661,65 @@ mod tests {
                         }
                     }
                 }
+            }
+        }
+    }
+    /// Several products of one a in one call give exactly what each gives alone (the same
+    /// sums in the same order), with and without bias, on every level.
+    #[test]
+    fn many_products_match_one_by_one() {
+        let (m, k) = (29, 530);
+        let a = data(m * k, 4);
+        let specs = [(33usize, true), (128, false), (7, true)];
+        let ws: Vec<Vec<bf16>> = specs
+            .iter()
+            .enumerate()
+            .map(|(i, &(n, _))| {
+                let v = data(n * k, 10 + i as u32);
+                v.iter().map(|&x| bf16::from_f32(x)).collect()
+            })
+            .collect();
+        let bs: Vec<Vec<f32>> = specs
+            .iter()
+            .enumerate()
+            .map(|(i, &(n, _))| data(n, 20 + i as u32))
+            .collect();
+        for level in super::super::available() {
+            let alone: Vec<Vec<f32>> = specs
+                .iter()
+                .enumerate()
+                .map(|(i, &(n, with_bias))| {
+                    let mut c = vec![f32::NAN; m * n];
+                    let b = with_bias.then_some(&bs[i][..]);
+                    matmul(level, &a, m, k, &ws[i], Orient::Transposed, n, b, &mut c);
+                    c
+                })
+                .collect();
+            // outputs never initialised, as `linear::forward_many` hands them over
+            let mut outs: Vec<Vec<f32>> = specs
+                .iter()
+                .map(|&(n, _)| Vec::with_capacity(m * n))
+                .collect();
+            let mut jobs: Vec<Job<'_>> = outs
+                .iter_mut()
+                .enumerate()
+                .map(|(i, c)| Job {
+                    w: &ws[i],
+                    orient: Orient::Transposed,
+                    n: specs[i].0,
+                    bias: specs[i].1.then_some(&bs[i][..]),
+                    c: &mut c.spare_capacity_mut()[..m * specs[i].0],
+                })
+                .collect();
+            matmul_many(level, &a, m, k, &mut jobs);
+            drop(jobs);
+            for (c, &(n, _)) in outs.iter_mut().zip(&specs) {
+                // SAFETY: matmul_many writes all m × n elements
+                unsafe { c.set_len(m * n) };
+            }
+            for (got, want) in outs.iter().zip(&alone) {
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(got), bits(want), "{level:?}");
             }
         }
     }

@@ -146,6 +146,10 @@ pub fn handles(x: DType, w: DType) -> bool {
 /// `x (rows, in) · w (out, in)ᵀ + bias`, on the kernel that suits it (see the module docs).
 /// An f32 x with a bf16 w gives f32.
 pub fn forward(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> candle_core::Result<Tensor> {
+    if bf16_matmul_takes(x, &[(w, bias)]) {
+        let mut y = forward_many(x, &[(w, bias)])?;
+        return Ok(y.remove(0));
+    }
     let (rows, k) = x.dims2()?;
     let (n, kw) = w.dims2()?;
     if kw == k
@@ -167,6 +171,11 @@ pub fn forward(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> candle_core::Re
             }
         }
     }
+    candle_forward(x, w, bias)
+}
+
+/// `x · wᵀ + bias` on Candle's own ops.
+fn candle_forward(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> candle_core::Result<Tensor> {
     let y = if x.dtype() == w.dtype() {
         x.matmul(&w.t()?)?
     } else {
@@ -178,6 +187,106 @@ pub fn forward(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> candle_core::Re
         Some(b) => y.broadcast_add(&b.to_dtype(y.dtype())?),
         None => Ok(y),
     }
+}
+
+/// Whether x (rows, k) and these weights (n, k) with their biases go to the bf16 matmul:
+/// an f32 x of more rows than the gemv takes, bf16 weights, f32 biases, all on the CPU.
+fn bf16_matmul_takes(x: &Tensor, ws: &[(&Tensor, Option<&Tensor>)]) -> bool {
+    let Ok((rows, k)) = x.dims2() else {
+        return false;
+    };
+    x.dtype() == DType::F32
+        && matches!(x.device(), Device::Cpu)
+        && rows > gemv_max_rows(DType::BF16)
+        && ws.iter().all(|(w, b)| {
+            w.dtype() == DType::BF16
+                && matches!(w.device(), Device::Cpu)
+                && w.dims2().is_ok_and(|(n, kw)| {
+                    kw == k && b.is_none_or(|b| b.dtype() == DType::F32 && b.dims() == [n])
+                })
+        })
+}
+
+/// `x · wᵢᵀ + biasᵢ` for several weights of the same input (the query, key and value
+/// projections, or the gate and up projections). Many rows with bf16 weights go to one
+/// bf16 matmul that rounds and packs x once for all of them, writing outputs that are
+/// never cleared first; anything else is [`forward`] weight by weight.
+pub fn forward_many(
+    x: &Tensor,
+    ws: &[(&Tensor, Option<&Tensor>)],
+) -> candle_core::Result<Vec<Tensor>> {
+    if !bf16_matmul_takes(x, ws) {
+        return ws.iter().map(|(w, b)| forward(x, w, *b)).collect();
+    }
+    let (rows, k) = x.dims2()?;
+    let x = x.contiguous()?;
+    let ws: Vec<(Tensor, Option<Tensor>)> = ws
+        .iter()
+        .map(|(w, b)| Ok((w.contiguous()?, b.map(|b| b.contiguous()).transpose()?)))
+        .collect::<candle_core::Result<_>>()?;
+    let on_candle = |x: &Tensor, ws: &[(Tensor, Option<Tensor>)]| {
+        ws.iter()
+            .map(|(w, b)| candle_forward(x, w, b.as_ref()))
+            .collect()
+    };
+    let (xs, xl) = x.storage_and_layout();
+    let Some(xv) = f32s(&xs, xl) else {
+        drop(xs);
+        return on_candle(&x, &ws);
+    };
+    let guards: Vec<_> = ws
+        .iter()
+        .map(|(w, b)| {
+            (
+                w.storage_and_layout(),
+                b.as_ref().map(|b| b.storage_and_layout()),
+            )
+        })
+        .collect();
+    let mut views = Vec::with_capacity(guards.len());
+    for (((wg, wl), bg), (wt, _)) in guards.iter().zip(&ws) {
+        let n = wt.dim(0)?;
+        let w = slice::<bf16>(wg, wl, |c| match c {
+            CpuStorage::BF16(v) => Some(v.as_slice()),
+            _ => None,
+        });
+        let b = bg.as_ref().map(|(g, l)| f32s(g, l));
+        match (w, b) {
+            (Some(w), None) => views.push((w, None, n)),
+            (Some(w), Some(Some(b))) => views.push((w, Some(b), n)),
+            _ => {
+                drop(views);
+                drop(guards);
+                drop(xs);
+                return on_candle(&x, &ws);
+            }
+        }
+    }
+    let mut outs: Vec<Vec<f32>> = views
+        .iter()
+        .map(|(_, _, n)| Vec::with_capacity(rows * n))
+        .collect();
+    let mut jobs: Vec<gemm_bf16::Job<'_>> = views
+        .iter()
+        .zip(outs.iter_mut())
+        .map(|((w, b, n), c)| gemm_bf16::Job {
+            w,
+            orient: Orient::Transposed,
+            n: *n,
+            bias: *b,
+            c: &mut c.spare_capacity_mut()[..rows * n],
+        })
+        .collect();
+    gemm_bf16::matmul_many(level(), xv, rows, k, &mut jobs);
+    drop(jobs);
+    outs.into_iter()
+        .zip(&views)
+        .map(|(mut y, (_, _, n))| {
+            // SAFETY: `matmul_many` wrote every one of the rows × n elements (its contract)
+            unsafe { y.set_len(rows * n) };
+            Tensor::from_vec(y, (rows, *n), &Device::Cpu)
+        })
+        .collect()
 }
 
 /// `dy (rows, out) · w (out, in)`: the input's gradient through a frozen weight, in dy's

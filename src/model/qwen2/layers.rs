@@ -143,21 +143,23 @@ impl Attention {
         let (nh, nkv, d) = (self.n_heads, self.n_kv, self.head_dim);
         let (xq, cos_q, sin_q) = queries.unwrap_or((x, cos, sin));
         let sq = xq.dim(1)?;
-        let q = self
-            .q_proj
-            .forward(xq, mode)?
-            .reshape((b, sq, nh, d))?
-            .transpose(1, 2)?;
-        let k = self
-            .k_proj
-            .forward(x, mode)?
-            .reshape((b, s, nkv, d))?
-            .transpose(1, 2)?;
-        let v = self
-            .v_proj
-            .forward(x, mode)?
-            .reshape((b, s, nkv, d))?
-            .transpose(1, 2)?;
+        // the projections of the same input share one pass (x rounded and packed once)
+        let (q, k, v) = if queries.is_none() {
+            let [q, k, v]: [Tensor; 3] =
+                Linear::forward_shared(&[&self.q_proj, &self.k_proj, &self.v_proj], x, mode)?
+                    .try_into()
+                    .map_err(|_| anyhow::anyhow!("attention: expected three projections"))?;
+            (q, k, v)
+        } else {
+            let [k, v]: [Tensor; 2] =
+                Linear::forward_shared(&[&self.k_proj, &self.v_proj], x, mode)?
+                    .try_into()
+                    .map_err(|_| anyhow::anyhow!("attention: expected two projections"))?;
+            (self.q_proj.forward(xq, mode)?, k, v)
+        };
+        let q = q.reshape((b, sq, nh, d))?.transpose(1, 2)?;
+        let k = k.reshape((b, s, nkv, d))?.transpose(1, 2)?;
+        let v = v.reshape((b, s, nkv, d))?.transpose(1, 2)?;
         let q = apply_rope(&q.contiguous()?, cos_q, sin_q, mode)?;
         let k = apply_rope(&k.contiguous()?, cos, sin, mode)?;
         let v = v.contiguous()?;
@@ -181,8 +183,10 @@ impl Attention {
 
 impl Mlp {
     pub(super) fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        let g = self.gate_proj.forward(x, mode)?;
-        let u = self.up_proj.forward(x, mode)?;
+        let [g, u]: [Tensor; 2] =
+            Linear::forward_shared(&[&self.gate_proj, &self.up_proj], x, mode)?
+                .try_into()
+                .map_err(|_| anyhow::anyhow!("mlp: expected two projections"))?;
         self.down_proj
             .forward(&crate::model::ops::silu_mul(&g, &u)?, mode)
     }

@@ -184,6 +184,42 @@ impl Linear {
         Ok(y.reshape(out_dims)?)
     }
 
+    /// The outputs of several linears of the same x (..., in): in inference over dense
+    /// weights, one bf16 matmul rounds and packs x once for all of them (see
+    /// `kernels::linear::forward_many`); otherwise each runs its own [`Self::forward`].
+    pub fn forward_shared(ls: &[&Linear], x: &Tensor, mode: Mode) -> Result<Vec<Tensor>> {
+        let dense: Option<Vec<(&Tensor, Option<&Tensor>)>> = ls
+            .iter()
+            .map(|l| match &l.weight {
+                LinearWeight::Dense(w) if !mode.is_train() => Some((w, l.bias.as_ref())),
+                _ => None,
+            })
+            .collect();
+        let same_in = ls.iter().all(|l| l.in_features == ls[0].in_features);
+        let Some(ws) = dense.filter(|_| same_in && ls.len() > 1) else {
+            return ls.iter().map(|l| l.forward(x, mode)).collect();
+        };
+        let dims = x.dims().to_vec();
+        let rows: usize = dims[..dims.len() - 1].iter().product();
+        let x2 = x.reshape((rows, ls[0].in_features))?;
+        let ys = kernels::linear::forward_many(&x2, &ws)?;
+        ls.iter()
+            .zip(ys)
+            .map(|(l, y)| {
+                let y = match &l.lora {
+                    Some(lora) => {
+                        let delta = x2.matmul(&lora.a.t()?)?.matmul(&lora.b.t()?)?;
+                        (y + (delta * lora.scale)?)?
+                    }
+                    None => y,
+                };
+                let mut out_dims = dims.clone();
+                *out_dims.last_mut().unwrap() = l.out_features;
+                Ok(y.reshape(out_dims)?)
+            })
+            .collect()
+    }
+
     /// The dtype of a dense weight (None when quantized).
     pub fn dense_dtype(&self) -> Option<DType> {
         match &self.weight {
