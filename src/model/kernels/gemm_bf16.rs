@@ -215,6 +215,16 @@ mod x86 {
         p1: usize,
     }
 
+    /// A job as the threads see it: c as a raw pointer, W as bits.
+    #[derive(Clone, Copy)]
+    struct Target<'a> {
+        out: Out,
+        w: &'a [u16],
+        orient: Orient,
+        n: usize,
+        bias: Option<&'a [f32]>,
+    }
+
     pub(super) fn matmul_many(a: &[f32], m: usize, k: usize, jobs: &mut [Job<'_>]) {
         let ab = pack_a(a, m, k);
         let kp = k + (k & 1);
@@ -234,20 +244,24 @@ mod x86 {
                 });
             }
         }
-        let outs: Vec<(Out, &[u16], Orient, usize, Option<&[f32]>)> = jobs
+        let outs: Vec<Target<'_>> = jobs
             .iter_mut()
-            .map(|j| {
-                (
-                    Out(j.c.as_mut_ptr() as *mut f32),
-                    bytemuck_u16(j.w),
-                    j.orient,
-                    j.n,
-                    j.bias,
-                )
+            .map(|j| Target {
+                out: Out(j.c.as_mut_ptr() as *mut f32),
+                w: bytemuck_u16(j.w),
+                orient: j.orient,
+                n: j.n,
+                bias: j.bias,
             })
             .collect();
         let work = |ch: &Chunk| {
-            let (out, w, orient, n, bias) = outs[ch.job];
+            let Target {
+                out,
+                w,
+                orient,
+                n,
+                bias,
+            } = outs[ch.job];
             // SAFETY: the chunks of a job cover disjoint panels (columns) of its c, which
             // holds m × n; the bias (if any) holds n.
             unsafe { columns(&ab, kp, m, k, w, orient, n, bias, ch.p0, ch.p1, out) }
