@@ -3,8 +3,12 @@
 //! layers, in a training step and in a validation pass, and what an optimizer step costs on
 //! top; the plan then walks the exact batches the run will take (their order is fixed by the
 //! seed) and picks the number of steps whose predicted time fills the budget, so the schedule
-//! (warmup, then the decay) ends on time with the learning rate annealed. The plan is frozen
-//! in the trainer state: a resumed run follows it unchanged.
+//! (warmup, then the decay) ends on time with the learning rate annealed. Once half of the
+//! planned steps are done, the run plans once more from what those steps cost (the first
+//! estimate rests on a handful of steps and can be off by a quarter either way); the
+//! warmup and the validation interval stay, the decay stretches or shrinks to the new end.
+//! Each plan is frozen in the trainer state: a resumed run follows it unchanged (and
+//! re-plans only if the run had not yet).
 
 #[allow(unused_imports)]
 use super::*;
@@ -55,11 +59,18 @@ impl Clock for WallClock {
 pub struct SimClock {
     t: f64,
     pub costs: Costs,
+    /// from this time on, work costs `later` instead (a machine that speeds up or slows
+    /// down, as caches warm or neighbours come and go)
+    pub change: Option<(f64, Costs)>,
 }
 
 impl SimClock {
     pub fn new(costs: Costs) -> Self {
-        Self { t: 0.0, costs }
+        Self {
+            t: 0.0,
+            costs,
+            change: None,
+        }
     }
 }
 
@@ -68,7 +79,10 @@ impl Clock for SimClock {
         self.t
     }
     fn charge(&mut self, w: Work) {
-        let c = &self.costs;
+        let c = match &self.change {
+            Some((at, later)) if self.t >= *at => later,
+            _ => &self.costs,
+        };
         self.t += match w {
             Work::Frozen { tokens } => c.frozen_per_token * tokens as f64,
             Work::Step { tokens } => c.step_per_token * tokens as f64,
@@ -142,6 +156,10 @@ pub struct Plan {
     /// samples the planned steps take (an epoch is the training set once)
     pub samples: usize,
     pub epochs: f64,
+    /// made halfway through the first plan, from what its steps cost (the last plan a run
+    /// makes)
+    #[serde(default)]
+    pub replanned: bool,
 }
 
 /// What one future optimizer step holds, for the plan.
@@ -176,7 +194,8 @@ pub const EVAL_SHARE: f64 = 0.12;
 /// loads of the steps after the `done` ones, as far as the budget could reach; `evals` is
 /// how many validation passes the run makes on the way at most (spread evenly; fewer when
 /// they would take more than [`EVAL_SHARE`] of the budget). The pass at the last step is the
-/// final evaluation: outside the budget.
+/// final evaluation: outside the budget. With `every` (a re-plan), validation stays at that
+/// interval: the passes still to come on the way are counted, at the later passes' cost.
 #[allow(clippy::too_many_arguments)]
 pub fn plan(
     budget_s: f64,
@@ -185,6 +204,7 @@ pub fn plan(
     steps: &[StepLoad],
     eval: Option<EvalLoad>,
     evals: usize,
+    every: Option<usize>,
     costs: Costs,
     warmup_ratio: f64,
     warmup_steps: Option<usize>,
@@ -212,7 +232,10 @@ pub fn plan(
         if eval.is_none() || n == 0 {
             return 0.0;
         }
-        eval_cost(true) + (n - 1) as f64 * eval_cost(false)
+        match every {
+            Some(_) => n as f64 * eval_cost(false),
+            None => eval_cost(true) + (n - 1) as f64 * eval_cost(false),
+        }
     };
     // validation passes on the way that fit in their share of the budget
     let share = remaining * EVAL_SHARE;
@@ -222,7 +245,17 @@ pub fn plan(
         let later = eval_cost(false).max(1e-9);
         (1 + ((share - eval_cost(true)) / later) as usize).min(evals)
     };
-    let n_evals_for = |total: usize| affordable.min(total.saturating_sub(1));
+    // passes on the way in a run of `total` steps that are still to come
+    let n_evals_for = |total: usize| match every {
+        // passes at steps done..total-1 (the one at `done`, the step just taken, runs
+        // after the plan is made)
+        Some(e) if eval.is_some() && e > 0 => {
+            let last = total.saturating_sub(1);
+            (last / e).saturating_sub(done.saturating_sub(1).min(last) / e)
+        }
+        Some(_) => 0,
+        None => affordable.min(total.saturating_sub(1)),
+    };
     let mut acc = 0.0;
     let mut best = (done.max(1), 0.0, 0usize);
     let mut samples = 0;
@@ -239,10 +272,10 @@ pub fn plan(
     let (total, predicted, new_samples) = best;
     let n_evals = n_evals_for(total);
     // passes every `eval_every` steps before the last, then the final one
-    let eval_every = if eval.is_none() {
-        0
-    } else {
-        total.div_ceil(n_evals + 1)
+    let eval_every = match every {
+        _ if eval.is_none() => 0,
+        Some(e) => e,
+        None => total.div_ceil(n_evals + 1),
     };
     let warmup = warmup_steps.unwrap_or((warmup_ratio * total as f64).ceil() as usize);
     let seen = samples_done + new_samples;
@@ -255,6 +288,7 @@ pub fn plan(
         predicted_s: spent_s + predicted,
         samples: seen,
         epochs: seen as f64 / epoch_samples.max(1) as f64,
+        replanned: every.is_some(),
     }
 }
 
@@ -337,6 +371,7 @@ mod tests {
             &steps,
             Some(eval),
             3,
+            None,
             costs,
             0.1,
             None,
@@ -386,6 +421,7 @@ mod tests {
             &steps,
             Some(eval),
             3,
+            None,
             costs,
             0.1,
             None,
@@ -406,6 +442,7 @@ mod tests {
             &steps,
             Some(eval),
             3,
+            None,
             costs,
             0.1,
             None,
@@ -427,7 +464,7 @@ mod tests {
             step_per_token: 1.0,
             ..Default::default()
         };
-        let p = plan(5.0, 4.0, 1, &steps, None, 0, costs, 0.1, None, 1, 10);
+        let p = plan(5.0, 4.0, 1, &steps, None, 0, None, costs, 0.1, None, 1, 10);
         assert_eq!(p.total_steps, 1);
         assert_eq!(p.eval_every, 0);
     }

@@ -148,6 +148,8 @@ pub struct Trainer<'a> {
     /// the meter after this process's first micro-batch (a cold one: the plan measures
     /// the warm ones after it when there are any)
     first_micro: Option<Meter>,
+    /// the meter when this process made the first plan (the re-plan measures from it)
+    plan_meter: Option<Meter>,
     frozen: Option<SharedCache>,
     /// the last full validation pass: per example with a verdict, its label and P(fraud)
     last_val: Option<Vec<(bool, f64)>>,
@@ -305,6 +307,7 @@ impl<'a> Trainer<'a> {
             clock,
             meter: Meter::default(),
             first_micro: None,
+            plan_meter: None,
             final_eval_s: 0.0,
             frozen,
             last_val: None,
@@ -345,7 +348,14 @@ impl<'a> Trainer<'a> {
                 }
                 let mut m = self.optimizer_step()?;
                 if self.tc.time_budget_s.is_some() && self.st.plan.is_none() {
-                    self.make_plan(control, on_event)?;
+                    self.make_plan(control, on_event, false)?;
+                    m.total_steps = self.total;
+                } else if self.st.plan.as_ref().is_some_and(|p| !p.replanned)
+                    && self.st.step * 2 >= self.total
+                    && self.st.step < self.total
+                {
+                    // halfway: plan again from what the steps since the first plan cost
+                    self.make_plan(control, on_event, true)?;
                     m.total_steps = self.total;
                 }
                 match self.after_step(m, control, on_event)? {

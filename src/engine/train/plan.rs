@@ -1,5 +1,6 @@
 //! The time-budget plan of a run (see `budget` for the clock, the costs and the planning
-//! itself): made once, after the first optimizer step, from what the run measured.
+//! itself): made after the first optimizer step from what the run measured, and made again
+//! once, halfway through, from what the steps since cost.
 
 use super::*;
 
@@ -7,19 +8,32 @@ impl Trainer<'_> {
     /// The time-budget plan, made once the first optimizer step has shown what a token
     /// costs: a first validation batch is timed too, then the run's own batches, in their
     /// seeded order, are walked until the budget is full.
+    ///
+    /// With `again` (halfway through the first plan), the costs are those measured since
+    /// the first plan, and the warmup and the validation interval stay as planned.
     pub(super) fn make_plan(
         &mut self,
         control: &TrainControl,
         on_event: &mut dyn FnMut(TrainEvent),
+        again: bool,
     ) -> Result<()> {
         let tc = self.tc;
         let budget = tc.time_budget_s.context("no time budget")?;
-        if !self.val_ex.is_empty() {
+        let before = self.st.plan.clone();
+        if !again && !self.val_ex.is_empty() {
             let first: Vec<usize> = (0..self.val_ex.len().min(tc.batch)).collect();
             self.val_loss(&first, control)?;
         }
         let mut costs = self.meter.costs(&Costs::default());
-        if let Some(first) = self.first_micro {
+        if let (true, Some(old)) = (again, &before) {
+            // what the steps since the first plan cost (all this process measured, for a
+            // run resumed in between); a kind of work not seen since keeps its old cost
+            let since = match self.plan_meter {
+                Some(at) => self.meter.since(&at),
+                None => self.meter,
+            };
+            costs = since.costs(&old.costs);
+        } else if let Some(first) = self.first_micro {
             // the first micro-batch pays for cold caches and allocations: measure training
             // on the ones after it where the step had more
             let warm = self.meter.since(&first).costs(&costs);
@@ -111,9 +125,14 @@ impl Trainer<'_> {
             &loads,
             eval,
             evals,
+            again.then_some(self.eval_every),
             costs,
             tc.warmup_ratio,
-            tc.warmup_steps,
+            if again {
+                Some(self.warmup)
+            } else {
+                tc.warmup_steps
+            },
             self.st.samples_seen,
             self.train_ex.len(),
         );
@@ -126,6 +145,23 @@ impl Trainer<'_> {
         self.total = p.total_steps;
         self.warmup = p.warmup_steps;
         self.eval_every = p.eval_every;
+        if let (true, Some(old)) = (again, &before) {
+            on_event(TrainEvent::Log(format!(
+                "re-planned at step {} from the steps since the first plan: {} steps instead of {} ({:.2}s a step of {} tokens, planned {:.2}s)",
+                self.st.step,
+                p.total_steps,
+                old.total_steps,
+                loads
+                    .first()
+                    .map(|l| l.step_tokens as f64 * costs.step_per_token + costs.optim)
+                    .unwrap_or(0.0),
+                loads.first().map(|l| l.step_tokens).unwrap_or(0),
+                loads
+                    .first()
+                    .map(|l| l.step_tokens as f64 * old.costs.step_per_token + old.costs.optim)
+                    .unwrap_or(0.0),
+            )));
+        }
         on_event(TrainEvent::Log(format!(
             "time budget {}: {} steps ({} samples, {:.2} epochs), warmup {}, validation every {} steps; predicted {} (a step of {} tokens: {:.2}s)",
             crate::fmt::human_secs(budget),
@@ -143,6 +179,9 @@ impl Trainer<'_> {
         )));
         on_event(TrainEvent::Planned(p.clone()));
         self.st.plan = Some(p);
+        if !again {
+            self.plan_meter = Some(self.meter);
+        }
         Ok(())
     }
 }
