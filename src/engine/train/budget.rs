@@ -6,7 +6,8 @@
 //! (warmup, then the decay) ends on time with the learning rate annealed. Once half of the
 //! planned steps are done, the run plans once more from what those steps cost (the first
 //! estimate rests on a handful of steps and can be off by a quarter either way); the
-//! warmup and the validation interval stay, the decay stretches or shrinks to the new end.
+//! warmup and the number of validation passes on the way stay (spread over the new length),
+//! the decay stretches or shrinks to the new end.
 //! Each plan is frozen in the trainer state: a resumed run follows it unchanged (and
 //! re-plans only if the run had not yet).
 
@@ -194,8 +195,9 @@ pub const EVAL_SHARE: f64 = 0.12;
 /// loads of the steps after the `done` ones, as far as the budget could reach; `evals` is
 /// how many validation passes the run makes on the way at most (spread evenly; fewer when
 /// they would take more than [`EVAL_SHARE`] of the budget). The pass at the last step is the
-/// final evaluation: outside the budget. With `every` (a re-plan), validation stays at that
-/// interval: the passes still to come on the way are counted, at the later passes' cost.
+/// final evaluation: outside the budget. With `again` (the re-plan), `evals` is the number of
+/// passes on the way the first plan chose: they are spread over the new length, and only
+/// those still to come (from the step just taken on) are counted, at the later passes' cost.
 #[allow(clippy::too_many_arguments)]
 pub fn plan(
     budget_s: f64,
@@ -204,7 +206,7 @@ pub fn plan(
     steps: &[StepLoad],
     eval: Option<EvalLoad>,
     evals: usize,
-    every: Option<usize>,
+    again: bool,
     costs: Costs,
     warmup_ratio: f64,
     warmup_steps: Option<usize>,
@@ -232,9 +234,10 @@ pub fn plan(
         if eval.is_none() || n == 0 {
             return 0.0;
         }
-        match every {
-            Some(_) => n as f64 * eval_cost(false),
-            None => eval_cost(true) + (n - 1) as f64 * eval_cost(false),
+        if again {
+            n as f64 * eval_cost(false)
+        } else {
+            eval_cost(true) + (n - 1) as f64 * eval_cost(false)
         }
     };
     // validation passes on the way that fit in their share of the budget
@@ -245,16 +248,19 @@ pub fn plan(
         let later = eval_cost(false).max(1e-9);
         (1 + ((share - eval_cost(true)) / later) as usize).min(evals)
     };
-    // passes on the way in a run of `total` steps that are still to come
-    let n_evals_for = |total: usize| match every {
-        // passes at steps done..total-1 (the one at `done`, the step just taken, runs
-        // after the plan is made)
-        Some(e) if eval.is_some() && e > 0 => {
-            let last = total.saturating_sub(1);
-            (last / e).saturating_sub(done.saturating_sub(1).min(last) / e)
+    // the interval that spreads `n` passes on the way over `total` steps
+    let interval = |total: usize, n: usize| total.div_ceil(n + 1).max(1);
+    // passes on the way in a run of `total` steps (for the re-plan: those still to come, at
+    // steps done..total-1; the one at `done`, the step just taken, runs after the plan)
+    let n_evals_for = |total: usize| {
+        if !again {
+            return affordable.min(total.saturating_sub(1));
         }
-        Some(_) => 0,
-        None => affordable.min(total.saturating_sub(1)),
+        if eval.is_none() || evals == 0 {
+            return 0;
+        }
+        let (e, last) = (interval(total, evals), total.saturating_sub(1));
+        (last / e).saturating_sub(done.saturating_sub(1).min(last) / e)
     };
     let mut acc = 0.0;
     let mut best = (done.max(1), 0.0, 0usize);
@@ -272,10 +278,12 @@ pub fn plan(
     let (total, predicted, new_samples) = best;
     let n_evals = n_evals_for(total);
     // passes every `eval_every` steps before the last, then the final one
-    let eval_every = match every {
-        _ if eval.is_none() => 0,
-        Some(e) => e,
-        None => total.div_ceil(n_evals + 1),
+    let eval_every = if eval.is_none() {
+        0
+    } else if again {
+        interval(total, evals)
+    } else {
+        interval(total, n_evals)
     };
     let warmup = warmup_steps.unwrap_or((warmup_ratio * total as f64).ceil() as usize);
     let seen = samples_done + new_samples;
@@ -288,7 +296,7 @@ pub fn plan(
         predicted_s: spent_s + predicted,
         samples: seen,
         epochs: seen as f64 / epoch_samples.max(1) as f64,
-        replanned: every.is_some(),
+        replanned: again,
     }
 }
 
@@ -371,7 +379,7 @@ mod tests {
             &steps,
             Some(eval),
             3,
-            None,
+            false,
             costs,
             0.1,
             None,
@@ -421,7 +429,7 @@ mod tests {
             &steps,
             Some(eval),
             3,
-            None,
+            false,
             costs,
             0.1,
             None,
@@ -442,7 +450,7 @@ mod tests {
             &steps,
             Some(eval),
             3,
-            None,
+            false,
             costs,
             0.1,
             None,
@@ -451,6 +459,66 @@ mod tests {
         );
         assert_eq!(p.total_steps, 87);
         assert_eq!(p.eval_every, 44);
+    }
+
+    /// The first plan chose only the final pass (its interval was its length): the re-plan
+    /// keeps it that way whatever the new length, rather than reading the old interval as a
+    /// pass on the way (which would cost a whole pass and keep the run short).
+    #[test]
+    fn a_re_plan_keeps_the_number_of_passes_not_the_interval() {
+        let steps: Vec<StepLoad> = (0..1000)
+            .map(|_| StepLoad {
+                step_tokens: 100,
+                frozen_tokens: 0,
+                samples: 4,
+            })
+            .collect();
+        let costs = Costs {
+            step_per_token: 0.01,
+            eval_per_token: 0.01,
+            ..Default::default()
+        };
+        let eval = EvalLoad {
+            first_frozen_tokens: 0,
+            frozen_tokens: 0,
+            eval_tokens: 5000,
+        };
+        // 50 steps done in 100 s of 200: 97 s left, a step 1 s, a pass 50 s
+        let p = plan(
+            200.0,
+            100.0,
+            50,
+            &steps,
+            Some(eval),
+            0,
+            true,
+            costs,
+            0.1,
+            Some(6),
+            200,
+            400,
+        );
+        assert!(p.replanned);
+        assert_eq!(p.total_steps, 50 + 97);
+        assert_eq!(p.eval_every, p.total_steps, "only the final pass");
+        assert_eq!(p.warmup_steps, 6);
+        // 20 steps done: one pass on the way, which falls past step 20, is paid for
+        let p = plan(
+            200.0,
+            100.0,
+            20,
+            &steps,
+            Some(eval),
+            1,
+            true,
+            costs,
+            0.1,
+            Some(6),
+            200,
+            400,
+        );
+        assert_eq!(p.total_steps, 20 + 47);
+        assert_eq!(p.eval_every, 34);
     }
 
     #[test]
@@ -464,7 +532,7 @@ mod tests {
             step_per_token: 1.0,
             ..Default::default()
         };
-        let p = plan(5.0, 4.0, 1, &steps, None, 0, None, costs, 0.1, None, 1, 10);
+        let p = plan(5.0, 4.0, 1, &steps, None, 0, false, costs, 0.1, None, 1, 10);
         assert_eq!(p.total_steps, 1);
         assert_eq!(p.eval_every, 0);
     }

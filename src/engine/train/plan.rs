@@ -10,7 +10,8 @@ impl Trainer<'_> {
     /// seeded order, are walked until the budget is full.
     ///
     /// With `again` (halfway through the first plan), the costs are those measured since
-    /// the first plan, and the warmup and the validation interval stay as planned.
+    /// the first plan, and the warmup and the number of validation passes on the way stay as
+    /// planned (spread over the new length).
     pub(super) fn make_plan(
         &mut self,
         control: &TrainControl,
@@ -112,7 +113,13 @@ impl Trainer<'_> {
             }
             e
         });
-        let evals = if tc.eval_every > 0 {
+        let evals = if let (true, Some(old)) = (again, &before) {
+            // the passes on the way the first plan chose, spread over the new length
+            match old.eval_every {
+                0 => 0,
+                e => old.total_steps.saturating_sub(1) / e,
+            }
+        } else if tc.eval_every > 0 {
             // what a fixed interval gives over a run of about the reachable length
             (self.st.step + loads.len()).div_ceil(tc.eval_every) - 1
         } else {
@@ -125,7 +132,7 @@ impl Trainer<'_> {
             &loads,
             eval,
             evals,
-            again.then_some(self.eval_every),
+            again,
             costs,
             tc.warmup_ratio,
             if again {
