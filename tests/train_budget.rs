@@ -254,6 +254,25 @@ fn sim_costs() -> Costs {
     }
 }
 
+/// A run of `tc` to its end on a simulated clock: its summary and every event it reported.
+fn run_on(
+    tc: &TrainConfig,
+    m: &std::path::Path,
+    clock: SimClock,
+) -> (fraudlab::engine::train::TrainSummary, Vec<TrainEvent>) {
+    let opts = RunOptions {
+        clock: Some(Box::new(clock)),
+        frozen: None,
+    };
+    let mut events = vec![];
+    let mut on = |e: TrainEvent| events.push(e);
+    let s = Trainer::start(load(m, DType::F32), tc, opts, &mut on)
+        .unwrap()
+        .run(&TrainControl::default(), &mut on)
+        .unwrap();
+    (s, events)
+}
+
 /// The machine turns twice as fast right after the first plan (measured on the slow first
 /// steps): the re-plan halfway sees it and stretches the run to fill the budget, where the
 /// first plan alone would have ended near half of it.
@@ -264,7 +283,6 @@ fn the_re_plan_halfway_fills_a_budget_the_first_plan_misjudged() {
     let data = d.path().join("train.jsonl");
     fraud_jsonl(&data, 16);
     let tc = budget_config(&m, &data, &d.path().join("run"));
-    let lm = load(&m, DType::F32);
     let slow = sim_costs();
     let fast = Costs {
         frozen_per_token: slow.frozen_per_token / 2.0,
@@ -274,21 +292,21 @@ fn the_re_plan_halfway_fills_a_budget_the_first_plan_misjudged() {
     };
     let mut clock = SimClock::new(slow);
     clock.change = Some((4.0, fast));
-    let opts = RunOptions {
-        clock: Some(Box::new(clock)),
-        frozen: None,
-    };
-    let mut plans = vec![];
-    let mut logs = vec![];
-    let mut on = |e: TrainEvent| match e {
-        TrainEvent::Planned(p) => plans.push(p),
-        TrainEvent::Log(l) => logs.push(l),
-        _ => {}
-    };
-    let s = Trainer::start(lm, &tc, opts, &mut on)
-        .unwrap()
-        .run(&TrainControl::default(), &mut on)
-        .unwrap();
+    let (s, events) = run_on(&tc, &m, clock);
+    let plans: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            TrainEvent::Planned(p) => Some(p.clone()),
+            _ => None,
+        })
+        .collect();
+    let logs: Vec<&String> = events
+        .iter()
+        .filter_map(|e| match e {
+            TrainEvent::Log(l) => Some(l),
+            _ => None,
+        })
+        .collect();
     assert_eq!(plans.len(), 2, "{plans:?}");
     let (first, second) = (&plans[0], &plans[1]);
     assert!(first.predicted_s > 0.85 * 120.0, "{first:?}");

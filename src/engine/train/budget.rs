@@ -351,6 +351,22 @@ mod tests {
         }
     }
 
+    /// `n` steps of `tokens` training tokens and 4 samples each, nothing through the frozen
+    /// layers; steps at 0.01 s a token, validation at 0.01 s a token.
+    fn even_steps(n: usize, tokens: usize) -> (Vec<StepLoad>, Costs) {
+        let step = StepLoad {
+            step_tokens: tokens,
+            frozen_tokens: 0,
+            samples: 4,
+        };
+        let costs = Costs {
+            step_per_token: 0.01,
+            eval_per_token: 0.01,
+            ..Default::default()
+        };
+        (vec![step; n], costs)
+    }
+
     #[test]
     fn a_plan_fills_the_budget_with_its_evaluations() {
         let costs = Costs {
@@ -403,18 +419,7 @@ mod tests {
 
     #[test]
     fn costly_validation_is_made_rarer_not_the_training_shorter() {
-        let steps: Vec<StepLoad> = (0..1000)
-            .map(|_| StepLoad {
-                step_tokens: 100,
-                frozen_tokens: 0,
-                samples: 4,
-            })
-            .collect();
-        let costs = Costs {
-            step_per_token: 0.01,
-            eval_per_token: 0.01,
-            ..Default::default()
-        };
+        let (steps, costs) = even_steps(1000, 100);
         // a pass costs 15 s, a step 1 s: 12% of a 100 s budget buys no pass on the way,
         // and the final pass counts apart
         let eval = EvalLoad {
@@ -466,57 +471,36 @@ mod tests {
     /// pass on the way (which would cost a whole pass and keep the run short).
     #[test]
     fn a_re_plan_keeps_the_number_of_passes_not_the_interval() {
-        let steps: Vec<StepLoad> = (0..1000)
-            .map(|_| StepLoad {
-                step_tokens: 100,
-                frozen_tokens: 0,
-                samples: 4,
-            })
-            .collect();
-        let costs = Costs {
-            step_per_token: 0.01,
-            eval_per_token: 0.01,
-            ..Default::default()
-        };
+        let (steps, costs) = even_steps(1000, 100);
         let eval = EvalLoad {
             first_frozen_tokens: 0,
             frozen_tokens: 0,
             eval_tokens: 5000,
         };
-        // 50 steps done in 100 s of 200: 97 s left, a step 1 s, a pass 50 s
-        let p = plan(
-            200.0,
-            100.0,
-            50,
-            &steps,
-            Some(eval),
-            0,
-            true,
-            costs,
-            0.1,
-            Some(6),
-            200,
-            400,
-        );
+        // `done` steps taken in 100 s of 200: 97 s left to fill, a step 1 s, a pass 50 s
+        let re_plan = |done: usize, evals: usize| {
+            plan(
+                200.0,
+                100.0,
+                done,
+                &steps,
+                Some(eval),
+                evals,
+                true,
+                costs,
+                0.1,
+                Some(6),
+                200,
+                400,
+            )
+        };
+        let p = re_plan(50, 0);
         assert!(p.replanned);
         assert_eq!(p.total_steps, 50 + 97);
         assert_eq!(p.eval_every, p.total_steps, "only the final pass");
         assert_eq!(p.warmup_steps, 6);
         // 20 steps done: one pass on the way, which falls past step 20, is paid for
-        let p = plan(
-            200.0,
-            100.0,
-            20,
-            &steps,
-            Some(eval),
-            1,
-            true,
-            costs,
-            0.1,
-            Some(6),
-            200,
-            400,
-        );
+        let p = re_plan(20, 1);
         assert_eq!(p.total_steps, 20 + 47);
         assert_eq!(p.eval_every, 34);
     }

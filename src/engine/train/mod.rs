@@ -347,15 +347,15 @@ impl<'a> Trainer<'a> {
                     continue;
                 }
                 let mut m = self.optimizer_step()?;
-                if self.tc.time_budget_s.is_some() && self.st.plan.is_none() {
-                    self.make_plan(control, on_event, false)?;
-                    m.total_steps = self.total;
-                } else if self.st.plan.as_ref().is_some_and(|p| !p.replanned)
-                    && self.st.step * 2 >= self.total
-                    && self.st.step < self.total
-                {
+                let plan_due = match &self.st.plan {
+                    None => self.tc.time_budget_s.is_some(),
                     // halfway: plan again from what the steps since the first plan cost
-                    self.make_plan(control, on_event, true)?;
+                    Some(p) => {
+                        !p.replanned && self.st.step * 2 >= self.total && self.st.step < self.total
+                    }
+                };
+                if plan_due {
+                    self.make_plan(control, on_event)?;
                     m.total_steps = self.total;
                 }
                 match self.after_step(m, control, on_event)? {

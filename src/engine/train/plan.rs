@@ -9,24 +9,24 @@ impl Trainer<'_> {
     /// costs: a first validation batch is timed too, then the run's own batches, in their
     /// seeded order, are walked until the budget is full.
     ///
-    /// With `again` (halfway through the first plan), the costs are those measured since
-    /// the first plan, and the warmup and the number of validation passes on the way stay as
-    /// planned (spread over the new length).
+    /// Made again (when the run already has a plan: halfway through it), the costs are
+    /// those measured since the first plan, and the warmup and the number of validation
+    /// passes on the way stay as planned (spread over the new length).
     pub(super) fn make_plan(
         &mut self,
         control: &TrainControl,
         on_event: &mut dyn FnMut(TrainEvent),
-        again: bool,
     ) -> Result<()> {
         let tc = self.tc;
         let budget = tc.time_budget_s.context("no time budget")?;
         let before = self.st.plan.clone();
+        let again = before.is_some();
         if !again && !self.val_ex.is_empty() {
             let first: Vec<usize> = (0..self.val_ex.len().min(tc.batch)).collect();
             self.val_loss(&first, control)?;
         }
         let mut costs = self.meter.costs(&Costs::default());
-        if let (true, Some(old)) = (again, &before) {
+        if let Some(old) = &before {
             // what the steps since the first plan cost (all this process measured, for a
             // run resumed in between); a kind of work not seen since keeps its old cost
             let since = match self.plan_meter {
@@ -113,7 +113,7 @@ impl Trainer<'_> {
             }
             e
         });
-        let evals = if let (true, Some(old)) = (again, &before) {
+        let evals = if let Some(old) = &before {
             // the passes on the way the first plan chose, spread over the new length
             match old.eval_every {
                 0 => 0,
@@ -152,21 +152,18 @@ impl Trainer<'_> {
         self.total = p.total_steps;
         self.warmup = p.warmup_steps;
         self.eval_every = p.eval_every;
-        if let (true, Some(old)) = (again, &before) {
+        // the next step's tokens, and its seconds at the given costs
+        let step_tokens = loads.first().map(|l| l.step_tokens).unwrap_or(0);
+        let step_s = |c: &Costs| step_tokens as f64 * c.step_per_token + c.optim;
+        if let Some(old) = &before {
             on_event(TrainEvent::Log(format!(
                 "re-planned at step {} from the steps since the first plan: {} steps instead of {} ({:.2}s a step of {} tokens, planned {:.2}s)",
                 self.st.step,
                 p.total_steps,
                 old.total_steps,
-                loads
-                    .first()
-                    .map(|l| l.step_tokens as f64 * costs.step_per_token + costs.optim)
-                    .unwrap_or(0.0),
-                loads.first().map(|l| l.step_tokens).unwrap_or(0),
-                loads
-                    .first()
-                    .map(|l| l.step_tokens as f64 * old.costs.step_per_token + old.costs.optim)
-                    .unwrap_or(0.0),
+                step_s(&costs),
+                step_tokens,
+                step_s(&old.costs),
             )));
         }
         on_event(TrainEvent::Log(format!(
@@ -178,11 +175,8 @@ impl Trainer<'_> {
             p.warmup_steps,
             p.eval_every,
             crate::fmt::human_secs(p.predicted_s),
-            loads.first().map(|l| l.step_tokens).unwrap_or(0),
-            loads
-                .first()
-                .map(|l| l.step_tokens as f64 * costs.step_per_token + costs.optim)
-                .unwrap_or(0.0)
+            step_tokens,
+            step_s(&costs)
         )));
         on_event(TrainEvent::Planned(p.clone()));
         self.st.plan = Some(p);

@@ -7,10 +7,12 @@
 //! merges, saving). A CPU without bf16 dot products widens blocks of the weight to f32 and
 //! runs the f32 matmul on them (so bf16 still halves the weight's memory there).
 //!
-//! Blocking: the weight's columns of c are split over the thread pool; each thread packs
-//! `KC` rows of B for all its columns (`NR` = 32 columns per panel, pairs of rows
-//! interleaved as `vdpbf16ps` reads them), then sweeps blocks of `MC` rows of a over the
-//! panels with an `MR × 32` register tile.
+//! Blocking: a is rounded and packed once per call, in groups of `MR` rows (one packing
+//! serves several weights of the same input: [`matmul_many`]). The columns of c are split
+//! over the thread pool in chunks of panels (`NR` = 32 columns); for each block of `KC` rows
+//! of B, a thread packs one panel (pairs of rows interleaved as `vdpbf16ps` reads them) and
+//! at once runs every group of a over it with an `MR × 32` register tile, while the panel is
+//! in L1. The first block starts the tiles from the bias or zero, so c is never cleared.
 
 use half::bf16;
 use rayon::prelude::*;
@@ -208,13 +210,6 @@ mod x86 {
         Bias(*const f32),
     }
 
-    /// Job `job`'s panels p0..p1: the unit of work handed to a thread.
-    struct Chunk {
-        job: usize,
-        p0: usize,
-        p1: usize,
-    }
-
     /// A job as the threads see it: c as a raw pointer, W as bits.
     #[derive(Clone, Copy)]
     struct Target<'a> {
@@ -233,38 +228,25 @@ mod x86 {
         // many small chunks, so the threads end together; B is packed panel by panel, so
         // a chunk's size does not change how much packing is done
         let per = (panels / (threads * 8)).max(1);
+        // the units of work: a job's panels p0..p1
         let mut chunks = Vec::new();
-        for (ji, j) in jobs.iter().enumerate() {
-            let np = j.n.div_ceil(NR);
-            for p0 in (0..np).step_by(per) {
-                chunks.push(Chunk {
-                    job: ji,
-                    p0,
-                    p1: (p0 + per).min(np),
-                });
-            }
-        }
-        let outs: Vec<Target<'_>> = jobs
-            .iter_mut()
-            .map(|j| Target {
+        for j in jobs.iter_mut() {
+            let t = Target {
                 out: Out(j.c.as_mut_ptr() as *mut f32),
                 w: bytemuck_u16(j.w),
                 orient: j.orient,
                 n: j.n,
                 bias: j.bias,
-            })
-            .collect();
-        let work = |ch: &Chunk| {
-            let Target {
-                out,
-                w,
-                orient,
-                n,
-                bias,
-            } = outs[ch.job];
+            };
+            let np = j.n.div_ceil(NR);
+            for p0 in (0..np).step_by(per) {
+                chunks.push((t, p0, (p0 + per).min(np)));
+            }
+        }
+        let work = |&(t, p0, p1): &(Target<'_>, usize, usize)| {
             // SAFETY: the chunks of a job cover disjoint panels (columns) of its c, which
             // holds m × n; the bias (if any) holds n.
-            unsafe { columns(&ab, kp, m, k, w, orient, n, bias, ch.p0, ch.p1, out) }
+            unsafe { columns(&ab, kp, m, k, t.w, t.orient, t.n, t.bias, p0, p1, t.out) }
         };
         if chunks.len() == 1 || threads == 1 {
             chunks.iter().for_each(work);
@@ -352,8 +334,8 @@ mod x86 {
         }) as u32
     }
 
-    /// Packs rows kc0..kc0 + 2·pairs of B, panels p0..p1, as words (B(2q, j) | B(2q+1, j) << 16),
-    /// panel after panel, pair after pair, NR columns each.
+    /// Packs rows kc0..kc0 + 2·pairs of B, panel p, as words (B(2q, j) | B(2q+1, j) << 16),
+    /// pair after pair, NR columns each, into `buf` (resized to fit).
     #[allow(clippy::too_many_arguments)]
     fn pack(
         w: &[u16],
@@ -362,56 +344,53 @@ mod x86 {
         n: usize,
         kc0: usize,
         pairs: usize,
-        p0: usize,
-        p1: usize,
+        p: usize,
         buf: &mut Vec<u32>,
     ) {
         // every word is written below, so a buffer from an earlier panel needs no clearing
-        buf.resize((p1 - p0) * pairs * NR, 0);
-        for (pi, p) in (p0..p1).enumerate() {
-            let dst = &mut buf[pi * pairs * NR..(pi + 1) * pairs * NR];
-            let j0 = p * NR;
-            let full = j0 + NR <= n && kc0 + 2 * pairs <= k;
-            match orient {
-                Orient::Transposed if full => {
-                    // column j of B is row j of W: its pairs are consecutive words, so a
-                    // panel is a transpose of 32 rows of words (16 × 16 blocks in registers)
-                    let q16 = pairs / 16 * 16;
-                    for half in 0..2 {
-                        let c0 = 16 * half;
-                        for q0 in (0..q16).step_by(16) {
-                            let rows: [&[u16]; 16] = std::array::from_fn(|i| {
-                                let r = (j0 + c0 + i) * k + kc0 + 2 * q0;
-                                &w[r..r + 32]
-                            });
-                            // SAFETY: this module runs only where AVX-512 is present (the
-                            // bf16 level implies it); every row holds 32 u16 and dst holds
-                            // rows q0..q0 + 16 of NR words from column c0 + 16 ≤ NR.
-                            unsafe { transpose16(&rows, &mut dst[q0 * NR + c0..], NR) };
-                        }
+        buf.resize(pairs * NR, 0);
+        let dst = &mut buf[..];
+        let j0 = p * NR;
+        let full = j0 + NR <= n && kc0 + 2 * pairs <= k;
+        match orient {
+            Orient::Transposed if full => {
+                // column j of B is row j of W: its pairs are consecutive words, so a
+                // panel is a transpose of 32 rows of words (16 × 16 blocks in registers)
+                let q16 = pairs / 16 * 16;
+                for half in 0..2 {
+                    let c0 = 16 * half;
+                    for q0 in (0..q16).step_by(16) {
+                        let rows: [&[u16]; 16] = std::array::from_fn(|i| {
+                            let r = (j0 + c0 + i) * k + kc0 + 2 * q0;
+                            &w[r..r + 32]
+                        });
+                        // SAFETY: this module runs only where AVX-512 is present (the
+                        // bf16 level implies it); every row holds 32 u16 and dst holds
+                        // rows q0..q0 + 16 of NR words from column c0 + 16 ≤ NR.
+                        unsafe { transpose16(&rows, &mut dst[q0 * NR + c0..], NR) };
                     }
+                }
+                for c in 0..NR {
+                    let row = &w[(j0 + c) * k + kc0..(j0 + c) * k + kc0 + 2 * pairs];
+                    for (q, pr) in row.chunks_exact(2).enumerate().skip(q16) {
+                        dst[q * NR + c] = pr[0] as u32 | (pr[1] as u32) << 16;
+                    }
+                }
+            }
+            Orient::Plain if full => {
+                for q in 0..pairs {
+                    let r0 = &w[(kc0 + 2 * q) * n + j0..][..NR];
+                    let r1 = &w[(kc0 + 2 * q + 1) * n + j0..][..NR];
+                    // SAFETY: as above; both rows hold NR u16, dst NR words from q · NR.
+                    unsafe { interleave32(r0, r1, &mut dst[q * NR..q * NR + NR]) };
+                }
+            }
+            _ => {
+                for q in 0..pairs {
                     for c in 0..NR {
-                        let row = &w[(j0 + c) * k + kc0..(j0 + c) * k + kc0 + 2 * pairs];
-                        for (q, pr) in row.chunks_exact(2).enumerate().skip(q16) {
-                            dst[q * NR + c] = pr[0] as u32 | (pr[1] as u32) << 16;
-                        }
-                    }
-                }
-                Orient::Plain if full => {
-                    for q in 0..pairs {
-                        let r0 = &w[(kc0 + 2 * q) * n + j0..][..NR];
-                        let r1 = &w[(kc0 + 2 * q + 1) * n + j0..][..NR];
-                        // SAFETY: as above; both rows hold NR u16, dst NR words from q · NR.
-                        unsafe { interleave32(r0, r1, &mut dst[q * NR..q * NR + NR]) };
-                    }
-                }
-                _ => {
-                    for q in 0..pairs {
-                        for c in 0..NR {
-                            let r = kc0 + 2 * q;
-                            dst[q * NR + c] = b_at(w, orient, k, n, r, j0 + c)
-                                | b_at(w, orient, k, n, r + 1, j0 + c) << 16;
-                        }
+                        let r = kc0 + 2 * q;
+                        dst[q * NR + c] = b_at(w, orient, k, n, r, j0 + c)
+                            | b_at(w, orient, k, n, r + 1, j0 + c) << 16;
                     }
                 }
             }
@@ -511,7 +490,7 @@ mod x86 {
             for p in p0..p1 {
                 // one panel at a time, packed just before its rows run over it: it is still
                 // in L1 when the tiles read it
-                pack(w, orient, k, n, kc0, pairs, p, p + 1, &mut buf);
+                pack(w, orient, k, n, kc0, pairs, p, &mut buf);
                 let bp = buf.as_ptr();
                 let j0 = p * NR;
                 let cols = (n - j0).min(NR);

@@ -123,16 +123,19 @@ fn f32s<'a>(s: &'a Storage, l: &Layout) -> Option<&'a [f32]> {
     })
 }
 
+fn bf16s<'a>(s: &'a Storage, l: &Layout) -> Option<&'a [bf16]> {
+    slice(s, l, |c| match c {
+        CpuStorage::BF16(v) => Some(v.as_slice()),
+        _ => None,
+    })
+}
+
 /// Runs `f` on the elements of a contiguous CPU weight in f32 or bf16; None otherwise.
 pub fn with_weights<R>(w: &Tensor, f: impl FnOnce(Weights<'_>) -> R) -> Option<R> {
     let (s, l) = w.storage_and_layout();
     let wv = match w.dtype() {
         DType::F32 => f32s(&s, l).map(Weights::F32),
-        DType::BF16 => slice::<bf16>(&s, l, |c| match c {
-            CpuStorage::BF16(v) => Some(v.as_slice()),
-            _ => None,
-        })
-        .map(Weights::Bf16),
+        DType::BF16 => bf16s(&s, l).map(Weights::Bf16),
         _ => None,
     }?;
     Some(f(wv))
@@ -243,25 +246,24 @@ pub fn forward_many(
             )
         })
         .collect();
-    let mut views = Vec::with_capacity(guards.len());
-    for (((wg, wl), bg), (wt, _)) in guards.iter().zip(&ws) {
-        let n = wt.dim(0)?;
-        let w = slice::<bf16>(wg, wl, |c| match c {
-            CpuStorage::BF16(v) => Some(v.as_slice()),
-            _ => None,
-        });
-        let b = bg.as_ref().map(|(g, l)| f32s(g, l));
-        match (w, b) {
-            (Some(w), None) => views.push((w, None, n)),
-            (Some(w), Some(Some(b))) => views.push((w, Some(b), n)),
-            _ => {
-                drop(views);
-                drop(guards);
-                drop(xs);
-                return on_candle(&x, &ws);
-            }
-        }
-    }
+    // (W, bias, n) of each weight; None if a storage is not the CPU slice it should be
+    type View<'a> = (&'a [bf16], Option<&'a [f32]>, usize);
+    let views: Option<Vec<View<'_>>> = guards
+        .iter()
+        .zip(&ws)
+        .map(|(((wg, wl), bg), (wt, _))| {
+            let b = match bg {
+                Some((g, l)) => Some(f32s(g, l)?),
+                None => None,
+            };
+            Some((bf16s(wg, wl)?, b, wt.dims()[0]))
+        })
+        .collect();
+    let Some(views) = views else {
+        drop(guards);
+        drop(xs);
+        return on_candle(&x, &ws);
+    };
     let mut outs: Vec<Vec<f32>> = views
         .iter()
         .map(|(_, _, n)| Vec::with_capacity(rows * n))

@@ -162,26 +162,31 @@ impl Linear {
         if let Some(b) = bias {
             y = y.broadcast_add(b)?;
         }
-        if let Some(l) = &self.lora {
-            let xin = match mode {
-                Mode::Train { dropout_seed } if l.dropout > 0.0 => {
-                    let seed = dropout_seed ^ l.id.wrapping_mul(0x9E3779B97F4A7C15);
-                    let m = dropout_mask(
-                        seed,
-                        rows,
-                        self.in_features,
-                        l.dropout,
-                        x2.dtype(),
-                        x2.device(),
-                    )?;
-                    (x2 * m)?
-                }
-                _ => x2,
-            };
-            let delta = xin.matmul(&l.a.t()?)?.matmul(&l.b.t()?)?;
-            y = (y + (delta * l.scale)?)?;
-        }
-        Ok(y.reshape(out_dims)?)
+        Ok(self.add_lora(y, &x2, mode)?.reshape(out_dims)?)
+    }
+
+    /// y plus the LoRA's `scale · x B A` (x under its dropout mask in training), if any.
+    fn add_lora(&self, y: Tensor, x2: &Tensor, mode: Mode) -> Result<Tensor> {
+        let Some(l) = &self.lora else {
+            return Ok(y);
+        };
+        let xin = match mode {
+            Mode::Train { dropout_seed } if l.dropout > 0.0 => {
+                let seed = dropout_seed ^ l.id.wrapping_mul(0x9E3779B97F4A7C15);
+                let m = dropout_mask(
+                    seed,
+                    x2.dim(0)?,
+                    self.in_features,
+                    l.dropout,
+                    x2.dtype(),
+                    x2.device(),
+                )?;
+                (x2 * m)?
+            }
+            _ => x2.clone(),
+        };
+        let delta = xin.matmul(&l.a.t()?)?.matmul(&l.b.t()?)?;
+        Ok((y + (delta * l.scale)?)?)
     }
 
     /// The outputs of several linears of the same x (..., in): in inference over dense
@@ -206,13 +211,7 @@ impl Linear {
         ls.iter()
             .zip(ys)
             .map(|(l, y)| {
-                let y = match &l.lora {
-                    Some(lora) => {
-                        let delta = x2.matmul(&lora.a.t()?)?.matmul(&lora.b.t()?)?;
-                        (y + (delta * lora.scale)?)?
-                    }
-                    None => y,
-                };
+                let y = l.add_lora(y, &x2, mode)?;
                 let mut out_dims = dims.clone();
                 *out_dims.last_mut().unwrap() = l.out_features;
                 Ok(y.reshape(out_dims)?)
