@@ -2,12 +2,15 @@
 //! to the Python reference and prints ratios.
 //!
 //!   cargo run --release --example bench_engine -- speed MODEL PROMPT_FILE NEW_TOKENS [--quantized]
-//!   cargo run --release --example bench_engine -- train MODEL DATA.jsonl BATCH STEPS [--layers 12-23]
+//!   cargo run --release --example bench_engine -- train MODEL DATA.jsonl BATCH STEPS [--layers 12-23] [--shared]
 //!       (every step sees new samples, so frozen layers below a LoRA range run each step: the
 //!       first epoch's cost)
 //!   cargo run --release --example bench_engine -- score MODEL DATA.jsonl N [score|generate] [BATCH]
 //!
 //! `--dtype bf16` (anywhere) loads the dense weights in bf16 (the base weights, for train).
+//! `train` loads as `fraudlab train` does (row-major weights); `--shared` as the workbench's
+//! loaded model that a run shares (bf16 layer weights packed for inference, where the CPU
+//! packs).
 //!   cargo run --release --example bench_engine -- cpu      (the CPU, its features, the kernels)
 //!   cargo run --release --example bench_engine -- profile MODEL PROMPT_FILE prefill|decode SECONDS [--quantized]
 //!       (after loading, prints "start" on stderr and repeats the workload for SECONDS, for a
@@ -94,6 +97,13 @@ fn main() -> Result<()> {
         }
         None => None,
     };
+    let shared = match args.iter().position(|a| a == "--shared") {
+        Some(i) => {
+            args.remove(i);
+            true
+        }
+        None => false,
+    };
     if std::env::var_os("BENCH_NO_CPU_LINE").is_none() {
         eprintln!("{}", fraudlab::model::kernels::cpu_line());
     }
@@ -124,6 +134,7 @@ fn main() -> Result<()> {
             args[4].parse()?,
             &dtype,
             layers,
+            shared,
         ),
         Some("score") => score(
             dt,
@@ -249,6 +260,7 @@ fn linear_bytes(l: &fraudlab::model::qwen2::Linear) -> usize {
     use fraudlab::model::qwen2::LinearWeight;
     match &l.weight {
         LinearWeight::Dense(w) => w.elem_count() * w.dtype().size_in_bytes(),
+        LinearWeight::Packed(p) => p.bytes(),
         LinearWeight::Quant(candle_core::quantized::QMatMul::QTensor(q)) => {
             q.storage_size_in_bytes()
         }
@@ -263,14 +275,17 @@ fn train(
     steps: usize,
     dtype: &str,
     layers: Option<Vec<usize>>,
+    shared: bool,
 ) -> Result<()> {
-    let lm = model::load(
-        model_spec,
-        LoadOptions {
-            dtype: model::loader::parse_dtype(dtype)?,
-            ..Default::default()
-        },
-    )?;
+    let opts = LoadOptions {
+        dtype: model::loader::parse_dtype(dtype)?,
+        ..Default::default()
+    };
+    let lm = if shared {
+        model::load(model_spec, opts)?
+    } else {
+        model::load_for_training(model_spec, opts)?
+    };
     let dir = std::env::temp_dir().join(format!("fraudlab-bench-train-{}", std::process::id()));
     let tc = TrainConfig {
         model: model_spec.into(),

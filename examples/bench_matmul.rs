@@ -6,6 +6,7 @@
 //!   cargo run --release --example bench_matmul [-- --python PY] [--no-bf16] [--quick]
 //!   cargo run --release --example bench_matmul -- --rows-sweep   (gemv against gemm by m)
 //!   cargo run --release --example bench_matmul -- --shapes 428x896x4864,200x896x128 --only-bf16
+//!   … --packed   (bf16 also on weights packed ahead, as an inference model holds them)
 //!
 //! PY (or `REF_PY`) is a Python with torch; without one, only our side is measured.
 //! Decode shapes cycle through enough weight copies (over 256 MiB) that the weights come from
@@ -88,17 +89,41 @@ fn bandwidth(bytes: usize) -> f64 {
     bytes as f64 / ts[2] / 1e9
 }
 
-/// Our side of one shape: (GFLOP/s, weight GB/s, the path that ran).
-fn ours(dt: DType, m: usize, k: usize, n: usize) -> Result<(f64, f64, String)> {
+/// Our side of one shape: (GFLOP/s, weight GB/s, the path that ran). `packed`: a bf16
+/// weight packed ahead, as an inference model holds it.
+fn ours(dt: DType, m: usize, k: usize, n: usize, packed: bool) -> Result<(f64, f64, String)> {
     let dev = Device::Cpu;
     let x = Tensor::randn(0f32, 1.0, (m, k), &dev)?;
     let ws = (0..copies(m, k, n, dt.size_in_bytes()))
         .map(|_| Tensor::randn(0f32, 1.0, (n, k), &dev)?.to_dtype(dt))
         .collect::<candle_core::Result<Vec<_>>>()?;
+    let lv = kernels::level();
+    let pw: Vec<kernels::gemm_bf16::Packed> = if packed {
+        ws.iter()
+            .filter_map(|w| {
+                let v = w.flatten_all().ok()?.to_vec1::<half::bf16>().ok()?;
+                kernels::gemm_bf16::Packed::new(lv, &v, n, k)
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    if packed && pw.is_empty() {
+        anyhow::bail!("--packed: this CPU has no bf16 matmul to pack for");
+    }
     let s = time_it(|i| {
-        std::hint::black_box(kernels::linear::forward(&x, &ws[i % ws.len()], None).unwrap());
+        if packed {
+            let p = &pw[i % pw.len()];
+            std::hint::black_box(kernels::linear::forward_packed(&x, &[(p, None)]).unwrap());
+        } else {
+            std::hint::black_box(kernels::linear::forward(&x, &ws[i % ws.len()], None).unwrap());
+        }
     });
-    let path = kernels::linear::path_name(m, dt, kernels::level());
+    let path = if packed {
+        "bf16 matmul on a weight packed ahead".to_string()
+    } else {
+        kernels::linear::path_name(m, dt, lv)
+    };
     Ok((
         2.0 * (m * k * n) as f64 / s / 1e9,
         (n * k * dt.size_in_bytes()) as f64 / s / 1e9,
@@ -262,7 +287,7 @@ fn main() -> Result<()> {
     println!("dtype  m     k     n       ours GFLOP/s  torch GFLOP/s  ratio   ours GB/s (of bw)  torch GB/s (of bw)  our path");
     for &(dt, name) in dtypes {
         for &(m, k, n) in shapes {
-            let (g, gb, path) = ours(dt, m, k, n)?;
+            let (g, gb, path) = ours(dt, m, k, n, false)?;
             let (tg, tgb) = match torch.as_mut() {
                 Some(t) => t.run(name, m, k, n, copies(m, k, n, dt.size_in_bytes()))?,
                 None => (f64::NAN, f64::NAN),
@@ -280,6 +305,17 @@ fn main() -> Result<()> {
                 mem(gb),
                 mem(tgb),
             );
+            if dt == DType::BF16 && flag("--packed") {
+                let (g, gb, path) = ours(dt, m, k, n, true)?;
+                println!(
+                    "{:<5} {m:<5} {k:<5} {n:<7} {g:>13.1} {:>14} {:>7}   {:>17}  {:>18}  {path}",
+                    "bf16p",
+                    "-",
+                    "-",
+                    mem(gb),
+                    "-",
+                );
+            }
         }
     }
     Ok(())

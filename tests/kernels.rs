@@ -28,6 +28,7 @@ fn spec() -> TinySpec {
     }
 }
 
+/// An inference load: bf16 layer weights packed for the bf16 matmul where the CPU has it.
 fn load(path: &std::path::Path, dtype: DType) -> LoadedModel {
     model::load(
         path.to_str().unwrap(),
@@ -37,6 +38,25 @@ fn load(path: &std::path::Path, dtype: DType) -> LoadedModel {
         },
     )
     .unwrap()
+}
+
+/// A load to train on: every weight row-major.
+fn load_row_major(path: &std::path::Path, dtype: DType) -> LoadedModel {
+    model::load_for_training(
+        path.to_str().unwrap(),
+        LoadOptions {
+            dtype,
+            quantized: false,
+        },
+    )
+    .unwrap()
+}
+
+fn is_packed(lm: &mut LoadedModel) -> bool {
+    lm.model
+        .linears_mut()
+        .iter()
+        .all(|(_, l)| matches!(l.weight, model::qwen2::LinearWeight::Packed(_)))
 }
 
 /// Last-position logits of a 40-token prefill (the blocked matmuls), then of 5 tokens at
@@ -94,8 +114,17 @@ fn every_fast_path_gives_the_portable_logits() {
     let d = tmp();
     let m = tiny_model(d.path(), spec());
     let f32_logits = with_level(Level::Portable, || logits_run(&load(&m, DType::F32)));
-    for dtype in [DType::F32, DType::BF16] {
-        let lm = load(&m, dtype);
+    // bf16 both packed ahead (where the CPU packs) and row-major
+    for (dtype, row_major) in [
+        (DType::F32, false),
+        (DType::BF16, false),
+        (DType::BF16, true),
+    ] {
+        let lm = if row_major {
+            load_row_major(&m, dtype)
+        } else {
+            load(&m, dtype)
+        };
         let want = with_level(Level::Portable, || logits_run(&lm));
         let rounding = (want.iter().zip(&f32_logits))
             .map(|(a, b)| rel_err(a, b))
@@ -105,11 +134,11 @@ fn every_fast_path_gives_the_portable_logits() {
             for (i, (g, w)) in got.iter().zip(&want).enumerate() {
                 let e = rel_err(g, w);
                 eprintln!(
-                    "logits {dtype:?} {l:?} step {i}: {e:.2e} (weights' rounding {rounding:.2e})"
+                    "logits {dtype:?} (row-major {row_major}) {l:?} step {i}: {e:.2e} (weights' rounding {rounding:.2e})"
                 );
                 assert!(
                     e <= bound(dtype, l, rounding),
-                    "{dtype:?} {l:?} step {i}: {e:.2e}"
+                    "{dtype:?} (row-major {row_major}) {l:?} step {i}: {e:.2e}"
                 );
             }
         }
@@ -243,6 +272,51 @@ fn bf16_base_trains_an_f32_adapter() {
     };
     let e = train(&full, &TrainControl::default(), &mut |_| {}).unwrap_err();
     assert!(format!("{e:#}").contains("full fine-tuning trains every weight in f32"));
+}
+
+/// An inference load packs the bf16 layer weights where the CPU has the bf16 matmul, and a
+/// training load keeps them row-major. The packed model computes what the row-major one
+/// does: f32 rounding apart for logits on every level (a few rows, and the last layer's
+/// feed-forward in a prefill, go to the gemv on row-major weights and stream the packed
+/// ones through the matmul; both round x to bf16 on the bf16 level), and the same bits for
+/// the loss and LoRA gradients of a training batch (many rows: the same panels reach the
+/// same kernel, and a run sharing a loaded model repacks them for the input gradients).
+#[test]
+fn packed_weights_give_the_row_major_results() {
+    let d = tmp();
+    let m = tiny_model(d.path(), spec());
+    let mut packed = load(&m, DType::BF16);
+    let mut plain = load_row_major(&m, DType::BF16);
+    assert!(!is_packed(&mut plain));
+    if !available().contains(&Level::Avx512Bf16) {
+        assert!(!is_packed(&mut packed), "packed without the bf16 matmul");
+        eprintln!("skipped: this CPU has no bf16 matmul, so nothing is packed");
+        return;
+    }
+    assert!(is_packed(&mut packed));
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    for l in available() {
+        let (a, b) = with_level(l, || (logits_run(&packed), logits_run(&plain)));
+        for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+            let e = rel_err(x, y);
+            assert!(e <= 1e-4, "{l:?} step {i}: {e:.2e}");
+        }
+    }
+    let ex = examples(&plain, d.path());
+    let mut g = vec![];
+    for lm in [&mut packed, &mut plain] {
+        let vars = attach_lora(&mut lm.model, &LoraSpec::default(), 1).unwrap();
+        for (i, v) in vars.iter().enumerate() {
+            let vals = fraudlab::model::tiny::randn(90 + i as u64, v.b.elem_count(), 0.1);
+            v.b.set(&Tensor::from_vec(vals, v.b.shape(), &lm.model.device).unwrap())
+                .unwrap();
+        }
+        g.push(grads(lm, &vars, &ex));
+    }
+    assert!(g[1][1..].iter().any(|t| t.iter().any(|x| *x != 0.0)));
+    for (i, (x, y)) in g[0].iter().zip(&g[1]).enumerate() {
+        assert_eq!(bits(x), bits(y), "loss or gradient {i}");
+    }
 }
 
 #[test]

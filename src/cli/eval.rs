@@ -272,10 +272,18 @@ pub(super) fn kfold_eval(
             limit: None,
             ..recipe.cloned().unwrap_or_default()
         };
-        let lm = crate::model::load(&target.model, Default::default())?;
+        // the recipe's dtype for training, the evaluation's own for the held-out fold
+        let train_opts = crate::model::LoadOptions {
+            dtype: crate::model::loader::parse_dtype(&tc.dtype)?,
+            ..Default::default()
+        };
+        let lm = crate::model::load_for_training(&target.model, train_opts)?;
         let control = TrainControl::default();
         let summary = train_loaded(lm, &tc, &control, &mut |_| {})?;
-        let mut lm = crate::model::load(&target.model, Default::default())?;
+        let mut lm = crate::model::load(
+            &target.model,
+            crate::engine::eval::target_load_options(cfg)?,
+        )?;
         crate::model::adapter::load_adapter(&mut lm.model, &summary.output_dir)?;
         let val = tools::pick(&samples, &f.val);
         let cancel = std::sync::atomic::AtomicBool::new(false);

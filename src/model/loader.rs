@@ -264,12 +264,26 @@ pub fn load_config(loc: &ModelLocation) -> Result<Qwen2Config> {
 }
 
 /// Loads a model and its tokenizer.
+/// Loads a model for inference: bf16 layer weights are packed for the bf16 matmul where the
+/// CPU runs it (see [`Qwen2::pack_weights`]).
 pub fn load(spec: &str, opts: LoadOptions) -> Result<LoadedModel> {
     let loc = resolve(spec)?;
     load_location(&loc, opts)
 }
 
+/// Loads a model to train on: its weights stay row-major, as the training products read
+/// them (a packed weight would be repacked for every input gradient).
+pub fn load_for_training(spec: &str, opts: LoadOptions) -> Result<LoadedModel> {
+    let loc = resolve(spec)?;
+    load_with(&loc, opts, false)
+}
+
+/// [`load`] from a resolved location.
 pub fn load_location(loc: &ModelLocation, opts: LoadOptions) -> Result<LoadedModel> {
+    load_with(loc, opts, true)
+}
+
+fn load_with(loc: &ModelLocation, opts: LoadOptions, pack: bool) -> Result<LoadedModel> {
     let t0 = Instant::now();
     let device = Device::Cpu;
     // f64 is for gradient checks in tests; users choose f32 or bf16.
@@ -313,6 +327,10 @@ pub fn load_location(loc: &ModelLocation, opts: LoadOptions) -> Result<LoadedMod
             (model, tokenizer, opts.quantized)
         }
     };
+    let mut model = model;
+    if pack && opts.dtype == DType::BF16 {
+        model.pack_weights()?;
+    }
     Ok(LoadedModel {
         model,
         tokenizer,

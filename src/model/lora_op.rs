@@ -40,7 +40,7 @@ pub fn keeps(seed: u64, e: usize, threshold: u32) -> bool {
 
 pub struct LoraLinear {
     /// (out, in), frozen
-    pub w: Tensor,
+    pub w: kernels::linear::Frozen,
     /// (out), frozen
     pub bias: Option<Tensor>,
     pub scale: f64,
@@ -121,14 +121,20 @@ fn f32_pair<'a, T: AttnFloat>(
 }
 
 impl LoraLinear {
-    /// Runs `f` on the frozen weight's elements in the dtype they are kept in (f32 or bf16).
-    fn with_frozen(&self, f: impl FnOnce(kernels::gemv::Weights<'_>)) -> candle_core::Result<()> {
-        kernels::linear::with_weights(&self.w.contiguous()?, f).ok_or_else(|| {
-            candle_core::Error::Msg(format!(
-                "lora-linear: a {:?} weight is not supported",
-                self.w.dtype()
-            ))
-        })
+    /// The error for a frozen weight the kernels do not take.
+    fn unsupported(&self) -> candle_core::Error {
+        candle_core::Error::Msg(format!(
+            "lora-linear: a {:?} weight is not supported",
+            self.w.dtype()
+        ))
+    }
+
+    /// The frozen weight as a tensor of x's dtype T, when it is one.
+    fn same_dtype<T: AttnFloat>(&self) -> Option<&Tensor> {
+        match &self.w {
+            kernels::linear::Frozen::Tensor(t) if t.dtype() == T::DTYPE => Some(t),
+            _ => None,
+        }
     }
 
     /// x ⊙ mask (values kept are scaled by 1/keep), or a copy of x without dropout.
@@ -164,8 +170,8 @@ impl LoraLinear {
     ) -> candle_core::Result<Vec<T>> {
         let mut y = vec![T::ZERO; rows * outf];
         // y = x Wᵀ
-        if self.w.dtype() == T::DTYPE {
-            with::<T, _>(&self.w, |w| {
+        if let Some(wt) = self.same_dtype::<T>() {
+            with::<T, _>(wt, |w| {
                 mm(
                     rows,
                     outf,
@@ -182,7 +188,9 @@ impl LoraLinear {
             })?;
         } else {
             let (x, y) = f32_pair(x, &mut y)?;
-            self.with_frozen(|w| kernels::linear::xwt(x, rows, inf, w, outf, None, y))?;
+            self.w
+                .xwt(x, rows, inf, outf, None, y)
+                .ok_or_else(|| self.unsupported())?;
         }
         if let Some(bias) = &self.bias {
             with::<T, _>(bias, |bias| {
@@ -322,8 +330,8 @@ impl LoraLinear {
         );
         // dx = dy W + (scale · g A) ⊙ m
         let mut dx = vec![T::ZERO; rows * inf];
-        if self.w.dtype() == T::DTYPE {
-            with::<T, _>(&self.w, |w| {
+        if let Some(wt) = self.same_dtype::<T>() {
+            with::<T, _>(wt, |w| {
                 mm(
                     rows,
                     inf,
@@ -340,7 +348,9 @@ impl LoraLinear {
             })?;
         } else {
             let (dy, dx) = f32_pair(dy, &mut dx)?;
-            self.with_frozen(|w| kernels::linear::dyw(dy, rows, outf, w, inf, dx))?;
+            self.w
+                .dyw(dy, rows, outf, inf, dx)
+                .ok_or_else(|| self.unsupported())?;
         }
         let mut t = xm; // reuse the buffer
         mm(rows, inf, r, &mut t, false, &g, (1, r), a, (1, inf), scale);
@@ -482,7 +492,7 @@ mod tests {
 
     fn op(w: &Tensor, bias: &Tensor) -> LoraLinear {
         LoraLinear {
-            w: w.clone(),
+            w: kernels::linear::Frozen::Tensor(w.clone()),
             bias: Some(bias.clone()),
             scale: 1.5,
             dropout: Some((0.3, 42)),

@@ -17,7 +17,7 @@ pub mod safetensors_io;
 pub mod tokenizer;
 
 pub use config::Qwen2Config;
-pub use loader::{load, LoadOptions, LoadedModel, ModelLocation};
+pub use loader::{load, load_for_training, LoadOptions, LoadedModel, ModelLocation};
 pub use qwen2::{KvCache, Mode, Qwen2};
 pub use tokenizer::{ChatMessage, TextTokenizer};
 

@@ -68,7 +68,7 @@ pub fn train(
     control: &TrainControl,
     on_event: &mut dyn FnMut(TrainEvent),
 ) -> Result<TrainSummary> {
-    let lm = model::load(
+    let lm = model::load_for_training(
         &tc.model,
         LoadOptions {
             dtype: model::loader::parse_dtype(&tc.dtype)?,

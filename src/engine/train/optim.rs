@@ -63,6 +63,12 @@ pub(super) fn make_all_trainable(model: &mut Qwen2) -> Result<Trainable> {
         for (name, lin) in all {
             match &mut lin.weight {
                 LinearWeight::Dense(w) => var_of(format!("{name}.weight"), w)?,
+                LinearWeight::Packed(_) => {
+                    // an inference model's packed weight: trained as a dense copy
+                    let mut w = lin.dense_weight()?;
+                    var_of(format!("{name}.weight"), &mut w)?;
+                    lin.weight = LinearWeight::Dense(w);
+                }
                 LinearWeight::Quant(_) => {
                     bail!("full fine-tuning needs dense weights (load without --quantized)")
                 }

@@ -237,7 +237,7 @@ impl Worker {
             };
             let lm = match base {
                 Some(lm) => lm,
-                None => model::load(&cfg.model, opts)?,
+                None => model::load_for_training(&cfg.model, opts)?,
             };
             match &job {
                 TrainJob::Run(cfg) => {
@@ -376,6 +376,7 @@ mod tests {
         for (name, lin) in m.linears_mut() {
             match &lin.weight {
                 LinearWeight::Dense(w) => v.push(data_ptr(w)),
+                LinearWeight::Packed(p) => v.push(std::sync::Arc::as_ptr(p) as usize),
                 LinearWeight::Quant(_) => panic!("{name} is quantized"),
             }
         }

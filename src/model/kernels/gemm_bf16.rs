@@ -1,16 +1,21 @@
-//! Many-row products with a bf16 weight: `c = a · Wᵀ + bias` (a layer's forward) and
-//! `c = a · W` (its input gradient), a in f32, c in f32.
+//! Products with a bf16 weight: `c = a · Wᵀ + bias` (a layer's forward) and `c = a · W`
+//! (its input gradient), a in f32, c in f32.
 //!
 //! With AVX512-BF16, a is rounded to bf16 once and the products run on `vdpbf16ps` (two
-//! bf16 products summed into each f32 lane, f32 accumulation), on panels of the weight
-//! packed per call: the weight stays in its row-major layout for everything else (gemv,
-//! merges, saving). A CPU without bf16 dot products widens blocks of the weight to f32 and
-//! runs the f32 matmul on them (so bf16 still halves the weight's memory there).
+//! bf16 products summed into each f32 lane, f32 accumulation), on panels of the weight:
+//! - a training model's weights stay row-major (merges, saving and the input gradient read
+//!   them so), and each call packs the panels it reads on the way;
+//! - an inference model's layer weights are packed once, at load, in that same panel layout
+//!   ([`Packed`], in place of the row-major copy): every row count reads them as they lie,
+//!   one row (decode) included, streaming each panel from memory in order.
+//!
+//! A CPU without bf16 dot products widens blocks of the weight to f32 and runs the f32
+//! matmul on them (so bf16 still halves the weight's memory there).
 //!
 //! Blocking: a is rounded and packed once per call, in groups of `MR` rows (one packing
 //! serves several weights of the same input: [`matmul_many`]). The columns of c are split
 //! over the thread pool in chunks of panels (`NR` = 32 columns); for each block of `KC` rows
-//! of B, a thread packs one panel (pairs of rows interleaved as `vdpbf16ps` reads them) and
+//! of B, a thread takes one panel (pairs of rows interleaved as `vdpbf16ps` reads them) and
 //! at once runs every group of a over it with an `MR × 32` register tile, while the panel is
 //! in L1. The first block starts the tiles from the bias or zero, so c is never cleared.
 
@@ -30,11 +35,83 @@ pub enum Orient {
     Plain,
 }
 
-/// One product of a shared `a` in [`matmul_many`]: `c (m × n) = a · B + bias`, B from `w`
-/// as `orient` says.
+/// Columns per packed panel: two 16-lane registers.
+const NR: usize = 32;
+
+/// Where B comes from.
+#[derive(Clone, Copy)]
+pub enum B<'a> {
+    /// W as stored, read as the orientation says and packed panel by panel on the way.
+    W(&'a [bf16], Orient),
+    /// W packed once ahead: `a · Wᵀ` reads it as it lies; `a · W` (a gradient through an
+    /// inference model's weight, when training shares it) repacks it panel by panel.
+    Packed(&'a Packed, Orient),
+}
+
+/// A weight W (n × k) packed once, ahead, in the layout the matmul reads for `a · Wᵀ`
+/// (an inference model's layers): panel after panel of [`NR`] rows of W, each ⌈k / 2⌉ words
+/// of NR pairs (W(j, 2q) | W(j, 2q + 1) << 16), zero past n and past an odd k. It takes the
+/// place of the row-major weight (the same bytes, plus the pad of the last panel), and every
+/// product reads it as it lies: many rows skip the per-call packing, one row streams it.
+pub struct Packed {
+    n: usize,
+    k: usize,
+    words: Vec<u32>,
+}
+
+impl std::fmt::Debug for Packed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Packed({} × {} bf16)", self.n, self.k)
+    }
+}
+
+impl Packed {
+    /// W (n × k, row-major) packed, where `level` runs the bf16 matmul; None elsewhere
+    /// (the widened path reads W as it is stored).
+    pub fn new(level: Level, w: &[bf16], n: usize, k: usize) -> Option<Self> {
+        assert!(w.len() >= n * k);
+        #[cfg(target_arch = "x86_64")]
+        if level >= Level::Avx512Bf16 && n > 0 && k > 0 {
+            return Some(x86::pack_all(w, n, k));
+        }
+        let _ = (level, w);
+        None
+    }
+
+    /// Rows of W (the outputs).
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// Columns of W (the inputs).
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.words.len() * 4
+    }
+
+    /// W back in its row-major layout.
+    pub fn unpack(&self) -> Vec<bf16> {
+        let (n, k) = (self.n, self.k);
+        let pairs = k.div_ceil(2);
+        let mut w = vec![bf16::ZERO; n * k];
+        for (j, row) in w.chunks_mut(k).enumerate() {
+            let panel = &self.words[j / NR * pairs * NR..];
+            for (r, v) in row.iter_mut().enumerate() {
+                let word = panel[r / 2 * NR + j % NR];
+                *v = bf16::from_bits((word >> (16 * (r % 2))) as u16);
+            }
+        }
+        w
+    }
+}
+
+/// One product of a shared `a` in [`matmul_many`]: `c (m × n) = a · B + bias`.
 pub struct Job<'a> {
-    pub w: &'a [bf16],
-    pub orient: Orient,
+    pub b: B<'a>,
     pub n: usize,
     pub bias: Option<&'a [f32]>,
     /// m × n; every element is written, none read first (so it may start uninitialised)
@@ -42,6 +119,7 @@ pub struct Job<'a> {
 }
 
 /// `c (m × n) = a (m × k) · B + bias`, B from `w` as `orient` says; c is overwritten.
+/// (A packed weight goes through [`matmul_many`] with [`B::Packed`].)
 #[allow(clippy::too_many_arguments)]
 pub fn matmul(
     level: Level,
@@ -64,8 +142,7 @@ pub fn matmul(
         m,
         k,
         &mut [Job {
-            w,
-            orient,
+            b: B::W(w, orient),
             n,
             bias,
             c,
@@ -79,7 +156,12 @@ pub fn matmul(
 pub fn matmul_many(level: Level, a: &[f32], m: usize, k: usize, jobs: &mut [Job<'_>]) {
     assert!(a.len() >= m * k);
     for j in jobs.iter() {
-        assert!(j.w.len() >= j.n * k && j.c.len() >= m * j.n);
+        match j.b {
+            B::W(w, _) => assert!(w.len() >= j.n * k),
+            B::Packed(p, Orient::Transposed) => assert!(p.n == j.n && p.k == k),
+            B::Packed(p, Orient::Plain) => assert!(p.k == j.n && p.n == k),
+        }
+        assert!(j.c.len() >= m * j.n);
         assert!(j.bias.is_none_or(|b| b.len() >= j.n));
     }
     if m == 0 {
@@ -107,7 +189,10 @@ pub fn matmul_many(level: Level, a: &[f32], m: usize, k: usize, jobs: &mut [Job<
         // SAFETY: every element was just written
         let c = unsafe { &mut *(c as *mut [MaybeUninit<f32>] as *mut [f32]) };
         if k > 0 {
-            widened(level, a, m, k, j.w, j.orient, n, c)
+            match j.b {
+                B::W(w, orient) => widened(level, a, m, k, w, orient, n, c),
+                B::Packed(p, orient) => widened(level, a, m, k, &p.unpack(), orient, n, c),
+            }
         }
     }
 }
@@ -185,8 +270,6 @@ mod x86 {
     use crate::model::kernels::mask16;
     use std::arch::x86_64::*;
 
-    /// Columns per panel: two 16-lane registers.
-    const NR: usize = 32;
     /// Rows of the register tile: 24 accumulators, two B registers, one broadcast.
     const MR: usize = 12;
     /// Rows of B (the reduction) per packed block; even. A packed panel (KC × NR bf16) fills
@@ -210,14 +293,37 @@ mod x86 {
         Bias(*const f32),
     }
 
-    /// A job as the threads see it: c as a raw pointer, W as bits.
+    /// B as the threads see it: W as bits, its packed words (`a · Wᵀ`), or a packed W
+    /// read as B = W (words, W's columns).
+    #[derive(Clone, Copy)]
+    enum Src<'a> {
+        W(&'a [u16], Orient),
+        Packed(&'a [u32]),
+        PackedPlain(&'a [u32], usize),
+    }
+
+    /// A job as the threads see it: c as a raw pointer.
     #[derive(Clone, Copy)]
     struct Target<'a> {
         out: Out,
-        w: &'a [u16],
-        orient: Orient,
+        src: Src<'a>,
         n: usize,
         bias: Option<&'a [f32]>,
+    }
+
+    /// W (n × k) packed whole: every panel over all of k, in parallel.
+    pub(super) fn pack_all(w: &[half::bf16], n: usize, k: usize) -> Packed {
+        let pairs = k.div_ceil(2);
+        let mut words = vec![0u32; n.div_ceil(NR) * pairs * NR];
+        let w16 = bytemuck_u16(w);
+        words
+            .par_chunks_mut(pairs * NR)
+            .enumerate()
+            .for_each_init(Vec::new, |buf, (p, dst)| {
+                pack(w16, Orient::Transposed, k, n, 0, pairs, p, buf);
+                dst.copy_from_slice(&buf[..pairs * NR]);
+            });
+        Packed { n, k, words }
     }
 
     pub(super) fn matmul_many(a: &[f32], m: usize, k: usize, jobs: &mut [Job<'_>]) {
@@ -233,8 +339,11 @@ mod x86 {
         for j in jobs.iter_mut() {
             let t = Target {
                 out: Out(j.c.as_mut_ptr() as *mut f32),
-                w: bytemuck_u16(j.w),
-                orient: j.orient,
+                src: match j.b {
+                    B::W(w, orient) => Src::W(bytemuck_u16(w), orient),
+                    B::Packed(p, Orient::Transposed) => Src::Packed(&p.words),
+                    B::Packed(p, Orient::Plain) => Src::PackedPlain(&p.words, p.k),
+                },
                 n: j.n,
                 bias: j.bias,
             };
@@ -246,7 +355,7 @@ mod x86 {
         let work = |&(t, p0, p1): &(Target<'_>, usize, usize)| {
             // SAFETY: the chunks of a job cover disjoint panels (columns) of its c, which
             // holds m × n; the bias (if any) holds n.
-            unsafe { columns(&ab, kp, m, k, t.w, t.orient, t.n, t.bias, p0, p1, t.out) }
+            unsafe { columns(&ab, kp, m, k, t.src, t.n, t.bias, p0, p1, t.out) }
         };
         if chunks.len() == 1 || threads == 1 {
             chunks.iter().for_each(work);
@@ -474,8 +583,7 @@ mod x86 {
         kp: usize,
         m: usize,
         k: usize,
-        w: &[u16],
-        orient: Orient,
+        src: Src<'_>,
         n: usize,
         bias: Option<&[f32]>,
         p0: usize,
@@ -488,10 +596,19 @@ mod x86 {
         for kc0 in (0..kp).step_by(KC) {
             let pairs = (kp - kc0).min(KC) / 2;
             for p in p0..p1 {
-                // one panel at a time, packed just before its rows run over it: it is still
-                // in L1 when the tiles read it
-                pack(w, orient, k, n, kc0, pairs, p, &mut buf);
-                let bp = buf.as_ptr();
+                // one panel at a time, packed just before its rows run over it (still in L1
+                // when the tiles read it), or read where it lies when packed ahead
+                let bp = match src {
+                    Src::W(w, orient) => {
+                        pack(w, orient, k, n, kc0, pairs, p, &mut buf);
+                        buf.as_ptr()
+                    }
+                    Src::Packed(words) => words.as_ptr().add((p * kp + kc0) / 2 * NR),
+                    Src::PackedPlain(words, kw) => {
+                        pack_plain_from_packed(words, k, kw, kc0, pairs, p, &mut buf);
+                        buf.as_ptr()
+                    }
+                };
                 let j0 = p * NR;
                 let cols = (n - j0).min(NR);
                 let init = match (kc0, bias) {
@@ -506,6 +623,44 @@ mod x86 {
                     tile(rows, ap, bp, pairs, cp, n, cols, init);
                 }
             }
+        }
+    }
+
+    /// [`pack`] for B = W when W (nw × kw) is packed: rows kc0..kc0 + 2·pairs of B (rows
+    /// of W), panel p (columns of W). Each packed word holds one row of W at two
+    /// neighbouring columns, and the 32 rows of a packed panel at one pair of columns are
+    /// 32 consecutive words: they are read in order and split into the two output columns.
+    fn pack_plain_from_packed(
+        words: &[u32],
+        nw: usize,
+        kw: usize,
+        kc0: usize,
+        pairs: usize,
+        p: usize,
+        buf: &mut Vec<u32>,
+    ) {
+        // zero where B has no rows (past nw) or columns (past kw)
+        buf.clear();
+        buf.resize(pairs * NR, 0);
+        let wp = kw.div_ceil(2);
+        let jp0 = p * NR / 2;
+        let r_end = (kc0 + 2 * pairs).min(nw);
+        let mut r0 = kc0;
+        while r0 < r_end {
+            // the rows of W in one packed panel
+            let panel = r0 / NR;
+            let r1 = ((panel + 1) * NR).min(r_end);
+            for t in 0..(NR / 2).min(wp.saturating_sub(jp0)) {
+                let src = &words[(panel * wp + jp0 + t) * NR..][..NR];
+                for r in r0..r1 {
+                    let w = src[r % NR];
+                    let (q, shift) = ((r - kc0) / 2, 16 * ((r - kc0) % 2));
+                    // columns 2t (low half) and 2t + 1 (high half, zero past an odd kw)
+                    buf[q * NR + 2 * t] |= (w & 0xffff) << shift;
+                    buf[q * NR + 2 * t + 1] |= (w >> 16) << shift;
+                }
+            }
+            r0 = r1;
         }
     }
 
@@ -657,6 +812,83 @@ mod tests {
             }
         }
     }
+    /// A weight packed ahead gives the same bits as the same weight packed on the way, at
+    /// every row count (one row, as decode runs it, included) and on ragged shapes (odd k,
+    /// n not a multiple of 32, k past one block), on every level (a level without bf16 dot
+    /// products reads the packed weight back), and unpacks to itself; read as B = W (an
+    /// input gradient), the same bits as the row-major W.
+    #[test]
+    fn packed_ahead_matches_packed_on_the_way() {
+        let levels = super::super::available();
+        let top = *levels.iter().max().unwrap();
+        for &(k, n) in &[(7usize, 33usize), (513, 97), (1100, 48), (64, 32)] {
+            let w: Vec<bf16> = data(n * k, 7).iter().map(|&v| bf16::from_f32(v)).collect();
+            let bias = data(n, 8);
+            let Some(p) = Packed::new(top, &w, n, k) else {
+                assert!(top < Level::Avx512Bf16, "no packing at {top:?}");
+                continue;
+            };
+            assert_eq!((p.n(), p.k()), (n, k));
+            assert_eq!(p.unpack(), w, "{n}x{k}");
+            for &level in &levels {
+                for m in [1, 2, 12, 13, 40] {
+                    let a = data(m * k, 9);
+                    let mut want = vec![f32::NAN; m * n];
+                    matmul(
+                        level,
+                        &a,
+                        m,
+                        k,
+                        &w,
+                        Orient::Transposed,
+                        n,
+                        Some(&bias),
+                        &mut want,
+                    );
+                    let mut got: Vec<f32> = Vec::with_capacity(m * n);
+                    matmul_many(
+                        level,
+                        &a,
+                        m,
+                        k,
+                        &mut [Job {
+                            b: B::Packed(&p, Orient::Transposed),
+                            n,
+                            bias: Some(&bias),
+                            c: &mut got.spare_capacity_mut()[..m * n],
+                        }],
+                    );
+                    // SAFETY: matmul_many writes all m × n
+                    unsafe { got.set_len(m * n) };
+                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&got), bits(&want), "{level:?} {m}x{k}x{n}");
+                    // the input gradient through the packed weight: dy (m × n) · W
+                    let dy = data(m * n, 11);
+                    let mut want = vec![f32::NAN; m * k];
+                    matmul(level, &dy, m, n, &w, Orient::Plain, k, None, &mut want);
+                    let mut got = vec![f32::NAN; m * k];
+                    // SAFETY: f32 and MaybeUninit<f32> share their layout
+                    let c = unsafe {
+                        &mut *(&mut got[..] as *mut [f32] as *mut [std::mem::MaybeUninit<f32>])
+                    };
+                    matmul_many(
+                        level,
+                        &dy,
+                        m,
+                        n,
+                        &mut [Job {
+                            b: B::Packed(&p, Orient::Plain),
+                            n: k,
+                            bias: None,
+                            c,
+                        }],
+                    );
+                    assert_eq!(bits(&got), bits(&want), "{level:?} plain {m}x{n}x{k}");
+                }
+            }
+        }
+    }
+
     /// Several products of one a in one call give exactly what each gives alone (the same
     /// sums in the same order), with and without bias, on every level.
     #[test]
@@ -697,8 +929,7 @@ mod tests {
                 .iter_mut()
                 .enumerate()
                 .map(|(i, c)| Job {
-                    w: &ws[i],
-                    orient: Orient::Transposed,
+                    b: B::W(&ws[i], Orient::Transposed),
                     n: specs[i].0,
                     bias: specs[i].1.then_some(&bs[i][..]),
                     c: &mut c.spare_capacity_mut()[..m * specs[i].0],

@@ -9,10 +9,11 @@
 use candle_core::{CpuStorage, DType, Device, Layout, Storage, Tensor};
 use half::bf16;
 
-use super::gemm_bf16::{self, Orient};
+use super::gemm_bf16::{self, Orient, Packed};
 use super::gemv::{gemv, Weights};
 use super::sgemm::{mm, parallelism_for};
 use super::{level, Level};
+use std::sync::Arc;
 
 /// Up to this many rows of x, the gemv (one pass over the weights) beats a blocked matmul.
 pub fn gemv_max_rows(w: DType) -> usize {
@@ -264,31 +265,97 @@ pub fn forward_many(
         drop(xs);
         return on_candle(&x, &ws);
     };
-    let mut outs: Vec<Vec<f32>> = views
+    let specs = views
         .iter()
-        .map(|(_, _, n)| Vec::with_capacity(rows * n))
+        .map(|&(w, b, n)| (gemm_bf16::B::W(w, Orient::Transposed), b, n))
         .collect();
-    let mut jobs: Vec<gemm_bf16::Job<'_>> = views
+    Ok(run_jobs(xv, rows, k, specs))
+}
+
+/// The bf16 matmul of x (rows × k) with each (B, bias, n), into fresh (rows, n) tensors.
+fn run_jobs(
+    xv: &[f32],
+    rows: usize,
+    k: usize,
+    specs: Vec<(gemm_bf16::B<'_>, Option<&[f32]>, usize)>,
+) -> Vec<Tensor> {
+    let mut outs: Vec<Vec<f32>> = specs
+        .iter()
+        .map(|&(_, _, n)| Vec::with_capacity(rows * n))
+        .collect();
+    let mut jobs: Vec<gemm_bf16::Job<'_>> = specs
         .iter()
         .zip(outs.iter_mut())
-        .map(|((w, b, n), c)| gemm_bf16::Job {
-            w,
-            orient: Orient::Transposed,
-            n: *n,
-            bias: *b,
+        .map(|(&(b, bias, n), c)| gemm_bf16::Job {
+            b,
+            n,
+            bias,
             c: &mut c.spare_capacity_mut()[..rows * n],
         })
         .collect();
     gemm_bf16::matmul_many(level(), xv, rows, k, &mut jobs);
     drop(jobs);
     outs.into_iter()
-        .zip(&views)
-        .map(|(mut y, (_, _, n))| {
+        .zip(&specs)
+        .map(|(mut y, &(_, _, n))| {
             // SAFETY: `matmul_many` wrote every one of the rows × n elements (its contract)
             unsafe { y.set_len(rows * n) };
-            Tensor::from_vec(y, (rows, *n), &Device::Cpu)
+            Tensor::from_vec(y, (rows, n), &Device::Cpu).expect("rows × n elements")
         })
         .collect()
+}
+
+/// `x · Wᵢᵀ + biasᵢ` for weights packed ahead ([`gemm_bf16::Packed`], all of x's width), at
+/// any number of rows: one pass of the bf16 matmul rounds and packs x once for all of them
+/// (one row streams each weight once, as decode's gemv does). x is taken in f32 and the
+/// outputs are f32.
+pub fn forward_packed(
+    x: &Tensor,
+    ws: &[(&Packed, Option<&Tensor>)],
+) -> candle_core::Result<Vec<Tensor>> {
+    let (rows, k) = x.dims2()?;
+    if let Some((p, _)) = ws.iter().find(|(p, _)| p.k() != k) {
+        candle_core::bail!("packed weight {p:?} takes {} inputs, x has {k}", p.k());
+    }
+    let x = x
+        .to_device(&Device::Cpu)?
+        .to_dtype(DType::F32)?
+        .contiguous()?;
+    let biases: Vec<Option<Tensor>> = ws
+        .iter()
+        .map(|(_, b)| {
+            b.map(|b| {
+                b.to_device(&Device::Cpu)?
+                    .to_dtype(DType::F32)?
+                    .contiguous()
+            })
+            .transpose()
+        })
+        .collect::<candle_core::Result<_>>()?;
+    for ((p, _), b) in ws.iter().zip(&biases) {
+        if let Some(b) = b {
+            if b.dims() != [p.n()] {
+                candle_core::bail!("bias of shape {:?} for packed weight {p:?}", b.dims());
+            }
+        }
+    }
+    let (xs, xl) = x.storage_and_layout();
+    let xv = f32s(&xs, xl).expect("a contiguous f32 CPU tensor");
+    let guards: Vec<_> = biases
+        .iter()
+        .map(|b| b.as_ref().map(|b| b.storage_and_layout()))
+        .collect();
+    let specs = ws
+        .iter()
+        .zip(&guards)
+        .map(|((p, _), g)| {
+            let bias = g
+                .as_ref()
+                .map(|(s, l)| f32s(s, l).expect("a contiguous f32 CPU tensor"));
+            (gemm_bf16::B::Packed(p, Orient::Transposed), bias, p.n())
+        })
+        .collect();
+    Ok(run_jobs(xv, rows, k, specs))
 }
 
 /// `dy (rows, out) · w (out, in)`: the input's gradient through a frozen weight, in dy's
@@ -311,6 +378,133 @@ pub fn backward_input(dy: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
     } else {
         dy.matmul(&w.to_dtype(dy.dtype())?)
     }
+}
+
+/// A frozen weight (out, in) as the products here take it: a tensor (f32 or bf16), or bf16
+/// packed ahead (an inference model's layers; training may share them).
+#[derive(Debug, Clone)]
+pub enum Frozen {
+    Tensor(Tensor),
+    Packed(Arc<Packed>),
+}
+
+impl Frozen {
+    pub fn dims2(&self) -> candle_core::Result<(usize, usize)> {
+        match self {
+            Frozen::Tensor(t) => t.dims2(),
+            Frozen::Packed(p) => Ok((p.n(), p.k())),
+        }
+    }
+
+    pub fn dtype(&self) -> DType {
+        match self {
+            Frozen::Tensor(t) => t.dtype(),
+            Frozen::Packed(_) => DType::BF16,
+        }
+    }
+
+    /// The weight as an (out, in) tensor (a packed one read back).
+    pub fn tensor(&self) -> candle_core::Result<Tensor> {
+        match self {
+            Frozen::Tensor(t) => Ok(t.clone()),
+            Frozen::Packed(p) => Tensor::from_vec(p.unpack(), (p.n(), p.k()), &Device::Cpu),
+        }
+    }
+
+    /// [`xwt`] on this weight; None for a tensor the kernels do not take.
+    pub fn xwt(
+        &self,
+        x: &[f32],
+        rows: usize,
+        k: usize,
+        n: usize,
+        bias: Option<&[f32]>,
+        y: &mut [f32],
+    ) -> Option<()> {
+        match self {
+            Frozen::Tensor(t) => {
+                with_weights(&t.contiguous().ok()?, |wv| xwt(x, rows, k, wv, n, bias, y))
+            }
+            Frozen::Packed(p) => {
+                gemm_bf16::matmul_many(
+                    level(),
+                    x,
+                    rows,
+                    k,
+                    &mut [gemm_bf16::Job {
+                        b: gemm_bf16::B::Packed(p, Orient::Transposed),
+                        n,
+                        bias,
+                        c: uninit(&mut y[..rows * n]),
+                    }],
+                );
+                Some(())
+            }
+        }
+    }
+
+    /// [`dyw`] on this weight; None for a tensor the kernels do not take.
+    pub fn dyw(&self, dy: &[f32], rows: usize, n: usize, k: usize, dx: &mut [f32]) -> Option<()> {
+        match self {
+            Frozen::Tensor(t) => {
+                with_weights(&t.contiguous().ok()?, |wv| dyw(dy, rows, n, wv, k, dx))
+            }
+            Frozen::Packed(p) => {
+                gemm_bf16::matmul_many(
+                    level(),
+                    dy,
+                    rows,
+                    n,
+                    &mut [gemm_bf16::Job {
+                        b: gemm_bf16::B::Packed(p, Orient::Plain),
+                        n: k,
+                        bias: None,
+                        c: uninit(&mut dx[..rows * k]),
+                    }],
+                );
+                Some(())
+            }
+        }
+    }
+}
+
+/// An initialised slice seen as one the matmul overwrites without reading.
+fn uninit(y: &mut [f32]) -> &mut [std::mem::MaybeUninit<f32>] {
+    // SAFETY: same size and layout; only initialised values are written through the view
+    unsafe { &mut *(y as *mut [f32] as *mut [std::mem::MaybeUninit<f32>]) }
+}
+
+/// [`forward`] on a frozen weight.
+pub fn forward_frozen(
+    x: &Tensor,
+    w: &Frozen,
+    bias: Option<&Tensor>,
+) -> candle_core::Result<Tensor> {
+    match w {
+        Frozen::Tensor(t) => forward(x, t, bias),
+        Frozen::Packed(p) if x.dtype() == DType::F32 => {
+            Ok(forward_packed(x, &[(p, bias)])?.remove(0))
+        }
+        Frozen::Packed(_) => candle_forward(x, &w.tensor()?, bias),
+    }
+}
+
+/// [`backward_input`] on a frozen weight.
+pub fn backward_input_frozen(dy: &Tensor, w: &Frozen) -> candle_core::Result<Tensor> {
+    let p = match w {
+        Frozen::Tensor(t) => return backward_input(dy, t),
+        Frozen::Packed(p) => p,
+    };
+    let (rows, n) = dy.dims2()?;
+    if dy.dtype() != DType::F32 || n != p.n() {
+        return backward_input(dy, &w.tensor()?);
+    }
+    let dy = dy.to_device(&Device::Cpu)?.contiguous()?;
+    let (ds, dl) = dy.storage_and_layout();
+    let dv = f32s(&ds, dl).expect("a contiguous f32 CPU tensor");
+    let mut dx = vec![0f32; rows * p.k()];
+    w.dyw(dv, rows, n, p.k(), &mut dx);
+    Tensor::from_vec(dx, (rows, p.k()), &Device::Cpu)
 }
 
 #[cfg(test)]

@@ -4,6 +4,8 @@
 #[allow(unused_imports)]
 use super::*;
 use crate::model::kernels;
+use crate::model::kernels::linear::Frozen;
+use std::sync::Arc;
 
 /// Which kernels the forward uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,11 +62,15 @@ pub struct Lora {
     pub id: u64,
 }
 
-/// The base weight of a linear layer, dense (f32/bf16) or quantized (GGUF blocks).
+/// The base weight of a linear layer, dense (f32/bf16), bf16 packed ahead for the bf16
+/// matmul (an inference model's layers, see [`Qwen2::pack_weights`]), or quantized (GGUF
+/// blocks).
 #[derive(Debug, Clone)]
 pub enum LinearWeight {
     /// (out, in)
     Dense(Tensor),
+    /// (out, in), bf16, frozen
+    Packed(Arc<kernels::gemm_bf16::Packed>),
     Quant(QMatMul),
 }
 
@@ -100,13 +106,15 @@ impl Linear {
         let x2 = x.reshape((rows, self.in_features))?;
         let mut out_dims = dims;
         *out_dims.last_mut().unwrap() = self.out_features;
+        let frozen = match &self.weight {
+            LinearWeight::Dense(w) if !w.is_variable() => Some(Frozen::Tensor(w.clone())),
+            LinearWeight::Packed(p) => Some(Frozen::Packed(p.clone())),
+            _ => None,
+        };
         // Training a LoRA adapter over a frozen weight: one op that leaves only its output in
         // the autograd graph (see `lora_op`).
-        if let (Some(l), LinearWeight::Dense(w), Mode::Train { dropout_seed }) =
-            (&self.lora, &self.weight, mode)
-        {
-            if !w.is_variable()
-                && self.bias.as_ref().is_none_or(|b| !b.is_variable())
+        if let (Some(l), Some(w), Mode::Train { dropout_seed }) = (&self.lora, &frozen, mode) {
+            if self.bias.as_ref().is_none_or(|b| !b.is_variable())
                 && (matches!(x2.dtype(), DType::F32 | DType::F64) && w.dtype() == x2.dtype()
                     || kernels::linear::handles(x2.dtype(), w.dtype()))
             {
@@ -127,12 +135,15 @@ impl Linear {
         let mut bias = self.bias.as_ref();
         let mut y = match &self.weight {
             // Training over a frozen weight: only the input's gradient is needed.
-            LinearWeight::Dense(w)
-                if mode.is_train()
-                    && !w.is_variable()
-                    && matches!(x2.dtype(), DType::F32 | DType::F64) =>
+            _ if mode.is_train()
+                && frozen.is_some()
+                && matches!(x2.dtype(), DType::F32 | DType::F64) =>
             {
-                x2.apply_op1_arc(std::sync::Arc::new(Box::new(FrozenMatmul { w: w.clone() })))?
+                let w = frozen.clone().expect("checked");
+                x2.apply_op1_arc(Arc::new(Box::new(FrozenMatmul { w })))?
+            }
+            LinearWeight::Packed(p) => {
+                kernels::linear::forward_frozen(&x2, &Frozen::Packed(p.clone()), bias.take())?
             }
             // Inference: the kernels add the bias themselves.
             LinearWeight::Dense(w) if !mode.is_train() => {
@@ -200,14 +211,27 @@ impl Linear {
                 _ => None,
             })
             .collect();
+        let packed: Option<Vec<(&kernels::gemm_bf16::Packed, Option<&Tensor>)>> = ls
+            .iter()
+            .map(|l| match &l.weight {
+                LinearWeight::Packed(p) if !mode.is_train() && x.dtype() == DType::F32 => {
+                    Some((&**p, l.bias.as_ref()))
+                }
+                _ => None,
+            })
+            .collect();
         let same_in = ls.iter().all(|l| l.in_features == ls[0].in_features);
-        let Some(ws) = dense.filter(|_| same_in && ls.len() > 1) else {
+        if !same_in || ls.len() < 2 || dense.is_none() && packed.is_none() {
             return ls.iter().map(|l| l.forward(x, mode)).collect();
-        };
+        }
         let dims = x.dims().to_vec();
         let rows: usize = dims[..dims.len() - 1].iter().product();
         let x2 = x.reshape((rows, ls[0].in_features))?;
-        let ys = kernels::linear::forward_many(&x2, &ws)?;
+        let ys = match (dense, packed) {
+            (Some(ws), _) => kernels::linear::forward_many(&x2, &ws)?,
+            (None, Some(ws)) => kernels::linear::forward_packed(&x2, &ws)?,
+            (None, None) => unreachable!("checked above"),
+        };
         ls.iter()
             .zip(ys)
             .map(|(l, y)| {
@@ -223,6 +247,7 @@ impl Linear {
     pub fn dense_dtype(&self) -> Option<DType> {
         match &self.weight {
             LinearWeight::Dense(w) => Some(w.dtype()),
+            LinearWeight::Packed(_) => Some(DType::BF16),
             LinearWeight::Quant(_) => None,
         }
     }
@@ -231,6 +256,7 @@ impl Linear {
     pub fn dense_weight(&self) -> Result<Tensor> {
         Ok(match &self.weight {
             LinearWeight::Dense(w) => w.clone(),
+            LinearWeight::Packed(p) => Frozen::Packed(p.clone()).tensor()?,
             LinearWeight::Quant(QMatMul::QTensor(q)) => q.dequantize(&q.device())?,
             LinearWeight::Quant(QMatMul::Tensor(t)) => t.clone(),
             LinearWeight::Quant(QMatMul::TensorF16(t)) => t.to_dtype(DType::F32)?,
@@ -242,7 +268,7 @@ impl Linear {
 /// weight's gradient (a second full matmul and a weight-sized buffer per layer); this op
 /// returns only the input's gradient, `dy · W`.
 pub(super) struct FrozenMatmul {
-    pub(super) w: Tensor,
+    pub(super) w: Frozen,
 }
 
 impl candle_core::CustomOp1 for FrozenMatmul {
@@ -259,14 +285,14 @@ impl candle_core::CustomOp1 for FrozenMatmul {
             candle_core::Error::Msg("frozen-matmul: input must be contiguous".into())
         })?;
         let y = match storage {
-            candle_core::CpuStorage::F32(v) => kernels::linear::forward(
+            candle_core::CpuStorage::F32(v) => kernels::linear::forward_frozen(
                 &Tensor::from_slice(&v[start..end], layout.shape(), &Device::Cpu)?,
                 &self.w,
                 None,
             )?,
             candle_core::CpuStorage::F64(v) => {
                 Tensor::from_slice(&v[start..end], layout.shape(), &Device::Cpu)?
-                    .matmul(&self.w.t()?)?
+                    .matmul(&self.w.tensor()?.to_dtype(DType::F64)?.t()?)?
             }
             _ => {
                 return Err(candle_core::Error::Msg(
@@ -290,7 +316,7 @@ impl candle_core::CustomOp1 for FrozenMatmul {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<Option<Tensor>> {
-        Ok(Some(kernels::linear::backward_input(grad, &self.w)?))
+        Ok(Some(kernels::linear::backward_input_frozen(grad, &self.w)?))
     }
 }
 

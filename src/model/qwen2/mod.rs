@@ -651,6 +651,37 @@ impl Qwen2 {
         out
     }
 
+    /// Packs every layer's dense bf16 weight for the bf16 matmul, in place of its row-major
+    /// copy (the same bytes), where the CPU runs that matmul: an inference model's products
+    /// then never pack a weight per call, and one row streams the packed weight as the gemv
+    /// would. LoRA factors, biases and the output head (tied to the embedding) stay as they
+    /// are. Returns how many weights were packed.
+    pub fn pack_weights(&mut self) -> Result<usize> {
+        let level = crate::model::kernels::level();
+        let mut packed = 0;
+        for (_, lin) in self.linears_mut() {
+            let LinearWeight::Dense(w) = &lin.weight else {
+                continue;
+            };
+            if w.dtype() != DType::BF16 || w.is_variable() || !w.device().is_cpu() {
+                continue;
+            }
+            let (n, k) = w.dims2()?;
+            let p = crate::model::kernels::linear::with_weights(w, |wv| match wv {
+                crate::model::kernels::gemv::Weights::Bf16(v) => {
+                    crate::model::kernels::gemm_bf16::Packed::new(level, v, n, k)
+                }
+                _ => None,
+            })
+            .flatten();
+            if let Some(p) = p {
+                lin.weight = LinearWeight::Packed(std::sync::Arc::new(p));
+                packed += 1;
+            }
+        }
+        Ok(packed)
+    }
+
     /// Every weight under its Hugging Face name, dense (for convert and merge).
     pub fn named_weights(&self) -> Result<Vec<(String, Tensor)>> {
         let mut out = vec![(
