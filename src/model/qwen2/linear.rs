@@ -133,26 +133,23 @@ impl Linear {
             }
         }
         let mut bias = self.bias.as_ref();
-        let mut y = match &self.weight {
+        let mut y = match (&self.weight, frozen) {
             // Training over a frozen weight: only the input's gradient is needed.
-            _ if mode.is_train()
-                && frozen.is_some()
-                && matches!(x2.dtype(), DType::F32 | DType::F64) =>
-            {
-                let w = frozen.clone().expect("checked");
+            (_, Some(w)) if mode.is_train() && matches!(x2.dtype(), DType::F32 | DType::F64) => {
                 x2.apply_op1_arc(Arc::new(Box::new(FrozenMatmul { w })))?
             }
-            LinearWeight::Packed(p) => {
+            // Inference (the kernels add the bias themselves), or a dtype the frozen op
+            // does not take
+            (LinearWeight::Packed(p), _) => {
                 kernels::linear::forward_frozen(&x2, &Frozen::Packed(p.clone()), bias.take())?
             }
-            // Inference: the kernels add the bias themselves.
-            LinearWeight::Dense(w) if !mode.is_train() => {
+            (LinearWeight::Dense(w), _) if !mode.is_train() => {
                 kernels::linear::forward(&x2, w, bias.take())?
             }
-            LinearWeight::Dense(w) => x2.matmul(&w.t()?)?,
+            (LinearWeight::Dense(w), _) => x2.matmul(&w.t()?)?,
             // Many rows (a prefill, a scoring batch): dequantizing this layer's weight once and
             // using the f32 matmul beats the quantized kernels, which shine at one row (decode).
-            LinearWeight::Quant(QMatMul::QTensor(q)) if rows >= QUANT_DEQUANT_ROWS => {
+            (LinearWeight::Quant(QMatMul::QTensor(q)), _) if rows >= QUANT_DEQUANT_ROWS => {
                 let w = match kernels::quant::dequantize(q)? {
                     Some(w) => w,
                     None => q.dequantize(x2.device())?,
@@ -160,7 +157,7 @@ impl Linear {
                 kernels::linear::forward(&x2.to_dtype(DType::F32)?, &w, None)?
                     .to_dtype(x2.dtype())?
             }
-            LinearWeight::Quant(QMatMul::QTensor(q)) if x2.dtype() == DType::F32 => {
+            (LinearWeight::Quant(QMatMul::QTensor(q)), _) if x2.dtype() == DType::F32 => {
                 let xs = x2.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
                 let mut y = vec![0f32; rows * self.out_features];
                 match kernels::quant::gemv(&xs, rows, q, &mut y)? {
@@ -168,7 +165,7 @@ impl Linear {
                     None => QMatMul::QTensor(q.clone()).forward(&x2)?,
                 }
             }
-            LinearWeight::Quant(q) => q.forward(&x2)?,
+            (LinearWeight::Quant(q), _) => q.forward(&x2)?,
         };
         if let Some(b) = bias {
             y = y.broadcast_add(b)?;
