@@ -28,28 +28,21 @@ fn spec() -> TinySpec {
     }
 }
 
+fn dense(dtype: DType) -> LoadOptions {
+    LoadOptions {
+        dtype,
+        quantized: false,
+    }
+}
+
 /// An inference load: bf16 layer weights packed for the bf16 matmul where the CPU has it.
 fn load(path: &std::path::Path, dtype: DType) -> LoadedModel {
-    model::load(
-        path.to_str().unwrap(),
-        LoadOptions {
-            dtype,
-            quantized: false,
-        },
-    )
-    .unwrap()
+    model::load(path.to_str().unwrap(), dense(dtype)).unwrap()
 }
 
 /// A load to train on: every weight row-major.
 fn load_row_major(path: &std::path::Path, dtype: DType) -> LoadedModel {
-    model::load_for_training(
-        path.to_str().unwrap(),
-        LoadOptions {
-            dtype,
-            quantized: false,
-        },
-    )
-    .unwrap()
+    model::load_for_training(path.to_str().unwrap(), dense(dtype)).unwrap()
 }
 
 fn is_packed(lm: &mut LoadedModel) -> bool {

@@ -273,11 +273,7 @@ pub(super) fn kfold_eval(
             ..recipe.cloned().unwrap_or_default()
         };
         // the recipe's dtype for training, the evaluation's own for the held-out fold
-        let train_opts = crate::model::LoadOptions {
-            dtype: crate::model::loader::parse_dtype(&tc.dtype)?,
-            ..Default::default()
-        };
-        let lm = crate::model::load_for_training(&target.model, train_opts)?;
+        let lm = crate::model::load_for_training(&target.model, tc.load_options()?)?;
         let control = TrainControl::default();
         let summary = train_loaded(lm, &tc, &control, &mut |_| {})?;
         let mut lm = crate::model::load(

@@ -263,8 +263,7 @@ pub fn load_config(loc: &ModelLocation) -> Result<Qwen2Config> {
     }
 }
 
-/// Loads a model and its tokenizer.
-/// Loads a model for inference: bf16 layer weights are packed for the bf16 matmul where the
+/// Loads a model and its tokenizer for inference: bf16 layer weights are packed for the bf16 matmul where the
 /// CPU runs it (see [`Qwen2::pack_weights`]).
 pub fn load(spec: &str, opts: LoadOptions) -> Result<LoadedModel> {
     let loc = resolve(spec)?;
@@ -290,7 +289,7 @@ fn load_with(loc: &ModelLocation, opts: LoadOptions, pack: bool) -> Result<Loade
     if !matches!(opts.dtype, DType::F32 | DType::BF16 | DType::F64) {
         bail!("dtype {:?} is not supported (use f32 or bf16)", opts.dtype);
     }
-    let (model, tokenizer, quantized) = match loc {
+    let (mut model, tokenizer, quantized) = match loc {
         ModelLocation::Folder(dir) => {
             let cfg_path = dir.join("config.json");
             if !cfg_path.exists() {
@@ -327,7 +326,6 @@ fn load_with(loc: &ModelLocation, opts: LoadOptions, pack: bool) -> Result<Loade
             (model, tokenizer, opts.quantized)
         }
     };
-    let mut model = model;
     if pack && opts.dtype == DType::BF16 {
         model.pack_weights()?;
     }

@@ -420,48 +420,35 @@ mod tests {
     #[test]
     fn costly_validation_is_made_rarer_not_the_training_shorter() {
         let (steps, costs) = even_steps(1000, 100);
+        // a first plan of a 100 s budget, validation passes of `tokens` (0.01 s a token)
+        let plan_with = |tokens: usize| {
+            let eval = EvalLoad {
+                first_frozen_tokens: 0,
+                frozen_tokens: 0,
+                eval_tokens: tokens,
+            };
+            plan(
+                100.0,
+                0.0,
+                0,
+                &steps,
+                Some(eval),
+                3,
+                false,
+                costs,
+                0.1,
+                None,
+                0,
+                40,
+            )
+        };
         // a pass costs 15 s, a step 1 s: 12% of a 100 s budget buys no pass on the way,
         // and the final pass counts apart
-        let eval = EvalLoad {
-            first_frozen_tokens: 0,
-            frozen_tokens: 0,
-            eval_tokens: 1500,
-        };
-        let p = plan(
-            100.0,
-            0.0,
-            0,
-            &steps,
-            Some(eval),
-            3,
-            false,
-            costs,
-            0.1,
-            None,
-            0,
-            40,
-        );
+        let p = plan_with(1500);
         assert_eq!(p.total_steps, 97);
         assert_eq!(p.eval_every, p.total_steps, "only the final pass");
         // at 10 s a pass, one on the way (halfway) fits
-        let eval = EvalLoad {
-            eval_tokens: 1000,
-            ..eval
-        };
-        let p = plan(
-            100.0,
-            0.0,
-            0,
-            &steps,
-            Some(eval),
-            3,
-            false,
-            costs,
-            0.1,
-            None,
-            0,
-            40,
-        );
+        let p = plan_with(1000);
         assert_eq!(p.total_steps, 87);
         assert_eq!(p.eval_every, 44);
     }

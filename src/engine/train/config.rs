@@ -88,6 +88,17 @@ pub struct TrainConfig {
     pub dtype: String,
 }
 
+impl TrainConfig {
+    /// How the run's base model is loaded: dense weights in the run's dtype (an unknown
+    /// dtype is an error naming it).
+    pub fn load_options(&self) -> Result<crate::model::LoadOptions> {
+        Ok(crate::model::LoadOptions {
+            dtype: crate::model::loader::parse_dtype(&self.dtype)?,
+            ..Default::default()
+        })
+    }
+}
+
 pub(super) fn yes() -> bool {
     true
 }

@@ -24,7 +24,7 @@ use crate::data::{self, Sample, SampleBody, DEFAULT_SYSTEM};
 use crate::model::adapter::{attach_lora, save_adapter, LoraSpec, LoraVars};
 use crate::model::qwen2::{LinearWeight, Mode};
 use crate::model::safetensors_io::{save_atomic, SafetensorsFile};
-use crate::model::{self, LoadOptions, LoadedModel, Qwen2, TextTokenizer};
+use crate::model::{self, LoadedModel, Qwen2, TextTokenizer};
 
 mod batch;
 mod budget;
@@ -68,13 +68,7 @@ pub fn train(
     control: &TrainControl,
     on_event: &mut dyn FnMut(TrainEvent),
 ) -> Result<TrainSummary> {
-    let lm = model::load_for_training(
-        &tc.model,
-        LoadOptions {
-            dtype: model::loader::parse_dtype(&tc.dtype)?,
-            ..Default::default()
-        },
-    )?;
+    let lm = model::load_for_training(&tc.model, tc.load_options()?)?;
     train_loaded(lm, tc, control, on_event)
 }
 

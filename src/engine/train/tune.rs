@@ -167,11 +167,7 @@ pub fn tune(
 ) -> Result<TuneResult> {
     let t0 = Instant::now();
     check(base, budget_s)?;
-    let opts = LoadOptions {
-        dtype: model::loader::parse_dtype(&base.dtype)?,
-        ..Default::default()
-    };
-    let lm = model::load_for_training(&base.model, opts)?;
+    let lm = model::load_for_training(&base.model, base.load_options()?)?;
     search(lm, t0, base, grid, budget_s, eta, control, on_event)
 }
 

@@ -209,11 +209,8 @@ impl Worker {
         let cfg = match &job {
             TrainJob::Run(c) | TrainJob::Tune { base: c, .. } => c,
         };
-        let opts = match model::loader::parse_dtype(&cfg.dtype) {
-            Ok(dtype) => LoadOptions {
-                dtype,
-                ..Default::default()
-            },
+        let opts = match cfg.load_options() {
+            Ok(o) => o,
             Err(e) => {
                 self.emit(Event::Error {
                     subject: Subject::Train,

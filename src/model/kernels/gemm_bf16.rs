@@ -118,16 +118,14 @@ pub struct Job<'a> {
     pub c: &'a mut [MaybeUninit<f32>],
 }
 
-/// `c (m × n) = a (m × k) · B + bias`, B from `w` as `orient` says; c is overwritten.
-/// (A packed weight goes through [`matmul_many`] with [`B::Packed`].)
+/// `c (m × n) = a (m × k) · B + bias`, B as `b` says; c is overwritten.
 #[allow(clippy::too_many_arguments)]
 pub fn matmul(
     level: Level,
     a: &[f32],
     m: usize,
     k: usize,
-    w: &[bf16],
-    orient: Orient,
+    b: B<'_>,
     n: usize,
     bias: Option<&[f32]>,
     c: &mut [f32],
@@ -136,18 +134,7 @@ pub fn matmul(
     // SAFETY: f32 and MaybeUninit<f32> share size and layout, and only initialised values
     // are written through the view (see `Job::c`)
     let c = unsafe { &mut *(c as *mut [f32] as *mut [MaybeUninit<f32>]) };
-    matmul_many(
-        level,
-        a,
-        m,
-        k,
-        &mut [Job {
-            b: B::W(w, orient),
-            n,
-            bias,
-            c,
-        }],
-    )
+    matmul_many(level, a, m, k, &mut [Job { b, n, bias, c }])
 }
 
 /// Several products of the same `a (m × k)` (the query, key and value projections of one
@@ -319,10 +306,7 @@ mod x86 {
         words
             .par_chunks_mut(pairs * NR)
             .enumerate()
-            .for_each_init(Vec::new, |buf, (p, dst)| {
-                pack(w16, Orient::Transposed, k, n, 0, pairs, p, buf);
-                dst.copy_from_slice(&buf[..pairs * NR]);
-            });
+            .for_each(|(p, dst)| pack(w16, Orient::Transposed, k, n, 0, pairs, p, dst));
         Packed { n, k, words }
     }
 
@@ -444,7 +428,7 @@ mod x86 {
     }
 
     /// Packs rows kc0..kc0 + 2·pairs of B, panel p, as words (B(2q, j) | B(2q+1, j) << 16),
-    /// pair after pair, NR columns each, into `buf` (resized to fit).
+    /// pair after pair, NR columns each, into `dst` (pairs · NR words, every one written).
     #[allow(clippy::too_many_arguments)]
     fn pack(
         w: &[u16],
@@ -454,11 +438,9 @@ mod x86 {
         kc0: usize,
         pairs: usize,
         p: usize,
-        buf: &mut Vec<u32>,
+        dst: &mut [u32],
     ) {
-        // every word is written below, so a buffer from an earlier panel needs no clearing
-        buf.resize(pairs * NR, 0);
-        let dst = &mut buf[..];
+        let dst = &mut dst[..pairs * NR];
         let j0 = p * NR;
         let full = j0 + NR <= n && kc0 + 2 * pairs <= k;
         match orient {
@@ -599,12 +581,14 @@ mod x86 {
                 // one panel at a time, packed just before its rows run over it (still in L1
                 // when the tiles read it), or read where it lies when packed ahead
                 let bp = match src {
+                    Src::Packed(words) => words.as_ptr().add((p * kp + kc0) / 2 * NR),
                     Src::W(w, orient) => {
+                        buf.resize(pairs * NR, 0);
                         pack(w, orient, k, n, kc0, pairs, p, &mut buf);
                         buf.as_ptr()
                     }
-                    Src::Packed(words) => words.as_ptr().add((p * kp + kc0) / 2 * NR),
                     Src::PackedPlain(words, kw) => {
+                        buf.resize(pairs * NR, 0);
                         pack_plain_from_packed(words, k, kw, kc0, pairs, p, &mut buf);
                         buf.as_ptr()
                     }
@@ -630,6 +614,7 @@ mod x86 {
     /// of W), panel p (columns of W). Each packed word holds one row of W at two
     /// neighbouring columns, and the 32 rows of a packed panel at one pair of columns are
     /// 32 consecutive words: they are read in order and split into the two output columns.
+    /// Into `dst` (pairs · NR words), as [`pack`].
     fn pack_plain_from_packed(
         words: &[u32],
         nw: usize,
@@ -637,11 +622,11 @@ mod x86 {
         kc0: usize,
         pairs: usize,
         p: usize,
-        buf: &mut Vec<u32>,
+        dst: &mut [u32],
     ) {
         // zero where B has no rows (past nw) or columns (past kw)
-        buf.clear();
-        buf.resize(pairs * NR, 0);
+        let buf = &mut dst[..pairs * NR];
+        buf.fill(0);
         let wp = kw.div_ceil(2);
         let jp0 = p * NR / 2;
         let r_end = (kc0 + 2 * pairs).min(nw);
@@ -796,7 +781,7 @@ mod tests {
                         Orient::Plain => w[r * n + j].to_f64(),
                     };
                     let mut c = vec![f32::NAN; m * n];
-                    matmul(level, &a, m, k, &w, orient, n, Some(&bias), &mut c);
+                    matmul(level, &a, m, k, B::W(&w, orient), n, Some(&bias), &mut c);
                     for i in 0..m {
                         for j in 0..n {
                             let want = bias[j] as f64
@@ -833,57 +818,23 @@ mod tests {
             for &level in &levels {
                 for m in [1, 2, 12, 13, 40] {
                     let a = data(m * k, 9);
-                    let mut want = vec![f32::NAN; m * n];
-                    matmul(
-                        level,
-                        &a,
-                        m,
-                        k,
-                        &w,
-                        Orient::Transposed,
-                        n,
-                        Some(&bias),
-                        &mut want,
-                    );
-                    let mut got: Vec<f32> = Vec::with_capacity(m * n);
-                    matmul_many(
-                        level,
-                        &a,
-                        m,
-                        k,
-                        &mut [Job {
-                            b: B::Packed(&p, Orient::Transposed),
-                            n,
-                            bias: Some(&bias),
-                            c: &mut got.spare_capacity_mut()[..m * n],
-                        }],
-                    );
-                    // SAFETY: matmul_many writes all m × n
-                    unsafe { got.set_len(m * n) };
                     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-                    assert_eq!(bits(&got), bits(&want), "{level:?} {m}x{k}x{n}");
-                    // the input gradient through the packed weight: dy (m × n) · W
+                    // a (m × k) · Wᵀ, and the input gradient dy (m × n) · W
                     let dy = data(m * n, 11);
-                    let mut want = vec![f32::NAN; m * k];
-                    matmul(level, &dy, m, n, &w, Orient::Plain, k, None, &mut want);
-                    let mut got = vec![f32::NAN; m * k];
-                    // SAFETY: f32 and MaybeUninit<f32> share their layout
-                    let c = unsafe {
-                        &mut *(&mut got[..] as *mut [f32] as *mut [std::mem::MaybeUninit<f32>])
-                    };
-                    matmul_many(
-                        level,
-                        &dy,
-                        m,
-                        n,
-                        &mut [Job {
-                            b: B::Packed(&p, Orient::Plain),
-                            n: k,
-                            bias: None,
-                            c,
-                        }],
-                    );
-                    assert_eq!(bits(&got), bits(&want), "{level:?} plain {m}x{n}x{k}");
+                    for (x, orient, kk, nn, bias) in [
+                        (&a, Orient::Transposed, k, n, Some(&bias[..])),
+                        (&dy, Orient::Plain, n, k, None),
+                    ] {
+                        let mut want = vec![f32::NAN; m * nn];
+                        matmul(level, x, m, kk, B::W(&w, orient), nn, bias, &mut want);
+                        let mut got = vec![f32::NAN; m * nn];
+                        matmul(level, x, m, kk, B::Packed(&p, orient), nn, bias, &mut got);
+                        assert_eq!(
+                            bits(&got),
+                            bits(&want),
+                            "{level:?} {orient:?} {m}x{kk}x{nn}"
+                        );
+                    }
                 }
             }
         }
@@ -916,7 +867,8 @@ mod tests {
                 .map(|(i, &(n, with_bias))| {
                     let mut c = vec![f32::NAN; m * n];
                     let b = with_bias.then_some(&bs[i][..]);
-                    matmul(level, &a, m, k, &ws[i], Orient::Transposed, n, b, &mut c);
+                    let wb = B::W(&ws[i], Orient::Transposed);
+                    matmul(level, &a, m, k, wb, n, b, &mut c);
                     c
                 })
                 .collect();

@@ -9,7 +9,7 @@
 use candle_core::{CpuStorage, DType, Device, Layout, Storage, Tensor};
 use half::bf16;
 
-use super::gemm_bf16::{self, Orient, Packed};
+use super::gemm_bf16::{self, Orient, Packed, B};
 use super::gemv::{gemv, Weights};
 use super::sgemm::{mm, parallelism_for};
 use super::{level, Level};
@@ -57,7 +57,9 @@ pub fn xwt(
         Weights::Bf16(_) if rows <= gemv_max_rows(DType::BF16) => {
             gemv(lv, x, rows, k, w, n, bias, y)
         }
-        Weights::Bf16(wb) => gemm_bf16::matmul(lv, x, rows, k, wb, Orient::Transposed, n, bias, y),
+        Weights::Bf16(wb) => {
+            gemm_bf16::matmul(lv, x, rows, k, B::W(wb, Orient::Transposed), n, bias, y)
+        }
         Weights::F32(wf) => {
             let y = &mut y[..rows * n];
             match bias {
@@ -86,7 +88,7 @@ pub fn xwt(
 pub fn dyw(dy: &[f32], rows: usize, n: usize, w: Weights<'_>, k: usize, dx: &mut [f32]) {
     match w {
         Weights::Bf16(wb) => {
-            gemm_bf16::matmul(level(), dy, rows, n, wb, Orient::Plain, k, None, dx)
+            gemm_bf16::matmul(level(), dy, rows, n, B::W(wb, Orient::Plain), k, None, dx)
         }
         Weights::F32(wf) => mm(
             rows,
@@ -267,7 +269,7 @@ pub fn forward_many(
     };
     let specs = views
         .iter()
-        .map(|&(w, b, n)| (gemm_bf16::B::W(w, Orient::Transposed), b, n))
+        .map(|&(w, b, n)| (B::W(w, Orient::Transposed), b, n))
         .collect();
     Ok(run_jobs(xv, rows, k, specs))
 }
@@ -277,7 +279,7 @@ fn run_jobs(
     xv: &[f32],
     rows: usize,
     k: usize,
-    specs: Vec<(gemm_bf16::B<'_>, Option<&[f32]>, usize)>,
+    specs: Vec<(B<'_>, Option<&[f32]>, usize)>,
 ) -> Vec<Tensor> {
     let mut outs: Vec<Vec<f32>> = specs
         .iter()
@@ -352,7 +354,7 @@ pub fn forward_packed(
             let bias = g
                 .as_ref()
                 .map(|(s, l)| f32s(s, l).expect("a contiguous f32 CPU tensor"));
-            (gemm_bf16::B::Packed(p, Orient::Transposed), bias, p.n())
+            (B::Packed(p, Orient::Transposed), bias, p.n())
         })
         .collect();
     Ok(run_jobs(xv, rows, k, specs))
@@ -426,18 +428,8 @@ impl Frozen {
                 with_weights(&t.contiguous().ok()?, |wv| xwt(x, rows, k, wv, n, bias, y))
             }
             Frozen::Packed(p) => {
-                gemm_bf16::matmul_many(
-                    level(),
-                    x,
-                    rows,
-                    k,
-                    &mut [gemm_bf16::Job {
-                        b: gemm_bf16::B::Packed(p, Orient::Transposed),
-                        n,
-                        bias,
-                        c: uninit(&mut y[..rows * n]),
-                    }],
-                );
+                let b = B::Packed(p, Orient::Transposed);
+                gemm_bf16::matmul(level(), x, rows, k, b, n, bias, y);
                 Some(())
             }
         }
@@ -450,28 +442,12 @@ impl Frozen {
                 with_weights(&t.contiguous().ok()?, |wv| dyw(dy, rows, n, wv, k, dx))
             }
             Frozen::Packed(p) => {
-                gemm_bf16::matmul_many(
-                    level(),
-                    dy,
-                    rows,
-                    n,
-                    &mut [gemm_bf16::Job {
-                        b: gemm_bf16::B::Packed(p, Orient::Plain),
-                        n: k,
-                        bias: None,
-                        c: uninit(&mut dx[..rows * k]),
-                    }],
-                );
+                let b = B::Packed(p, Orient::Plain);
+                gemm_bf16::matmul(level(), dy, rows, n, b, k, None, dx);
                 Some(())
             }
         }
     }
-}
-
-/// An initialised slice seen as one the matmul overwrites without reading.
-fn uninit(y: &mut [f32]) -> &mut [std::mem::MaybeUninit<f32>] {
-    // SAFETY: same size and layout; only initialised values are written through the view
-    unsafe { &mut *(y as *mut [f32] as *mut [std::mem::MaybeUninit<f32>]) }
 }
 
 /// [`forward`] on a frozen weight.
@@ -482,10 +458,7 @@ pub fn forward_frozen(
 ) -> candle_core::Result<Tensor> {
     match w {
         Frozen::Tensor(t) => forward(x, t, bias),
-        Frozen::Packed(p) if x.dtype() == DType::F32 => {
-            Ok(forward_packed(x, &[(p, bias)])?.remove(0))
-        }
-        Frozen::Packed(_) => candle_forward(x, &w.tensor()?, bias),
+        Frozen::Packed(p) => Ok(forward_packed(x, &[(p, bias)])?.remove(0)),
     }
 }
 

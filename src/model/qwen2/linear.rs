@@ -141,7 +141,7 @@ impl Linear {
             // Inference (the kernels add the bias themselves), or a dtype the frozen op
             // does not take
             (LinearWeight::Packed(p), _) => {
-                kernels::linear::forward_frozen(&x2, &Frozen::Packed(p.clone()), bias.take())?
+                kernels::linear::forward_packed(&x2, &[(p, bias.take())])?.remove(0)
             }
             (LinearWeight::Dense(w), _) if !mode.is_train() => {
                 kernels::linear::forward(&x2, w, bias.take())?

@@ -655,31 +655,28 @@ impl Qwen2 {
     /// copy (the same bytes), where the CPU runs that matmul: an inference model's products
     /// then never pack a weight per call, and one row streams the packed weight as the gemv
     /// would. LoRA factors, biases and the output head (tied to the embedding) stay as they
-    /// are. Returns how many weights were packed.
-    pub fn pack_weights(&mut self) -> Result<usize> {
+    /// are, and so does a weight being trained.
+    pub fn pack_weights(&mut self) -> Result<()> {
+        use crate::model::kernels::{gemm_bf16::Packed, gemv::Weights, linear::with_weights};
         let level = crate::model::kernels::level();
-        let mut packed = 0;
         for (_, lin) in self.linears_mut() {
             let LinearWeight::Dense(w) = &lin.weight else {
                 continue;
             };
-            if w.dtype() != DType::BF16 || w.is_variable() || !w.device().is_cpu() {
+            if w.is_variable() {
                 continue;
             }
             let (n, k) = w.dims2()?;
-            let p = crate::model::kernels::linear::with_weights(w, |wv| match wv {
-                crate::model::kernels::gemv::Weights::Bf16(v) => {
-                    crate::model::kernels::gemm_bf16::Packed::new(level, v, n, k)
-                }
-                _ => None,
-            })
-            .flatten();
-            if let Some(p) = p {
+            // only a bf16 weight in CPU memory is taken
+            let p = with_weights(w, |wv| match wv {
+                Weights::Bf16(v) => Packed::new(level, v, n, k),
+                Weights::F32(_) => None,
+            });
+            if let Some(p) = p.flatten() {
                 lin.weight = LinearWeight::Packed(std::sync::Arc::new(p));
-                packed += 1;
             }
         }
-        Ok(packed)
+        Ok(())
     }
 
     /// Every weight under its Hugging Face name, dense (for convert and merge).
