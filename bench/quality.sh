@@ -15,6 +15,8 @@
 #               in the same dtype the run trained and calibrated in
 #   ANONYMIZE=1 train and evaluate with speakers renamed A, B… per dialogue
 #   ZERO_SHOT=0 skip the zero-shot evaluation
+#   REF_PY      a Python with scikit-learn: the lexical baseline (bench/lexical_baseline.py) is
+#               printed beside, with both broken down by the dialogues' number of turns
 #
 # The data is split once, stratified by label: 75% train, 10% validation (the run validates and
 # picks its threshold there), 15% test (at least 400 dialogues; only measured, never selected
@@ -81,7 +83,9 @@ models=(--model "$model" --adapter "$run/adapter")
 if [[ ${ZERO_SHOT:-1} == 1 ]]; then
   models=(--model "$model" --model "$model" --adapter - --adapter "$run/adapter")
 fi
-"$fl" eval "${models[@]}" --data "$out/split/test.jsonl" --dtype "$dtype" "${anon_eval[@]}" --json > "$out/test-eval.jsonl"
+rm -rf "$out/sessions"
+FRAUDLAB_SESSIONS="$out/sessions" \
+  "$fl" eval "${models[@]}" --data "$out/split/test.jsonl" --dtype "$dtype" "${anon_eval[@]}" --json > "$out/test-eval.jsonl"
 python3 - "$out/test-eval.jsonl" <<'EOF'
 import json, sys
 print(f"{'test part':<28} {'n':>4} {'precision':>9} {'recall':>7} {'F1':>6} {'ROC-AUC':>8}  threshold")
@@ -93,3 +97,8 @@ for line in open(sys.argv[1]):
     print(f"{who:<28} {r['n']:>4} {r['precision']:>9.3f} {r['recall']:>7.3f} {r['f1']:>6.3f} "
           f"{(auc if auc is not None else float('nan')):>8.3f}  {rule.get('threshold', 0.5):.3f} ({rule.get('source', 'default')})")
 EOF
+
+if [[ -n ${REF_PY:-} ]] && "$REF_PY" -c 'import sklearn' 2>/dev/null; then
+  echo
+  "$REF_PY" bench/lexical_baseline.py "$out/split" "$out"/sessions/default/evals/*/predictions.jsonl
+fi
