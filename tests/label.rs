@@ -51,7 +51,7 @@ fn killed_labelling_process_keeps_every_acknowledged_label() {
         let mut input = String::new();
         for _ in 0..n {
             let i = rng.next() as usize % ids.len();
-            let fraud = rng.next() % 2 == 0;
+            let fraud = rng.next().is_multiple_of(2);
             input.push_str(&format!(
                 "{} {}\n",
                 ids[i],

@@ -157,8 +157,10 @@ pub(super) fn cmd_suite(a: SuiteArgs, session: &str) -> Result<()> {
     let cancel = AtomicBool::new(false);
     let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
     for ((m, ad), label) in pairs.iter().zip(&names) {
-        let mut opts = crate::model::LoadOptions::default();
-        opts.quantized = a.quantized;
+        let opts = crate::model::LoadOptions {
+            quantized: a.quantized,
+            ..Default::default()
+        };
         let lm = crate::model::load(m, opts).and_then(|mut lm| {
             if let Some(ad) = ad {
                 crate::model::adapter::load_adapter(&mut lm.model, ad)?;

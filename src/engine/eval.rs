@@ -667,7 +667,7 @@ pub fn evaluate_with(
             let rows: Vec<EvalRow> = preds.iter().map(Prediction::row).collect();
             (metrics::compute(&rows), preds, secs)
         } else {
-            evaluate_loaded(&lm, &samples, &tcfg, cancel, &mut |d, n| {
+            evaluate_loaded(&lm, samples, &tcfg, cancel, &mut |d, n| {
                 progress(&name, d, n)
             })?
         };

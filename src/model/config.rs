@@ -138,7 +138,7 @@ impl Qwen2Config {
         if self.rms_norm_eps >= 1.0 {
             bail!("rms_norm_eps is {}; it must be below 1", self.rms_norm_eps);
         }
-        if self.hidden_size % self.num_attention_heads != 0 {
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             bail!(
                 "hidden_size {} is not a multiple of num_attention_heads {}",
                 self.hidden_size,
@@ -146,13 +146,14 @@ impl Qwen2Config {
             );
         }
         let kv = self.kv_heads();
-        if kv == 0 || kv > self.num_attention_heads || self.num_attention_heads % kv != 0 {
+        if kv == 0 || kv > self.num_attention_heads || !self.num_attention_heads.is_multiple_of(kv)
+        {
             bail!(
                 "num_attention_heads {} is not a multiple of num_key_value_heads {kv}",
                 self.num_attention_heads
             );
         }
-        if self.head_dim() % 2 != 0 {
+        if !self.head_dim().is_multiple_of(2) {
             bail!(
                 "head dimension {} is odd; rotary embeddings need an even one",
                 self.head_dim()

@@ -253,7 +253,7 @@ impl GgufBuilder {
         }
         let (block, _) = ty.block();
         let row = *shape.last().unwrap();
-        if row % block != 0 {
+        if !row.is_multiple_of(block) {
             bail!(
                 "tensor `{name}` of shape {shape:?} cannot be stored as {}: its rows of {row} values are not a whole number of {block}-value blocks",
                 ty.name()

@@ -195,7 +195,7 @@ impl LoraLinear {
         if let Some(bias) = &self.bias {
             with::<T, _>(bias, |bias| {
                 y.par_chunks_mut(outf).for_each(|row| {
-                    row.iter_mut().zip(bias).for_each(|(v, b)| *v = *v + *b);
+                    row.iter_mut().zip(bias).for_each(|(v, b)| *v += *b);
                 });
                 Ok(())
             })?;
@@ -370,14 +370,14 @@ impl LoraLinear {
                             } else {
                                 T::ZERO
                             };
-                            d[c] = d[c] + tv[c] * m;
+                            d[c] += tv[c] * m;
                         }
                     });
             }
             None => dx
                 .par_chunks_mut(inf)
                 .zip(t.par_chunks(inf))
-                .for_each(|(d, tv)| d.iter_mut().zip(tv).for_each(|(d, t)| *d = *d + *t)),
+                .for_each(|(d, tv)| d.iter_mut().zip(tv).for_each(|(d, t)| *d += *t)),
         }
         Ok((dx, da, db))
     }

@@ -151,7 +151,7 @@ impl RmsNorm {
         y.par_chunks_mut(h).zip(x.par_chunks(h)).for_each(|(y, x)| {
             let mut ss = T::ZERO;
             for v in x {
-                ss = ss + *v * *v;
+                ss += *v * *v;
             }
             let r = T::ONE / T::of((ss * inv_h + eps).to_f64().sqrt());
             for i in 0..h {
@@ -176,14 +176,14 @@ impl RmsNorm {
                 for ((dx, x), dy) in dx.chunks_mut(h).zip(x.chunks(h)).zip(dy.chunks(h)) {
                     let mut ss = T::ZERO;
                     for v in x {
-                        ss = ss + *v * *v;
+                        ss += *v * *v;
                     }
                     let r = T::ONE / T::of((ss * inv_h + eps).to_f64().sqrt());
                     // g = dy ⊙ w ; dx = r g − r³/h · x · Σ g ⊙ x
                     let mut gx = T::ZERO;
                     for i in 0..h {
-                        gx = gx + dy[i] * w[i] * x[i];
-                        dw[i] = dw[i] + dy[i] * x[i] * r;
+                        gx += dy[i] * w[i] * x[i];
+                        dw[i] += dy[i] * x[i] * r;
                     }
                     let c = r * r * r * inv_h * gx;
                     for i in 0..h {
@@ -196,7 +196,7 @@ impl RmsNorm {
         let mut dw = vec![T::ZERO; h];
         for p in dws {
             for i in 0..h {
-                dw[i] = dw[i] + p[i];
+                dw[i] += p[i];
             }
         }
         (dx, dw)

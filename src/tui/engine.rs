@@ -221,7 +221,7 @@ impl App {
             Subject::Load { spec, key } => {
                 self.restoring.remove(key);
                 let before = self.slots.len();
-                self.slots.retain(|s| !(&s.spec == spec && !s.is_ready()));
+                self.slots.retain(|s| &s.spec != spec || s.is_ready());
                 if self.slots.len() != before {
                     self.save_session();
                 }

@@ -150,7 +150,9 @@ pub fn step_metrics(step: usize, total: usize) -> StepMetrics {
         elapsed_s: x * 1.4,
         eta_s: (total - step.min(total)) as f64 * 1.4,
         rss_mib: 2400.0,
-        eval_loss: (step % 50 == 0).then(|| 2.2 * (-x / 150.0).exp() + 0.45),
+        eval_loss: step
+            .is_multiple_of(50)
+            .then(|| 2.2 * (-x / 150.0).exp() + 0.45),
         eval_auc: None,
     }
 }

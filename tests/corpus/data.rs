@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 use std::path::Path;
 
 fn fraud_line(i: usize) -> String {
-    json!({"instruction": "判断", "input": format!("甲: 你好{i}\n乙: 好的"), "label": i % 2 == 0})
+    json!({"instruction": "判断", "input": format!("甲: 你好{i}\n乙: 好的"), "label": i.is_multiple_of(2)})
         .to_string()
 }
 

@@ -27,6 +27,12 @@ pub struct Fixture {
     pub gguf_q8: PathBuf,
 }
 
+impl Default for Fixture {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Fixture {
     pub fn new() -> Fixture {
         let dir = common::tmp();

@@ -191,7 +191,7 @@ fn mutated_model_files() {
         let mut i = 0usize;
         run_kind(kind, &g, hot, false, 1500, &work.join("m.gguf"), &mut |p| {
             i += 1;
-            if i % 10 == 0 {
+            if i.is_multiple_of(10) {
                 let _ = load(p);
                 return;
             }
@@ -408,12 +408,14 @@ fn mutated_adapter_files() {
     let vars = adapter::attach_lora(&mut lm.model, &spec, 1).unwrap();
     adapter::save_adapter(&dir, &spec, &vars, "tiny").unwrap();
     AdapterMeta::default().write(&dir).unwrap();
-    let mut meta = AdapterMeta::default();
-    meta.threshold = Some(0.4);
-    meta.stream = Some(adapter::StreamRule {
-        threshold: 0.6,
-        consecutive: 2,
-    });
+    let mut meta = AdapterMeta {
+        threshold: Some(0.4),
+        stream: Some(adapter::StreamRule {
+            threshold: 0.6,
+            consecutive: 2,
+        }),
+        ..Default::default()
+    };
     meta.threshold_for_recall.insert("0.95".into(), 0.2);
     meta.write(&dir).unwrap();
     let mut lm = load(&fx.model).unwrap();

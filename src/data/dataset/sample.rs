@@ -464,7 +464,7 @@ impl Sample {
             .join("\n");
         let fraud_speaker = self.fraud_speaker.as_ref().map(|f| {
             f.split([',', '，', '、'])
-                .map(|x| rename(x))
+                .map(rename)
                 .collect::<Vec<_>>()
                 .join(", ")
         });

@@ -127,7 +127,7 @@ pub fn complete_checkpoints(run_dir: &Path) -> Vec<(usize, PathBuf)> {
                 .then_some((n, p))
         })
         .collect();
-    v.sort_by(|a, b| b.0.cmp(&a.0));
+    v.sort_by_key(|b| std::cmp::Reverse(b.0));
     v
 }
 

@@ -225,7 +225,7 @@ fn kv_rows(l: &Layout) -> Option<(usize, usize, usize)> {
         return None;
     }
     let hs = st[1];
-    if hs % d.max(1) != 0 || hs < t * d || (b > 1 && st[0] != h * hs) {
+    if !hs.is_multiple_of(d.max(1)) || hs < t * d || (b > 1 && st[0] != h * hs) {
         return None;
     }
     let tk = if h > 1 || b > 1 { hs / d.max(1) } else { t };
@@ -445,14 +445,14 @@ impl FusedAttention {
             let mut col = 0;
             for &(k0, k1) in &blk.keys {
                 let v = vis(k0, k1);
-                sum = sum + T::exp_shifted(&mut row[col..col + v], mx);
+                sum += T::exp_shifted(&mut row[col..col + v], mx);
                 row[col + v..col + (k1 - k0)]
                     .iter_mut()
                     .for_each(|x| *x = T::ZERO);
                 col += k1 - k0;
             }
             let inv = T::ONE / sum;
-            row.iter_mut().for_each(|x| *x = *x * inv);
+            row.iter_mut().for_each(|x| *x *= inv);
         }
         (p, w)
     }
@@ -558,7 +558,7 @@ impl FusedAttention {
                     for i in 0..m {
                         let mut dsum = T::ZERO;
                         for c in 0..d {
-                            dsum = dsum + dob[i * d + c] * ob[i * d + c];
+                            dsum += dob[i * d + c] * ob[i * d + c];
                         }
                         let (pr, dr) = (&p[i * w..][..w], &mut ds[i * w..][..w]);
                         for j in 0..w {

@@ -80,7 +80,7 @@ pub fn gemv(
     if chunk >= n || threads == 1 {
         (0..n).step_by(chunk).for_each(run);
     } else {
-        (0..n).into_par_iter().step_by(chunk).for_each(|j0| run(j0));
+        (0..n).into_par_iter().step_by(chunk).for_each(run);
     }
 }
 

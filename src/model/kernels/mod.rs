@@ -241,6 +241,16 @@ pub fn cpu_line() -> String {
     )
 }
 
+/// The mask of the first `n` of 16 lanes (all of them from 16 on).
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn mask16(n: usize) -> u16 {
+    if n >= 16 {
+        0xffff
+    } else {
+        ((1u32 << n) - 1) as u16
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -290,15 +300,5 @@ mod tests {
         let l = cpu_line();
         assert!(l.starts_with("cpu: ") && l.contains("avx512-bf16 ") && l.contains("amx-bf16 "));
         assert!(l.contains(&format!("kernels: {}", level().name())));
-    }
-}
-
-/// The mask of the first `n` of 16 lanes (all of them from 16 on).
-#[cfg(target_arch = "x86_64")]
-pub(crate) fn mask16(n: usize) -> u16 {
-    if n >= 16 {
-        0xffff
-    } else {
-        ((1u32 << n) - 1) as u16
     }
 }
