@@ -136,4 +136,27 @@ fn the_session_suite_file_is_used_and_bad_input_is_refused() {
         &["suite", "--model", m.to_str().unwrap(), "--format", "xml"],
     );
     assert_clean_error(&o, &["--format xml"]);
+
+    // in bf16: the same cases run (a 7B model's suite fits in half the memory)
+    let out = ok(&fl(
+        &sessions,
+        &[
+            "--session",
+            "s",
+            "suite",
+            "--model",
+            m.to_str().unwrap(),
+            "--dtype",
+            "bf16",
+        ],
+    ));
+    assert!(
+        out.contains("own fraud") && out.contains("own length"),
+        "{out}"
+    );
+    let o = fl(
+        &sessions,
+        &["suite", "--model", m.to_str().unwrap(), "--dtype", "f16"],
+    );
+    assert_clean_error(&o, &["--dtype", "f16"]);
 }
