@@ -43,7 +43,8 @@ def load(path):
 
 
 def sample_id(instruction, text):
-    # fraudlab's content id of a fraud sample: SHA-256 of `instruction \n input`, 16 hex
+    # fraudlab's content id of a fraud sample (Sample::compute_id in src/data/dataset/sample.rs):
+    # SHA-256 of `instruction \n input`, 16 hex
     return hashlib.sha256(f"{instruction}\n{text}".encode()).hexdigest()[:16]
 
 

@@ -254,6 +254,19 @@ pub struct ModelArgs {
     /// Model folder, hub id (looked up in the caches), or .gguf file.
     #[arg(long)]
     pub model: String,
+    #[command(flatten)]
+    pub load: LoadArgs,
+}
+
+impl ModelArgs {
+    pub fn options(&self) -> Result<LoadOptions> {
+        self.load.options()
+    }
+}
+
+/// How a command loads its model(s) (`--quantized`, `--dtype`).
+#[derive(Args, Debug, Clone)]
+pub struct LoadArgs {
     /// For GGUF: keep weights quantized (fast path). Default: dequantized f32 (exact path).
     #[arg(long)]
     pub quantized: bool,
@@ -263,7 +276,7 @@ pub struct ModelArgs {
     pub dtype: String,
 }
 
-impl ModelArgs {
+impl LoadArgs {
     pub fn options(&self) -> Result<LoadOptions> {
         let dtype = crate::model::loader::parse_dtype(&self.dtype).context("--dtype")?;
         Ok(LoadOptions {
@@ -460,12 +473,8 @@ pub struct SuiteArgs {
     /// Export a saved result (sessions/<name>/suites/<id>.json) instead of running.
     #[arg(long, conflicts_with = "suite")]
     pub from: Option<PathBuf>,
-    /// For GGUF: keep weights quantized.
-    #[arg(long)]
-    pub quantized: bool,
-    /// Dense weights in f32 or bf16 (half the memory: a 7B model's suite in 15 GB, not 30).
-    #[arg(long, default_value = "f32")]
-    pub dtype: String,
+    #[command(flatten)]
+    pub load: LoadArgs,
 }
 
 #[derive(Args, Debug)]

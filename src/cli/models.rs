@@ -216,7 +216,7 @@ pub(super) fn cmd_merge(
     adapter: &std::path::Path,
     out: &std::path::Path,
 ) -> Result<()> {
-    if m.quantized {
+    if m.load.quantized {
         bail!("merge writes dense weights; load the model without --quantized");
     }
     let mut lm = load_with_adapter(m, Some(adapter))?;
@@ -252,8 +252,10 @@ pub(super) fn cmd_export(a: ExportArgs) -> Result<()> {
     }
     let m = ModelArgs {
         model: a.model.clone(),
-        quantized: false,
-        dtype: "f32".into(),
+        load: LoadArgs {
+            quantized: false,
+            dtype: "f32".into(),
+        },
     };
     let mut lm = load_with_adapter(&m, a.adapter.as_deref())?;
     model::adapter::merge_lora(&mut lm.model)?;

@@ -1,7 +1,7 @@
 //! `fraudlab suite`: the capability suite over several models, a pass/fail matrix saved in
 //! the session, and its export as Markdown or CSV.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 
@@ -106,7 +106,7 @@ pub(super) fn cmd_suite(a: SuiteArgs, session: &str) -> Result<()> {
         let r = SuiteResults::load(from)?;
         return print_as(&r, a.format.as_deref());
     }
-    let dtype = crate::model::loader::parse_dtype(&a.dtype).context("--dtype")?;
+    let opts = a.load.options()?;
     let sess = open_session(session)?;
     let (cases, origin) = match &a.suite {
         Some(p) => (suite::load_suite(p)?, p.display().to_string()),
@@ -158,10 +158,6 @@ pub(super) fn cmd_suite(a: SuiteArgs, session: &str) -> Result<()> {
     let cancel = AtomicBool::new(false);
     let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
     for ((m, ad), label) in pairs.iter().zip(&names) {
-        let opts = crate::model::LoadOptions {
-            quantized: a.quantized,
-            dtype,
-        };
         let lm = crate::model::load(m, opts).and_then(|mut lm| {
             if let Some(ad) = ad {
                 crate::model::adapter::load_adapter(&mut lm.model, ad)?;
